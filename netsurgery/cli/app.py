@@ -1,0 +1,114 @@
+"""The click group, shared option types, and the error policy: user errors exit 2 with one or
+two lines on stderr, internal errors exit 1 with a hint, ``--debug`` shows tracebacks."""
+from __future__ import annotations
+
+import signal
+import sys
+import traceback
+
+import click
+
+from ..errors import NetsurgeryError
+
+
+class SizeParam(click.ParamType):
+    """``W,H`` (or a single number for a square input)."""
+
+    name = "W,H"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            parts = [int(v) for v in str(value).replace("x", ",").split(",")]
+        except ValueError:
+            self.fail(f"{value!r}: expected W,H such as 416,416", param, ctx)
+        if len(parts) == 1:
+            parts = parts * 2
+        if len(parts) != 2 or min(parts) <= 0:
+            self.fail(f"{value!r}: expected two positive integers W,H", param, ctx)
+        return tuple(parts)
+
+
+class IntListParam(click.ParamType):
+    """Comma-separated integers, e.g. ``40,48,64,73``."""
+
+    name = "N[,N...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            return [int(v) for v in str(value).split(",") if v.strip() != ""]
+        except ValueError:
+            self.fail(f"{value!r}: expected comma-separated integers", param, ctx)
+
+
+SIZE = SizeParam()
+INT_LIST = IntListParam()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(package_name="netsurgery")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Surgery on trained Darknet (YOLO) networks: diff, share, merge, measure."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def echo_err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Entry point with the error policy applied. Returns the exit code."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    _terminate_cleanly()
+    try:
+        main.main(args=argv, prog_name="netsurgery", standalone_mode=False)
+        return 0
+    except click.exceptions.Abort:
+        echo_err("netsurgery: interrupted")
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except NetsurgeryError as exc:
+        if debug:
+            traceback.print_exc()
+        echo_err(f"netsurgery: error: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        echo_err("netsurgery: interrupted; no partial output was left")
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception:  # noqa: BLE001 - the last line of defence for internal errors
+        if debug:
+            traceback.print_exc()
+        else:
+            exc_type, exc, _ = sys.exc_info()
+            echo_err(f"netsurgery: internal error: {exc_type.__name__}: {exc}")
+            echo_err("This is a bug in netsurgery. Re-run with --debug and report the traceback.")
+        return 1
+
+
+def _terminate_cleanly() -> None:
+    """SIGTERM behaves like Ctrl-C: the exception unwinds through atomic writers, which
+    remove their temporary files, so a killed run leaves no partial output."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread (e.g. called from a test runner thread)
+        pass
+
+
+def console_main() -> None:
+    sys.exit(run())

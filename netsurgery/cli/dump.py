@@ -1,0 +1,34 @@
+"""``netsurgery dump``."""
+from __future__ import annotations
+
+import click
+
+from ..dump import dump_layers, load_input, save_npz
+from ..fileio import check_output
+from ..model import load_model
+from .app import main
+
+
+@main.command()
+@click.argument("cfg", type=click.Path(dir_okay=False))
+@click.argument("weights", type=click.Path(dir_okay=False))
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
+              help="X.npy (1,C,H,W float32) or an image, preprocessed like Darknet.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="layers.npz")
+@click.option("--layers", default="all", help="'all' or comma-separated layer indices.")
+@click.option("--letterbox/--resize", default=False,
+              help="Image preprocessing: letterbox (pjreddie, -letter_box) or stretch "
+                   "(AlexeyAB's default).")
+@click.option("--fast/--exact", default=False, help="Fast inference mode (BatchNorm folded).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+def dump(cfg, weights, input_path, out, layers, letterbox, fast, overwrite):
+    """Run CFG+WEIGHTS on one input and write every layer's output (conformance format)."""
+    check_output(out, [cfg, weights, input_path], overwrite)
+    model = load_model(cfg, weights, inference=fast)
+    for note in model.weights_notes:
+        click.echo(note, err=True)
+    x = load_input(input_path, model, letterbox)
+    wanted = None if layers == "all" else [int(v) for v in layers.split(",") if v]
+    arrays = dump_layers(model, x, wanted)
+    save_npz(out, arrays)
+    click.echo(f"wrote {len(arrays) - 1} layer outputs to {out}")

@@ -1,0 +1,276 @@
+"""[convolutional], [connected] and [batchnorm]: the layers that carry weights."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..cfg import Section
+from .activation import activate, activation_of
+from .base import (BuildContext, LayerModule, LayerSpec, Shape, WeightArray, positive,
+                   register)
+
+# AlexeyAB folds convolution BatchNorm with eps 1e-5 (fuse_conv_batchnorm, as `detector test`
+# does); its unfolded normalize_cpu, used by [connected] and [batchnorm], adds 1e-6.
+CONV_BN_EPS = 1e-5
+PLAIN_BN_EPS = 1e-6
+
+# Options that change what a convolution computes and that our model does not implement.
+_UNSUPPORTED_CONV_OPTIONS = ("share_index", "antialiasing", "binary", "xnor", "coordconv",
+                             "deform", "assisted_excitation")
+
+
+@register("convolutional")
+@dataclass(eq=False)
+class ConvSpec(LayerSpec):
+    filters: int = 1
+    size: int = 1
+    stride_x: int = 1
+    stride_y: int = 1
+    padding: int = 0
+    groups: int = 1
+    dilation: int = 1
+    batch_normalize: bool = False
+    activation: str = "logistic"
+    load_scales: bool = True  # False with dontloadscales=1: the BN arrays are not in the file
+    shares_weights: bool = False
+
+    @classmethod
+    def parse(cls, index: int, section: Section, ctx: BuildContext) -> "ConvSpec":
+        spec = cls(index, section, ctx.shape_of(index - 1))
+        s = section
+        spec.filters = positive(s, index, "filters", s.get_int("filters", 1))
+        spec.size = positive(s, index, "size", s.get_int("size", 1))
+        stride = positive(s, index, "stride", s.get_int("stride", 1))
+        spec.stride_x = positive(s, index, "stride_x", s.get_int("stride_x", stride))
+        spec.stride_y = positive(s, index, "stride_y", s.get_int("stride_y", stride))
+        spec.groups = positive(s, index, "groups", s.get_int("groups", 1))
+        spec.padding = s.get_int("padding", 0)
+        if s.get_int("pad", 0):
+            spec.padding = spec.size // 2
+        if spec.padding < 0:
+            raise spec.error(f"padding={spec.padding}: expected ≥ 0", "padding")
+        spec.dilation = positive(s, index, "dilation", s.get_int("dilation", 1))
+        if spec.size == 1:
+            spec.dilation = 1  # Darknet forces it: a 1x1 kernel has nothing to dilate
+        spec.batch_normalize = bool(s.get_int("batch_normalize", 0))
+        spec.activation = activation_of(s, index, "logistic")
+        spec.load_scales = not s.get_int("dontloadscales", 0)
+        spec.shares_weights = s.has("share_index")
+        c = spec.in_shape.c
+        if c % spec.groups or spec.filters % spec.groups:
+            raise spec.error(f"groups={spec.groups} must divide the input channels ({c}) and "
+                             f"filters ({spec.filters})", "groups")
+        out_w = (spec.in_shape.w + 2 * spec.padding - spec.size) // spec.stride_x + 1
+        out_h = (spec.in_shape.h + 2 * spec.padding - spec.size) // spec.stride_y + 1
+        if out_w < 1 or out_h < 1:
+            raise spec.error(f"input {spec.in_shape} is too small for size={spec.size}, "
+                             f"stride={stride}: output would be {out_h}x{out_w}", "size")
+        spec.out_shape = Shape(spec.filters, out_h, out_w)
+        return spec
+
+    @property
+    def kernel_shape(self) -> tuple[int, int, int, int]:
+        return (self.filters, self.in_shape.c // self.groups, self.size, self.size)
+
+    def weight_arrays(self, transposed: bool = False) -> list[WeightArray]:
+        if self.shares_weights:
+            return []
+        arrays = [WeightArray("biases", (self.filters,))]
+        if self.batch_normalize and self.load_scales:
+            arrays += [WeightArray(n, (self.filters,))
+                       for n in ("scales", "rolling_mean", "rolling_variance")]
+        arrays.append(WeightArray("weights", self.kernel_shape))
+        return arrays
+
+    def flops(self) -> float:
+        n = self.filters * (self.in_shape.c // self.groups) * self.size * self.size
+        return 2.0 * n * self.out_shape.h * self.out_shape.w
+
+    def describe(self) -> str:
+        parts = [f"{self.filters} {self.size}x{self.size}/{self.stride_x}"]
+        if self.stride_y != self.stride_x:
+            parts[0] += f"x{self.stride_y}"
+        if self.groups > 1:
+            parts.append(f"g{self.groups}")
+        if self.dilation > 1:
+            parts.append(f"d{self.dilation}")
+        parts.append(("bn " if self.batch_normalize else "") + self.activation)
+        return " ".join(parts)
+
+    def build(self) -> nn.Module:
+        for key in _UNSUPPORTED_CONV_OPTIONS:
+            if self.section.has(key) and self.section.get_str(key) not in ("0", ""):
+                raise self.error(f"option {key} is not supported by netsurgery's model", key)
+        return ConvModule(self)
+
+
+class ConvModule(LayerModule):
+    """Convolution + optional BatchNorm + activation. Parameters are named after Darknet's
+    arrays so that the .weights order is explicit."""
+
+    def __init__(self, spec: ConvSpec):
+        super().__init__(spec)
+        self.stride = (spec.stride_y, spec.stride_x)
+        # Darknet pads by padding·dilation so that a dilated 3x3 with pad=1 keeps the size.
+        self.pad = spec.padding * spec.dilation
+        self.dilation = spec.dilation
+        self.groups = spec.groups
+        self.out_hw = (spec.out_shape.h, spec.out_shape.w)
+        self.activation = spec.activation
+        self.batch_normalize = spec.batch_normalize
+        self.weights = nn.Parameter(torch.zeros(spec.kernel_shape))
+        self.biases = nn.Parameter(torch.zeros(spec.filters))
+        if spec.batch_normalize:
+            self.scales = nn.Parameter(torch.ones(spec.filters))
+            self.register_buffer("rolling_mean", torch.zeros(spec.filters))
+            self.register_buffer("rolling_variance", torch.ones(spec.filters))
+        self.load_scales = spec.load_scales
+        self.folded: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def weight_tensors(self):
+        out = [("biases", self.biases)]
+        if self.batch_normalize and self.load_scales:
+            out += [("scales", self.scales), ("rolling_mean", self.rolling_mean),
+                    ("rolling_variance", self.rolling_variance)]
+        out.append(("weights", self.weights))
+        return out
+
+    def fold(self) -> None:
+        """Precompute BatchNorm folded into the kernel, in float64 like Darknet's
+        fuse_conv_batchnorm, for inference. Training mode ignores the folded copy."""
+        if not self.batch_normalize:
+            self.folded = None
+            return
+        with torch.no_grad():
+            std = torch.sqrt(self.rolling_variance.double() + CONV_BN_EPS)
+            factor = self.scales.double() / std
+            w = (self.weights.double() * factor.view(-1, 1, 1, 1)).float()
+            b = (self.biases.double() - self.scales.double() * self.rolling_mean.double() / std).float()
+        self.folded = (w.contiguous(), b.contiguous())
+
+    def unfold(self) -> None:
+        self.folded = None
+
+    def _conv(self, x, weight, bias):
+        y = F.conv2d(x, weight, bias, self.stride, self.pad, self.dilation, self.groups)
+        if y.shape[-2:] != self.out_hw:  # odd padding/dilation combinations: Darknet's size
+            y = y[..., : self.out_hw[0], : self.out_hw[1]]
+        return y
+
+    def forward(self, x, outputs):
+        if self.folded is not None and not self.training:
+            y = self._conv(x, *self.folded)
+        elif self.batch_normalize:
+            y = self._conv(x, self.weights, None)
+            y = F.batch_norm(y, self.rolling_mean, self.rolling_variance, self.scales,
+                             self.biases, self.training, 0.01, CONV_BN_EPS)
+        else:
+            y = self._conv(x, self.weights, self.biases)
+        return activate(self.activation, y)
+
+
+@register("connected")
+@dataclass(eq=False)
+class ConnectedSpec(LayerSpec):
+    outputs: int = 1
+    batch_normalize: bool = False
+    activation: str = "logistic"
+
+    @classmethod
+    def parse(cls, index: int, section: Section, ctx: BuildContext) -> "ConnectedSpec":
+        spec = cls(index, section, ctx.shape_of(index - 1))
+        spec.outputs = positive(section, index, "output", section.get_int("output", 1))
+        spec.batch_normalize = bool(section.get_int("batch_normalize", 0))
+        spec.activation = activation_of(section, index, "logistic")
+        spec.out_shape = Shape(spec.outputs, 1, 1)
+        return spec
+
+    def weight_arrays(self, transposed: bool = False) -> list[WeightArray]:
+        n_in = self.in_shape.numel
+        shape = (n_in, self.outputs) if transposed else (self.outputs, n_in)
+        arrays = [WeightArray("biases", (self.outputs,)), WeightArray("weights", shape)]
+        if self.batch_normalize:  # after the weights, unlike [convolutional]
+            arrays += [WeightArray(n, (self.outputs,))
+                       for n in ("scales", "rolling_mean", "rolling_variance")]
+        return arrays
+
+    def flops(self) -> float:
+        return 2.0 * self.in_shape.numel * self.outputs
+
+    def describe(self) -> str:
+        return f"{self.in_shape.numel} -> {self.outputs} " + \
+            ("bn " if self.batch_normalize else "") + self.activation
+
+    def build(self) -> nn.Module:
+        return ConnectedModule(self)
+
+
+class ConnectedModule(LayerModule):
+    def __init__(self, spec: ConnectedSpec):
+        super().__init__(spec)
+        n_in = spec.in_shape.numel
+        self.activation = spec.activation
+        self.batch_normalize = spec.batch_normalize
+        self.biases = nn.Parameter(torch.zeros(spec.outputs))
+        self.weights = nn.Parameter(torch.zeros(spec.outputs, n_in))
+        if spec.batch_normalize:
+            self.scales = nn.Parameter(torch.ones(spec.outputs))
+            self.register_buffer("rolling_mean", torch.zeros(spec.outputs))
+            self.register_buffer("rolling_variance", torch.ones(spec.outputs))
+
+    def weight_tensors(self):
+        out = [("biases", self.biases), ("weights", self.weights)]
+        if self.batch_normalize:
+            out += [("scales", self.scales), ("rolling_mean", self.rolling_mean),
+                    ("rolling_variance", self.rolling_variance)]
+        return out
+
+    def forward(self, x, outputs):
+        y = x.flatten(1)
+        if self.batch_normalize:
+            y = F.linear(y, self.weights)
+            y = F.batch_norm(y, self.rolling_mean, self.rolling_variance, self.scales,
+                             self.biases, self.training, 0.01, PLAIN_BN_EPS)
+        else:
+            y = F.linear(y, self.weights, self.biases)
+        return activate(self.activation, y).view(y.shape[0], -1, 1, 1)
+
+
+@register("batchnorm")
+@dataclass(eq=False)
+class BatchNormSpec(LayerSpec):
+    @classmethod
+    def parse(cls, index: int, section: Section, ctx: BuildContext) -> "BatchNormSpec":
+        spec = cls(index, section, ctx.shape_of(index - 1))
+        spec.out_shape = spec.in_shape
+        return spec
+
+    def weight_arrays(self, transposed: bool = False) -> list[WeightArray]:
+        return [WeightArray(n, (self.in_shape.c,))
+                for n in ("biases", "scales", "rolling_mean", "rolling_variance")]
+
+    def build(self) -> nn.Module:
+        return BatchNormModule(self)
+
+
+class BatchNormModule(LayerModule):
+    def __init__(self, spec: BatchNormSpec):
+        super().__init__(spec)
+        c = spec.in_shape.c
+        self.biases = nn.Parameter(torch.zeros(c))
+        self.scales = nn.Parameter(torch.ones(c))
+        self.register_buffer("rolling_mean", torch.zeros(c))
+        self.register_buffer("rolling_variance", torch.ones(c))
+
+    def weight_tensors(self):
+        return [("biases", self.biases), ("scales", self.scales),
+                ("rolling_mean", self.rolling_mean), ("rolling_variance", self.rolling_variance)]
+
+    def forward(self, x, outputs):
+        return F.batch_norm(x, self.rolling_mean, self.rolling_variance, self.scales,
+                            self.biases, self.training, 0.01, PLAIN_BN_EPS)
+
+

@@ -1,0 +1,234 @@
+"""A PyTorch model built from a Darknet network, with Darknet's inference semantics.
+
+Every layer is one module from :mod:`netsurgery.layers`; :class:`DarknetModel` runs them in
+Darknet order with an execution plan that keeps each output only while a later layer still
+needs it, and that runs only the layers a requested output depends on (a merged network's
+single head, or a trunk computed once and reused).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .cfg import Cfg
+from .errors import NetsurgeryError, WeightsError
+from .network import Network, build_network
+from .weights import (WeightsFile, WeightsHeader, load_weights as read_weights_file,
+                      save_weights as write_weights_file)
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    """Which layers to run for some targets, and after which step each output can go."""
+
+    order: tuple[int, ...]
+    release_after: dict  # step position -> layer indices whose output is no longer needed
+    targets: tuple[int, ...]
+
+
+class DarknetModel(nn.Module):
+    """Darknet network as a torch module. ``model(x)`` returns the head outputs (the [yolo] /
+    [region] layers, or the last layer) as Darknet leaves them; ``model.layer_outputs(x)``
+    returns every layer's output, index = Darknet layer index."""
+
+    def __init__(self, network: Network):
+        super().__init__()
+        self.network = network
+        self.layers = nn.ModuleList(spec.build() for spec in network.layers)
+        self.header = WeightsHeader()
+        self.weights_notes: list[str] = []
+        self._plans: dict[tuple[tuple[int, ...], tuple[int, ...]], ExecutionPlan] = {}
+        self._inputs = [spec.inputs() for spec in network.layers]
+
+    # -- structure ------------------------------------------------------------------------
+    @property
+    def cfg(self) -> Cfg:
+        return self.network.cfg
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def output_layers(self) -> list[int]:
+        return self.network.outputs()
+
+    def plan(self, targets: Sequence[int], have: Iterable[int] = ()) -> ExecutionPlan:
+        """The layers needed for ``targets`` given outputs already available in ``have``."""
+        have_t = tuple(sorted(set(have)))
+        key = (tuple(targets), have_t)
+        cached = self._plans.get(key)
+        if cached is not None:
+            return cached
+        needed: set[int] = set()
+        stack = [t for t in targets if t not in have_t]
+        while stack:
+            i = stack.pop()
+            if i in needed or i < 0:
+                continue
+            needed.add(i)
+            stack.extend(j for j in self._inputs[i] if j not in have_t)
+        order = tuple(sorted(needed))
+        last_use: dict[int, int] = {}
+        for pos, i in enumerate(order):
+            for j in self._inputs[i]:
+                last_use[j] = pos
+        keep = set(targets)
+        release: dict[int, list[int]] = {}
+        for j, pos in last_use.items():
+            if j >= 0 and j not in keep and j in needed:
+                release.setdefault(pos, []).append(j)
+        for pos, i in enumerate(order):  # outputs nobody reads (and not asked for)
+            if i not in last_use and i not in keep:
+                release.setdefault(pos, []).append(i)
+        plan = ExecutionPlan(order, release, tuple(targets))
+        self._plans[key] = plan
+        return plan
+
+    # -- running --------------------------------------------------------------------------
+    def _check_input(self, x: torch.Tensor) -> None:
+        want = self.network.net.shape
+        if x.dim() != 4 or tuple(x.shape[1:]) != (want.c, want.h, want.w):
+            raise NetsurgeryError(
+                f"input of shape {tuple(x.shape)}: expected (batch, {want.c}, {want.h}, "
+                f"{want.w}) for {self.network.path} (rebuild with size= for another size)")
+
+    def run(self, x: torch.Tensor, targets: Sequence[int],
+            cache: dict[int, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
+        """Outputs of ``targets`` (layer indices), computing only what they depend on.
+
+        ``cache`` maps layer index → an output computed before for the same input (e.g. the
+        shared trunk of a merged network); it is used and not recomputed."""
+        self._check_input(x)
+        cache = cache or {}
+        plan = self.plan(targets, cache.keys())
+        outputs: list = [None] * len(self.layers)
+        for i, t in cache.items():
+            outputs[i] = t
+        for pos, i in enumerate(plan.order):
+            inputs = self._inputs[i]
+            prev = x if i == 0 else outputs[i - 1] if inputs and inputs[0] == i - 1 else None
+            outputs[i] = self.layers[i](prev, outputs)
+            for j in plan.release_after.get(pos, ()):
+                if j not in cache:
+                    outputs[j] = None
+        return {t: outputs[t] for t in targets}
+
+    def layer_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every layer's output, index = Darknet layer index."""
+        self._check_input(x)
+        outputs: list = []
+        prev = x
+        for module in self.layers:
+            prev = module(prev, outputs)
+            outputs.append(prev)
+        return outputs
+
+    def forward(self, x: torch.Tensor, targets: Sequence[int] | None = None):
+        """Head outputs (list, in layer order) — or the outputs of ``targets``."""
+        targets = list(targets) if targets is not None else self.output_layers()
+        out = self.run(x, targets)
+        return [out[t] for t in targets]
+
+    # -- inference mode -------------------------------------------------------------------
+    def fold_batchnorm(self) -> "DarknetModel":
+        """Fold BatchNorm into the convolutions for inference (Darknet's fuse, in float64).
+        The unfolded parameters stay for training and for saving."""
+        for m in self.layers:
+            if hasattr(m, "fold"):
+                m.fold()
+        return self
+
+    def unfold_batchnorm(self) -> "DarknetModel":
+        for m in self.layers:
+            if hasattr(m, "unfold"):
+                m.unfold()
+        return self
+
+    def inference(self) -> "DarknetModel":
+        """Switch to the fast inference mode: eval, BatchNorm folded, no autograd."""
+        self.eval()
+        self.requires_grad_(False)
+        return self.fold_batchnorm()
+
+    # -- weights --------------------------------------------------------------------------
+    def weight_tensors(self, index: int) -> list[tuple[str, torch.Tensor]]:
+        return self.layers[index].weight_tensors()
+
+    def load_weights(self, source: str | os.PathLike | WeightsFile) -> WeightsFile:
+        """Copy a .weights file (or an already read one) into the parameters."""
+        wf = source if isinstance(source, WeightsFile) else \
+            read_weights_file(source, self.network.layers)
+        with torch.no_grad():
+            for index, lw in wf.layers.items():
+                tensors = dict(self.layers[index].weight_tensors())
+                for name, arr in lw.arrays.items():
+                    target = tensors[name]
+                    if wf.header.transposed and name == "weights" and arr.ndim == 2 and \
+                            self.network.layers[index].type_name == "connected":
+                        arr = arr.T
+                    target.copy_(torch.from_numpy(np.ascontiguousarray(arr)).view_as(target))
+        self.header = WeightsHeader(wf.header.major, wf.header.minor, wf.header.revision,
+                                    wf.header.seen)
+        self.weights_notes = list(wf.notes)
+        self.unfold_batchnorm()
+        if not self.training:
+            self.fold_batchnorm()
+        return wf
+
+    def layer_arrays(self, index: int) -> dict[str, np.ndarray]:
+        """A layer's arrays as float32 numpy (file layout: [connected] transposed if the header
+        says so)."""
+        out = {}
+        for name, t in self.layers[index].weight_tensors():
+            arr = t.detach().cpu().numpy().astype(np.float32, copy=False)
+            if self.header.transposed and name == "weights" and \
+                    self.network.layers[index].type_name == "connected":
+                arr = arr.T
+            out[name] = arr
+        return out
+
+    def save_weights(self, path: str | os.PathLike, upto: int | None = None,
+                     header: WeightsHeader | None = None) -> None:
+        """Write Darknet .weights (atomically). ``upto``: only layers ``< upto`` (Darknet's
+        ``partial``). The header of the loaded file is kept, so load → save is
+        byte-identical."""
+        header = header or self.header
+        arrays = _LazyArrays(self)
+        write_weights_file(path, header, self.network.layers, arrays, upto)
+
+    def save_cfg(self, path: str | os.PathLike) -> None:
+        self.network.cfg.save(path)
+
+
+class _LazyArrays:
+    """Mapping index → arrays, converted from the model one layer at a time while writing."""
+
+    def __init__(self, model: DarknetModel):
+        self.model = model
+
+    def get(self, index: int, default=None):
+        if not 0 <= index < len(self.model.layers):
+            return default
+        return self.model.layer_arrays(index)
+
+
+def load_model(cfg: str | os.PathLike | Cfg | Network, weights: str | os.PathLike | None = None,
+               size: tuple[int, int] | None = None, inference: bool = False,
+               device: str | torch.device = "cpu") -> DarknetModel:
+    """Build the model of ``cfg`` (optionally at ``size`` = (width, height)) and load
+    ``weights``. With ``inference=True`` the model is in the fast inference mode (eval,
+    BatchNorm folded, no autograd) and ``model(x)`` returns the head outputs."""
+    network = cfg if isinstance(cfg, Network) else build_network(cfg, size)
+    model = DarknetModel(network)
+    if weights is not None:
+        model.load_weights(weights)
+    model.to(device)
+    if inference:
+        model.inference()
+    else:
+        model.eval()
+    return model
