@@ -1,0 +1,73 @@
+"""``netsurgery merge`` and ``netsurgery split``."""
+from __future__ import annotations
+
+import click
+
+from ..fileio import check_output
+from ..merge import format_savings, load_heads, merge_files, merge_savings, split
+from ..surgery import load_graph
+from .app import main
+
+
+def _pairs(values, what):
+    out = {}
+    for v in values:
+        if "=" not in v:
+            raise click.BadParameter(f"{v!r}: expected NAME=FILE", param_hint=what)
+        k, f = v.split("=", 1)
+        out[k] = f
+    return out
+
+
+@main.command()
+@click.option("--base", "base", nargs=2, required=True, metavar="BASE.cfg BASE.weights",
+              help="The deployed model; its layers and detections stay unchanged.")
+@click.option("--task", "tasks", multiple=True, required=True,
+              metavar="NAME=TASK.cfg:TASK.weights[@K]",
+              help="A task model retrained from layer K+1 (repeatable; @K overrides "
+                   "--share-until for this task).")
+@click.option("--share-until", "share_until", type=int, default=None,
+              help="Layers 0..K (Darknet indices, inclusive) are shared.")
+@click.option("-o", "--out", required=True, metavar="OUT",
+              help="Writes OUT.cfg, OUT.weights and OUT.heads.json.")
+@click.option("--base-name", default="base", show_default=True, help="Name of the base head.")
+@click.option("--names", "names", multiple=True, metavar="NAME=FILE",
+              help="Class names file of a head (repeatable).")
+@click.option("--common-classes", is_flag=True,
+              help="Pad every head to one common class list so stock Darknet decodes all "
+                   "heads with one names file.")
+@click.option("--force", is_flag=True, help="Merge even if a task's trunk differs.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+def merge(base, tasks, share_until, out, base_name, names, common_classes, force, overwrite):
+    """One network, one trunk, several heads (base + tasks)."""
+    warn = lambda m: click.echo(m, err=True)  # noqa: E731
+    merged, heads = merge_files(base[0], base[1], tasks, out, share_until,
+                                _pairs(names, "--names"), base_name, force, common_classes,
+                                overwrite, warn)
+    click.echo(f"wrote {out}.cfg ({len(merged.layers)} layers), {out}.weights, "
+               f"{out}.heads.json")
+    for g in heads.groups():
+        where = "base" if g.route is None else f"shares 0..{g.share_until}, route {g.route}, " \
+                                                f"tail {g.tail[0]}..{g.tail[1]}"
+        click.echo(f"  head {g.name}: {g.classes} classes, yolo layers "
+                   f"{','.join(map(str, g.yolo_layers))} ({where})")
+    click.echo(format_savings(merge_savings(merged.network(), heads)))
+
+
+@main.command("split")
+@click.argument("cfg", type=click.Path(dir_okay=False))
+@click.argument("weights", type=click.Path(dir_okay=False))
+@click.option("--heads", "heads_path", required=True, type=click.Path(dir_okay=False),
+              help="OUT.heads.json written by merge.")
+@click.option("--task", "name", required=True, help="Which head to extract.")
+@click.option("-o", "--out", required=True, metavar="OUT", help="Writes OUT.cfg, OUT.weights.")
+@click.option("--overwrite", is_flag=True)
+def split_cmd(cfg, weights, heads_path, name, out, overwrite):
+    """Extract one task's standalone network (trunk + its tail) from a merged network."""
+    outs = [f"{out}.cfg", f"{out}.weights"]
+    for o in outs:
+        check_output(o, [cfg, weights, heads_path], overwrite)
+    graph = split(load_graph(cfg, weights), load_heads(heads_path), name)
+    graph.save(outs[0], outs[1])
+    click.echo(f"wrote {outs[0]} ({len(graph.layers)} layers) and {outs[1]}")
+
