@@ -1,0 +1,63 @@
+"""``netsurgery detect``."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..detect import detect_images, heads_of, write_json
+from ..fileio import check_output
+from ..merge import load_heads
+from ..model import load_model
+from .app import main
+
+
+@main.command()
+@click.argument("cfg", type=click.Path(dir_okay=False))
+@click.argument("weights", type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True)
+@click.option("--heads", "heads_path", type=click.Path(dir_okay=False),
+              help="OUT.heads.json of a merged network: decode each head on its own.")
+@click.option("--names", type=click.Path(dir_okay=False), help="Class names (plain network).")
+@click.option("--thresh", default=0.25, show_default=True, type=float)
+@click.option("--nms", default=0.45, show_default=True, type=float)
+@click.option("--letterbox/--resize", default=False,
+              help="Keep the aspect ratio (-letter_box) or stretch (AlexeyAB's default).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Folder for annotated images.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="Write all detections as JSON.")
+@click.option("--batch", default=4, show_default=True, type=int, help="Images per forward.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--overwrite", is_flag=True)
+def detect(cfg, weights, images, heads_path, names, thresh, nms, letterbox, out_dir, json_path,
+           batch, device, overwrite):
+    """Detect objects in IMAGES (files, folders, or .txt lists) like `darknet detector test`."""
+    if json_path:
+        check_output(json_path, [cfg, weights, *images], overwrite)
+    model = load_model(cfg, weights, inference=True, device=device)
+    heads = heads_of(model, load_heads(heads_path) if heads_path else None, names)
+    show = sys.stderr.isatty()
+
+    def progress(i, what):
+        if show:
+            click.echo(f"\r[{i}] {what[-60:]:<60}", err=True, nl=False)
+
+    result = detect_images(model, images, heads, thresh, nms, letterbox, batch, out_dir, progress)
+    if show:
+        click.echo("", err=True)
+    current = None
+    for r in result.records:
+        if r.image != current:
+            current = r.image
+            click.echo(f"{r.image}:")
+        b = r.box
+        head = f"[{r.head}] " if len(heads) > 1 else ""
+        click.echo(f"  {head}{r.class_name}: {r.prob * 100:.0f}%\t(left_x: {b.left:4d}   "
+                   f"top_y: {b.top:4d}   width: {b.width:4d}   height: {b.height:4d})")
+    for image, reason in result.failed:
+        click.echo(f"skipped {image}: {reason}", err=True)
+    if json_path:
+        write_json(json_path, result.records)
+    click.echo(f"{len(result.records)} detections in {result.images - len(result.failed)} "
+               f"images" + (f", {len(result.failed)} skipped" if result.failed else ""))

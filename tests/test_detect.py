@@ -1,0 +1,120 @@
+"""detect and eval on the real yolov3-tiny against Darknet's own `detector test` output."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import shared_path
+from netsurgery.cli.app import run
+from netsurgery.detect import detect_images, heads_of
+from netsurgery.evaluate import evaluate_model
+from netsurgery.model import load_model
+
+LINE = re.compile(r"(?P<name>[\w ]+): (?P<pct>\d+)%\s+\(left_x:\s+(?P<l>-?\d+)\s+top_y:\s+"
+                  r"(?P<t>-?\d+)\s+width:\s+(?P<w>\d+)\s+height:\s+(?P<h>\d+)\)")
+
+
+def darknet_detections() -> dict[tuple[str, str], list[tuple[str, int, tuple[int, ...]]]]:
+    """Parse detections.txt: {(image, mode): [(class, percent, (l, t, w, h))]}."""
+    text = shared_path("conformance", "yolov3-tiny-coco", "detections.txt").read_text()
+    out, key = {}, None
+    for line in text.splitlines():
+        if line.startswith("== "):
+            image, mode = line[3:].split(" mode=")
+            key = (image, mode)
+            out[key] = []
+        elif key and (m := LINE.match(line)):
+            out[key].append((m["name"], int(m["pct"]),
+                             (int(m["l"]), int(m["t"]), int(m["w"]), int(m["h"]))))
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(yolov3_tiny):
+    return load_model(*yolov3_tiny, inference=True)
+
+
+@pytest.mark.parametrize("mode", ["resize", "letter_box"])
+def test_detections_match_darknet(model, mode):
+    expected = darknet_detections()
+    names = shared_path("models", "coco.names")
+    heads = heads_of(model, names=names)
+    images = [shared_path("images", n) for n in ("dog.jpg", "person.jpg")]
+    result = detect_images(model, images, heads, letterbox=(mode == "letter_box"))
+    assert not result.failed
+    for image in images:
+        want = expected[(image.name, mode)]
+        got = [r for r in result.records if Path(r.image).name == image.name]
+        assert len(got) == len(want), (image.name, mode, got)
+        for (name, pct, box), rec in zip(want, got):
+            assert rec.class_name == name
+            # JPEG decoding differs slightly (libjpeg vs Darknet's stb_image)
+            assert abs(rec.prob * 100 - pct) <= 1.0 + 0.5
+            got_box = (rec.box.left, rec.box.top, rec.box.width, rec.box.height)
+            assert max(abs(a - b) for a, b in zip(got_box, box)) <= 2, (name, got_box, box)
+
+
+def test_detect_cli_json_and_images(yolov3_tiny, tmp_path, capsys):
+    cfg, weights = yolov3_tiny
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    gray = tmp_path / "gray.png"
+    import cv2
+
+    cv2.imwrite(str(gray), (np.arange(64 * 48).reshape(48, 64) % 256).astype(np.uint8))
+    deep = tmp_path / "deep.png"
+    cv2.imwrite(str(deep), (np.arange(64 * 48 * 3).reshape(48, 64, 3) * 7 % 65535)
+                .astype(np.uint16))
+    dog = shared_path("images", "dog.jpg")
+    out_json = tmp_path / "det.json"
+    rc = run(["detect", str(cfg), str(weights), str(dog), str(bad), str(empty), str(gray),
+              str(deep), "--names", str(shared_path("models", "coco.names")), "--json",
+              str(out_json), "--out", str(tmp_path / "annotated")])
+    captured = capsys.readouterr()
+    assert rc == 0
+    assert captured.err.count("skipped") == 2 and "broken.jpg" in captured.err
+    records = json.loads(out_json.read_text())
+    dogs = [r for r in records if r["class_name"] == "dog"]
+    assert len(dogs) == 1 and dogs[0]["head"] == "model"
+    assert set(dogs[0]["box"]) == {"left", "top", "width", "height"}
+    assert (tmp_path / "annotated" / "dog_detections.jpg").exists()
+
+
+def test_eval_on_labels_from_darknet_output(model, tmp_path):
+    """Ground truth = Darknet's own detections (resize mode): every truth is found, so each
+    present class has AP 1 unless a false positive of that class outranks a truth."""
+    expected = darknet_detections()
+    lines = []
+    names = [n.strip() for n in shared_path("models", "coco.names").read_text().splitlines()]
+    for image in ("dog.jpg", "person.jpg"):
+        src = shared_path("images", image)
+        h, w = __import__("cv2").imread(str(src)).shape[:2]
+        link = tmp_path / image
+        link.symlink_to(src)
+        labels = []
+        seen = set()
+        for name, _, (l, t, bw, bh) in expected[(image, "resize")]:
+            if (name, l, t) in seen:
+                continue
+            seen.add((name, l, t))
+            labels.append(f"{names.index(name)} {(l + bw / 2) / w:.6f} {(t + bh / 2) / h:.6f} "
+                          f"{bw / w:.6f} {bh / h:.6f}")
+        (tmp_path / f"{Path(image).stem}.txt").write_text("\n".join(labels) + "\n")
+        lines.append(str(link))
+    (tmp_path / "valid.txt").write_text("\n".join(lines) + "\n")
+    data = tmp_path / "coco.data"
+    data.write_text(f"classes=80\nvalid={tmp_path / 'valid.txt'}\n"
+                    f"names={shared_path('models', 'coco.names')}\n")
+    result = evaluate_model(model, data)
+    present = {c.name: c for c in result.classes if c.n_truth}
+    assert set(present) == {"dog", "bicycle", "car", "truck", "person", "sheep"}
+    assert present["dog"].n_truth == 3 and present["car"].n_truth == 2
+    assert abs(result.map - result.map_present * 6 / 80) < 1e-9  # Darknet averages over 80
+    assert result.map_present > 0.9
+    assert result.recall == pytest.approx(1.0)
