@@ -1,0 +1,44 @@
+"""``netsurgery info``: layer table, totals (Darknet's Total BFLOPS), share-until costs."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..cost import format_report, network_cost, report_to_json
+from ..fileio import atomic_write_text, check_output
+from ..network import build_network
+from ..validate import validate_network
+from ..weights import load_weights
+from .app import INT_LIST, SIZE, main
+
+
+@main.command()
+@click.argument("cfg", type=click.Path(dir_okay=False))
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="Also report the header, coverage and NaN/Inf values of a .weights file.")
+@click.option("--size", type=SIZE, help="Input W,H instead of the cfg's (changes FLOPs only).")
+@click.option("--share-until", "share_until", type=INT_LIST, default="",
+              help="K[,K...]: fraction of params/FLOPs in layers 0..K, frontier, savings.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="Also write the report as JSON.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing JSON output.")
+def info(cfg, weights, size, share_until, json_path, overwrite):
+    """Print CFG's layers with shapes, parameters and BFLOPs, and the totals."""
+    if json_path:
+        check_output(json_path, [cfg, weights], overwrite)
+    network = build_network(cfg, size)
+    wf = load_weights(weights, network.layers) if weights else None
+    report = network_cost(network, share_until or (), wf)
+    click.echo(format_report(report), nl=False)
+    problems = validate_network(network)
+    if problems:
+        click.echo("\nchecks:")
+        for problem in problems:
+            click.echo(f"  {problem}")
+    if json_path:
+        data = report_to_json(report)
+        data["problems"] = [{"index": p.index, "line": p.line, "severity": p.severity,
+                             "message": p.message} for p in problems]
+        atomic_write_text(json_path, json.dumps(data, indent=1) + "\n")
+        click.echo(f"wrote {json_path}")
