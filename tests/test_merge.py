@@ -125,7 +125,11 @@ def test_merged_network_loads_in_opencv_with_same_outputs(tiny_setup):
         spec = network.layers[spec_index]
         expected = to_opencv_layout(mine[0].numpy(), spec, network.net.width, network.net.height)
         assert theirs.shape == expected.shape
-        assert np.max(np.abs(theirs - expected)) < 1e-4
+        # OpenCV folds BatchNorm with eps 1e-6 (Darknet: 1e-5), which moves each of the ~20
+        # BN layers' outputs by up to ~5e-6 relative; w, h are exp() of raw outputs, so they
+        # agree relatively; objectness and class probabilities (in [0, 1]) absolutely
+        np.testing.assert_allclose(theirs[:, :4], expected[:, :4], rtol=5e-3, atol=5e-4)
+        np.testing.assert_allclose(theirs[:, 4:], expected[:, 4:], atol=5e-4)
 
 
 def test_yolov3_share_73_structure():
