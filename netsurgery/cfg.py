@@ -8,7 +8,9 @@ ignored, lines starting with ``#`` or ``;`` are comments, values are split at th
 from __future__ import annotations
 
 import copy
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -27,6 +29,7 @@ class Option:
     value: str
     line: int | None = None
     comments: list[str] = field(default_factory=list)  # comment lines just above it
+    inline_comment: str = ""  # "# ..." written after the value on the same line
 
 
 @dataclass
@@ -142,7 +145,8 @@ class Cfg:
             out.append(f"[{section.header}]")
             for opt in section.options:
                 out.extend(opt.comments)
-                out.append(f"{opt.key}={opt.value}")
+                out.append(f"{opt.key}={opt.value}" +
+                           (f" {opt.inline_comment}" if opt.inline_comment else ""))
             out.append("")
         out.extend(self.trailing_comments)
         return "\n".join(out).rstrip("\n") + "\n"
@@ -176,31 +180,44 @@ def _split_list(text: str, section: Section, opt: Option) -> list[str]:
     return parts
 
 
+# Numbers as Darknet's atoi/atof read them, in ASCII: Python's int() and float() also accept
+# "1_0", "١٢" or "1e3" (as an int), which Darknet reads differently or not at all.
+_INT_TEXT = re.compile(r"[+-]?[0-9]+(\.0*)?")  # "16.0" is read as 16 by atoi too
+_FLOAT_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_INT_MIN, _INT_MAX = -2**31, 2**31 - 1  # Darknet stores these values in a C int
+
+
+def _shorten(text: str, limit: int = 40) -> str:
+    """A value as shown in an error message: a 5000-digit value would drown the message."""
+    return text if len(text) <= limit else f"{text[:limit - 3]}... ({len(text)} characters)"
+
+
 def _parse_int(text: str, section: Section, opt: Option) -> int:
-    try:
-        return int(text, 10)
-    except ValueError:
-        pass
-    # Darknet's atoi reads "1.0" as 1; accept integral floats, refuse the rest.
-    try:
-        value = float(text)
-    except ValueError:
-        value = None
-    if value is not None and value.is_integer() and abs(value) < 2**31:
-        return int(value)
+    if _INT_TEXT.fullmatch(text):
+        whole = text.split(".")[0]
+        # int() refuses strings of over 4300 digits; over 10 significant ones is out of range
+        digits = whole.lstrip("+-").lstrip("0") or "0"
+        value = int(digits) * (-1 if whole.startswith("-") else 1) if len(digits) <= 10 else None
+        if value is not None and _INT_MIN <= value <= _INT_MAX:
+            return value
+        raise CfgError(section.path, opt.line,
+                       f"[{section.header}] {opt.key}={_shorten(text)}: expected an integer in "
+                       f"{_INT_MIN}..{_INT_MAX} (Darknet's int)")
     raise CfgError(section.path, opt.line,
-                   f"[{section.header}] {opt.key}={text}: expected an integer")
+                   f"[{section.header}] {opt.key}={_shorten(text)}: expected an integer")
 
 
 def _parse_float(text: str, section: Section, opt: Option) -> float:
     try:
         value = float(text)
     except ValueError:
+        value = None
+    if value is not None and not math.isfinite(value):  # nan, inf, 1e400
         raise CfgError(section.path, opt.line,
-                       f"[{section.header}] {opt.key}={text}: expected a number") from None
-    if value != value or value in (float("inf"), float("-inf")):
+                       f"[{section.header}] {opt.key}={_shorten(text)}: expected a finite number")
+    if value is None or not _FLOAT_TEXT.fullmatch(text):
         raise CfgError(section.path, opt.line,
-                       f"[{section.header}] {opt.key}={text}: expected a finite number")
+                       f"[{section.header}] {opt.key}={_shorten(text)}: expected a number")
     return value
 
 
@@ -214,6 +231,17 @@ def _strip_inline_comment(text: str) -> str:
     return text
 
 
+def _inline_comment(raw: str) -> str:
+    """The comment after the value of a raw ``key=value # comment`` line, kept for
+    ``to_text``."""
+    value = raw.split("=", 1)[1]
+    marks = [p for p in (value.find("#"), value.find(";")) if p >= 0]
+    return value[min(marks):].strip() if marks else ""
+
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
 def parse_cfg_text(text: str, path: str | None = None, strict_keys: bool = True) -> Cfg:
     """Parse cfg text. Unknown sections and (with ``strict_keys``) keys Darknet never reads are
     errors with ``file:line``; duplicate keys keep Darknet's meaning (the first wins) and add a
@@ -222,7 +250,10 @@ def parse_cfg_text(text: str, path: str | None = None, strict_keys: bool = True)
         text = text[1:]
     sections: list[Section] = []
     pending_comments: list[str] = []
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    inline_warnings: list[str] = []
+    # Lines end at LF, CR LF or CR, as editors count them; str.splitlines() would also split
+    # at form feeds and the like, and error messages would name the wrong line.
+    for lineno, raw in enumerate(_LINE_END.split(text), start=1):
         line = "".join(raw.split())  # Darknet's strip(): every white space character goes
         if not line:
             continue
@@ -257,14 +288,20 @@ def parse_cfg_text(text: str, path: str | None = None, strict_keys: bool = True)
         if strict_keys and schema.value_kind(section.type, key) is None:
             raise CfgError(path, lineno, f"[{section.header}] unknown key '{key}': Darknet "
                                          f"does not read it in [{section.type}] (typo?)")
-        section.options.append(Option(key, value, lineno, pending_comments))
+        inline = _inline_comment(raw) if value != line.split("=", 1)[1] else ""
+        if inline and schema.value_kind(section.type, key) == "str":
+            # atoi/atof stop at '#', but a word value does not: Darknet reads the comment too
+            inline_warnings.append(
+                f"{path}:{lineno}: [{section.header}] {key}: Darknet reads the inline comment "
+                f"as part of the value ({line.split('=', 1)[1]!r}); netsurgery uses {value!r}")
+        section.options.append(Option(key, value, lineno, pending_comments, inline))
         pending_comments = []
     if not sections:
         raise CfgError(path, None, "no sections: expected a [net] section and layers")
     net, *layers = sections
     if net.type != "net":
         raise CfgError(path, net.line, f"first section is [{net.header}]: expected [net]")
-    cfg = Cfg(net, layers, path, pending_comments)
+    cfg = Cfg(net, layers, path, pending_comments, inline_warnings)
     for section in sections:
         if section is not net and section.type == "net":
             raise CfgError(path, section.line, "a second [net] section: expected layers only")
@@ -304,13 +341,15 @@ def load_cfg(path: str | os.PathLike, strict_keys: bool = True) -> Cfg:
         raise CfgError(str(p), None, "file not found") from None
     except IsADirectoryError:
         raise CfgError(str(p), None, "is a folder, expected a .cfg file") from None
+    except OSError as exc:  # permissions, a file in place of a folder, I/O errors
+        raise CfgError(str(p), None, f"cannot read: {exc.strerror or exc}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
+        line = len(re.findall(rb"\r\n|\r|\n", data[: exc.start])) + 1  # as parse_cfg_text counts
         raise CfgError(str(p), line, "not UTF-8 text: expected a Darknet .cfg") from None
     if "\x00" in text:
-        line = text[: text.index("\x00")].count("\n") + 1
+        line = len(_LINE_END.findall(text[: text.index("\x00")])) + 1
         raise CfgError(str(p), line, "binary data (NUL byte): expected a Darknet .cfg text")
     return parse_cfg_text(text, str(p), strict_keys)
 

@@ -17,9 +17,10 @@ from torch import nn
 
 from .cfg import Cfg
 from .errors import NetsurgeryError, WeightsError
+from .layers.fastconv import release_free_memory
 from .network import Network, build_network
 from .weights import (WeightsFile, WeightsHeader, load_weights as read_weights_file,
-                      save_weights as write_weights_file)
+                      read_arrays_into, save_weights as write_weights_file)
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class ExecutionPlan:
     order: tuple[int, ...]
     release_after: dict  # step position -> layer indices whose output is no longer needed
     targets: tuple[int, ...]
+    # step positions whose layer may overwrite its input (dead after it, a fresh tensor)
+    reuse_input: frozenset = frozenset()
 
 
 class DarknetModel(nn.Module):
@@ -44,6 +47,7 @@ class DarknetModel(nn.Module):
         self.weights_notes: list[str] = []
         self._plans: dict[tuple[tuple[int, ...], tuple[int, ...]], ExecutionPlan] = {}
         self._inputs = [spec.inputs() for spec in network.layers]
+        self._fast = False  # set by inference(): packed kernels, channels_last on CPU
 
     # -- structure ------------------------------------------------------------------------
     @property
@@ -84,7 +88,11 @@ class DarknetModel(nn.Module):
         for pos, i in enumerate(order):  # outputs nobody reads (and not asked for)
             if i not in last_use and i not in keep:
                 release.setdefault(pos, []).append(i)
-        plan = ExecutionPlan(order, release, tuple(targets))
+        reuse = frozenset(
+            pos for pos, i in enumerate(order)
+            if i > 0 and (i - 1) in release.get(pos, ()) and hasattr(self.layers[i], "forward_")
+            and self.layers[i - 1].fresh_output)
+        plan = ExecutionPlan(order, release, tuple(targets), reuse)
         self._plans[key] = plan
         return plan
 
@@ -105,27 +113,46 @@ class DarknetModel(nn.Module):
         self._check_input(x)
         cache = cache or {}
         plan = self.plan(targets, cache.keys())
+        fmt = self._memory_format(x)
         outputs: list = [None] * len(self.layers)
         for i, t in cache.items():
-            outputs[i] = t
+            outputs[i] = t if fmt is None else t.contiguous(memory_format=fmt)
+        if fmt is not None:
+            x = x.contiguous(memory_format=fmt)
+        # a plain list: ModuleList indexing costs ~8 µs a layer, as much as a small layer
+        layers, inputs, release = list(self.layers), self._inputs, plan.release_after
+        # overwriting dead inputs is for inference (no autograd, or the fast mode, whose
+        # parameters need no gradient; forward_ itself declines tensors that need one)
+        reuse = plan.reuse_input if self._fast or not torch.is_grad_enabled() else ()
         for pos, i in enumerate(plan.order):
-            inputs = self._inputs[i]
-            prev = x if i == 0 else outputs[i - 1] if inputs and inputs[0] == i - 1 else None
-            outputs[i] = self.layers[i](prev, outputs)
-            for j in plan.release_after.get(pos, ()):
+            reads = inputs[i]
+            prev = x if i == 0 else outputs[i - 1] if reads and reads[0] == i - 1 else None
+            if pos in reuse:
+                outputs[i] = layers[i].forward_(prev, outputs)
+            else:
+                outputs[i] = layers[i](prev, outputs)
+            for j in release.get(pos, ()):
                 if j not in cache:
                     outputs[j] = None
-        return {t: outputs[t] for t in targets}
+        if fmt is None:
+            return {t: outputs[t] for t in targets}
+        return {t: outputs[t].contiguous() for t in targets}  # callers may .view() them
 
     def layer_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every layer's output, index = Darknet layer index."""
         self._check_input(x)
+        fmt = self._memory_format(x)
         outputs: list = []
-        prev = x
+        prev = x if fmt is None else x.contiguous(memory_format=fmt)
         for module in self.layers:
             prev = module(prev, outputs)
             outputs.append(prev)
-        return outputs
+        return outputs if fmt is None else [o.contiguous() for o in outputs]
+
+    def _memory_format(self, x: torch.Tensor) -> torch.memory_format | None:
+        """channels_last in the CPU fast path: oneDNN's native layout (no reorders around each
+        convolution) and 5-10× faster max pooling than NCHW; None = leave tensors as given."""
+        return torch.channels_last if self._fast and x.device.type == "cpu" else None
 
     def forward(self, x: torch.Tensor, targets: Sequence[int] | None = None):
         """Head outputs (list, in layer order) — or the outputs of ``targets``."""
@@ -136,23 +163,56 @@ class DarknetModel(nn.Module):
     # -- inference mode -------------------------------------------------------------------
     def fold_batchnorm(self) -> "DarknetModel":
         """Fold BatchNorm into the convolutions for inference (Darknet's fuse, in float64).
-        The unfolded parameters stay for training and for saving."""
+        The unfolded parameters stay for training and for saving. The fold is a snapshot:
+        after changing weights in eval mode, fold again (``load_weights`` does)."""
         for m in self.layers:
             if hasattr(m, "fold"):
                 m.fold()
         return self
 
     def unfold_batchnorm(self) -> "DarknetModel":
+        """Drop the folded copies: eval mode computes BatchNorm from the parameters again."""
         for m in self.layers:
             if hasattr(m, "unfold"):
                 m.unfold()
         return self
 
-    def inference(self) -> "DarknetModel":
-        """Switch to the fast inference mode: eval, BatchNorm folded, no autograd."""
+    def train(self, mode: bool = True) -> "DarknetModel":
+        """Training mode also drops the folded BatchNorm copies: weights changed while training
+        must not be shadowed by a stale fold when the model goes back to eval mode."""
+        if mode:
+            self.unfold_batchnorm()
+            self._fast = False
+        return super().train(mode)
+
+    def inference(self, fast: bool = True) -> "DarknetModel":
+        """Switch to the inference mode: eval, BatchNorm folded (Darknet's float64 fuse), no
+        autograd. ``fast`` (default) also packs the convolution kernels for oneDNN with the
+        activation fused and runs CPU tensors channels_last (see docs/performance.md); results
+        equal the plain path within float32 rounding. ``fast=False``: folded BatchNorm only."""
         self.eval()
         self.requires_grad_(False)
-        return self.fold_batchnorm()
+        self._fast = fast
+        if fast:
+            self._pack()  # folds layer by layer: one folded kernel alive at a time
+        else:
+            self.unfold_batchnorm()
+            self.fold_batchnorm()
+        return self
+
+    @property
+    def fast(self) -> bool:
+        """Whether the fast inference path is on (see :meth:`inference`)."""
+        return self._fast
+
+    def _pack(self) -> None:
+        for m in self.layers:
+            if hasattr(m, "pack"):
+                m.fold()
+                if m.pack() and m.weights.numel() >= 1 << 18:
+                    release_free_memory()  # keeps peak memory at weights + packed kernels
+            elif hasattr(m, "fold"):
+                m.fold()
 
     # -- weights --------------------------------------------------------------------------
     def weight_tensors(self, index: int) -> list[tuple[str, torch.Tensor]]:
@@ -162,30 +222,43 @@ class DarknetModel(nn.Module):
         """Copy a .weights file (or an already read one) into the parameters."""
         wf = source if isinstance(source, WeightsFile) else \
             read_weights_file(source, self.network.layers)
+        direct: dict[int, dict[str, np.ndarray]] = {}  # parameters the file is read into
         with torch.no_grad():
             for index, lw in wf.layers.items():
                 tensors = dict(self.layers[index].weight_tensors())
                 for name, arr in lw.arrays.items():
                     target = tensors[name]
-                    if wf.header.transposed and name == "weights" and arr.ndim == 2 and \
-                            self.network.layers[index].type_name == "connected":
+                    transposed = wf.header.transposed and name == "weights" and \
+                        arr.ndim == 2 and self.network.layers[index].type_name == "connected"
+                    if not transposed and target.device.type == "cpu" and \
+                            target.dtype == torch.float32 and target.is_contiguous() and \
+                            target.numel() == arr.size:
+                        direct.setdefault(index, {})[name] = target.detach().numpy()
+                        continue
+                    if transposed:
                         arr = arr.T
                     target.copy_(torch.from_numpy(np.ascontiguousarray(arr)).view_as(target))
+            read_arrays_into(wf, direct)  # straight from disk into the parameters: one copy
         self.header = WeightsHeader(wf.header.major, wf.header.minor, wf.header.revision,
                                     wf.header.seen)
         self.weights_notes = list(wf.notes)
         self.unfold_batchnorm()
         if not self.training:
-            self.fold_batchnorm()
+            if self._fast:
+                self._pack()
+            else:
+                self.fold_batchnorm()
         return wf
 
-    def layer_arrays(self, index: int) -> dict[str, np.ndarray]:
-        """A layer's arrays as float32 numpy (file layout: [connected] transposed if the header
-        says so)."""
+    def layer_arrays(self, index: int, transposed: bool | None = None) -> dict[str, np.ndarray]:
+        """A layer's arrays as float32 numpy in file layout: [connected] weights transposed
+        if ``transposed`` (default: if the header of the loaded file says so)."""
+        if transposed is None:
+            transposed = self.header.transposed
         out = {}
         for name, t in self.layers[index].weight_tensors():
             arr = t.detach().cpu().numpy().astype(np.float32, copy=False)
-            if self.header.transposed and name == "weights" and \
+            if transposed and name == "weights" and \
                     self.network.layers[index].type_name == "connected":
                 arr = arr.T
             out[name] = arr
@@ -197,7 +270,8 @@ class DarknetModel(nn.Module):
         ``partial``). The header of the loaded file is kept, so load → save is
         byte-identical."""
         header = header or self.header
-        arrays = _LazyArrays(self)
+        # The layout follows the header being written, not the one the weights came from.
+        arrays = _LazyArrays(self, header.transposed)
         write_weights_file(path, header, self.network.layers, arrays, upto)
 
     def save_cfg(self, path: str | os.PathLike) -> None:
@@ -207,13 +281,14 @@ class DarknetModel(nn.Module):
 class _LazyArrays:
     """Mapping index → arrays, converted from the model one layer at a time while writing."""
 
-    def __init__(self, model: DarknetModel):
+    def __init__(self, model: DarknetModel, transposed: bool):
         self.model = model
+        self.transposed = transposed
 
     def get(self, index: int, default=None):
         if not 0 <= index < len(self.model.layers):
             return default
-        return self.model.layer_arrays(index)
+        return self.model.layer_arrays(index, self.transposed)
 
 
 def load_model(cfg: str | os.PathLike | Cfg | Network, weights: str | os.PathLike | None = None,

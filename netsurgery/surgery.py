@@ -221,3 +221,27 @@ def frontier(network: Network, k: int) -> list[int]:
     """Layers ≤ k whose outputs are read by layers after k (what a tail from k+1 needs)."""
     needed = {src for spec in network.layers[k + 1:] for src in spec.inputs() if 0 <= src <= k}
     return sorted(needed)
+
+
+def retarget_heads(cfg: Cfg, classes: int, anchors: Sequence[float] | None = None) -> Cfg:
+    """A copy of ``cfg`` whose [yolo] heads detect ``classes`` classes (and use ``anchors``,
+    flat w,h pairs, if given): sets ``classes`` (and ``anchors``/``num``) in every [yolo] and
+    ``filters = (classes + 5)·len(mask)`` in the convolution before it — the edit every
+    fine-tuning starts with."""
+    out = cfg.copy()
+    for i, section in enumerate(out.layers):
+        if section.type != "yolo":
+            continue
+        if anchors is not None:
+            if len(anchors) % 2:
+                raise UsageError(f"anchors: {len(anchors)} values, expected w,h pairs")
+            section.set("anchors", list(anchors))
+            section.set("num", len(anchors) // 2)
+        section.set("classes", classes)
+        total = section.get_int("num", 1)
+        mask = section.get_ints("mask", range(total))
+        prev = out.layers[i - 1] if i > 0 else None
+        if prev is None or prev.type != "convolutional":
+            raise section.error(f"layer {i}: expected a [convolutional] before [yolo]")
+        prev.set("filters", (classes + 5) * len(mask))
+    return out

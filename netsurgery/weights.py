@@ -41,6 +41,14 @@ class WeightsHeader:
         return self.major > 1000 or self.minor > 1000
 
     def to_bytes(self) -> bytes:
+        for name in ("major", "minor", "revision"):
+            value = getattr(self, name)
+            if not 0 <= value < 2**31:
+                raise WeightsError(f"header {name}={value} does not fit a .weights header "
+                                   "(expected 0..2147483647)")
+        if not 0 <= self.seen < 2**(8 * self.seen_bytes):
+            raise WeightsError(f"header seen={self.seen} does not fit the {self.seen_bytes}-byte "
+                               f"counter of a version {self.version()} header")
         ints = np.array([self.major, self.minor, self.revision], dtype="<i4").tobytes()
         seen = np.array([self.seen], dtype="<u8" if self.seen_bytes == 8 else "<u4")
         return ints + seen.tobytes()
@@ -77,6 +85,7 @@ class WeightsFile:
     n_layers: int
     file_size: int = 0
     notes: list[str] = field(default_factory=list)
+    mapped: bool = False  # arrays are views of the file at ``path`` (load_weights)
 
     @property
     def complete(self) -> bool:
@@ -134,16 +143,20 @@ def load_weights(path: str | os.PathLike, layers: list[LayerSpec],
     p = Path(path)
     try:
         size = p.stat().st_size
+        if p.is_dir():
+            raise WeightsError(f"{p}: is a folder, expected a .weights file")
+        with open(p, "rb") as handle:
+            head = handle.read(20)
     except FileNotFoundError:
         raise WeightsError(f"{p}: file not found") from None
-    if p.is_dir():
-        raise WeightsError(f"{p}: is a folder, expected a .weights file")
-    with open(p, "rb") as handle:
-        head = handle.read(20)
+    except OSError as exc:  # permissions, a file in place of a folder, I/O errors
+        raise WeightsError(f"{p}: cannot read: {exc.strerror or exc}") from None
     header = read_header(head, str(p))
     # mode "c": copy-on-write, so views are writable for torch without touching the file
     data = np.memmap(p, dtype=np.uint8, mode="c") if size > 0 else np.zeros(0, np.uint8)
-    return _read_layers(data, header, layers, str(p), allow_partial)
+    wf = _read_layers(data, header, layers, str(p), allow_partial)
+    wf.mapped = size > 0
+    return wf
 
 
 def load_weights_bytes(data: bytes, layers: list[LayerSpec], path: str | None = None,
@@ -187,11 +200,56 @@ def _read_layers(data: np.ndarray, header: WeightsHeader, layers: list[LayerSpec
     notes = []
     if covered < len(layers):
         if not allow_partial:
-            raise WeightsError(f"{path}: holds weights for layers 0..{covered - 1} only, "
+            held = f"layers 0..{covered - 1}" if covered else "no layers (header only)"
+            raise WeightsError(f"{path}: holds weights for {held} only, "
                                f"expected all {len(layers)} layers")
-        notes.append(f"partial weights: layers 0..{covered - 1} of {len(layers)} "
-                     f"(the file stops after layer {covered - 1})")
+        if covered == 0:
+            notes.append(f"no layer weights: the file holds only the header; all "
+                         f"{len(layers)} layers keep their initial values")
+        else:
+            notes.append(f"partial weights: layers 0..{covered - 1} of {len(layers)} "
+                         f"(the file stops after layer {covered - 1})")
     return WeightsFile(path, header, out, covered, len(layers), size, notes)
+
+
+def read_arrays_into(wf: WeightsFile, out: Mapping[int, Mapping[str, np.ndarray]]) -> None:
+    """Fill ``out[index][name]`` with the file's arrays (each destination a C-contiguous
+    float32 array of the same size; missing entries are skipped).
+
+    For a file read by :func:`load_weights` the bytes go straight from the file into the
+    destination with ``readinto`` — one copy, at the speed of reading the file, and no mapped
+    pages left resident beside the destination (touching the memory map would add the file's
+    size to the process's memory). Otherwise they are copied from the in-memory views."""
+    native = np.dtype("<f4")
+    for index, named in out.items():
+        for name, dest in named.items():
+            src = wf.layers[index].arrays[name]
+            if dest.dtype != native or not dest.flags.c_contiguous or dest.size != src.size:
+                raise WeightsError(f"layer {index} '{name}': destination of {dest.size} "
+                                   f"{dest.dtype} values, expected {src.size} contiguous "
+                                   "float32")
+    if not (wf.mapped and wf.path):
+        for index, named in out.items():
+            for name, dest in named.items():
+                np.copyto(dest.reshape(-1), wf.layers[index].arrays[name].reshape(-1))
+        return
+    with open(wf.path, "rb", buffering=0) as handle:
+        for index in sorted(out):
+            lw = wf.layers[index]
+            pos = lw.offset
+            for name, src in lw.arrays.items():
+                dest = out[index].get(name)
+                if dest is not None:
+                    handle.seek(pos)
+                    view = memoryview(dest.reshape(-1)).cast("B")
+                    got = handle.readinto(view)
+                    while got < len(view):  # short reads (pipes, network filesystems)
+                        more = handle.readinto(view[got:])
+                        if not more:
+                            raise WeightsError(f"{wf.path}: ended while reading layer "
+                                               f"{index} '{name}' (file changed on disk?)")
+                        got += more
+                pos += 4 * src.size
 
 
 def weights_bytes(header: WeightsHeader, layers: list[LayerSpec],

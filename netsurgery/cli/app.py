@@ -87,6 +87,11 @@ def run(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+    except OSError as exc:  # a folder we may not write, a full disk: the user's to fix
+        if debug:
+            traceback.print_exc()
+        echo_err(f"netsurgery: error: {exc}")
+        return 2
     except Exception:  # noqa: BLE001 - the last line of defence for internal errors
         if debug:
             traceback.print_exc()

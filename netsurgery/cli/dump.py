@@ -6,7 +6,7 @@ import click
 from ..dump import dump_layers, load_input, save_npz
 from ..fileio import check_output
 from ..model import load_model
-from .app import main
+from .app import INT_LIST, main
 
 
 @main.command()
@@ -23,12 +23,17 @@ from .app import main
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 def dump(cfg, weights, input_path, out, layers, letterbox, fast, overwrite):
     """Run CFG+WEIGHTS on one input and write every layer's output (conformance format)."""
+    try:  # checked before the (slow) model load
+        wanted = None if layers == "all" else INT_LIST.convert(layers, None, None)
+    except click.BadParameter as exc:
+        raise click.BadParameter(exc.message, param_hint="'--layers'") from None
     check_output(out, [cfg, weights, input_path], overwrite)
     model = load_model(cfg, weights, inference=fast)
+    for warning in model.cfg.warnings:  # duplicate keys and the like: Darknet warns too
+        click.echo(f"warning: {warning}", err=True)
     for note in model.weights_notes:
         click.echo(note, err=True)
     x = load_input(input_path, model, letterbox)
-    wanted = None if layers == "all" else [int(v) for v in layers.split(",") if v]
     arrays = dump_layers(model, x, wanted)
     save_npz(out, arrays)
     click.echo(f"wrote {len(arrays) - 1} layer outputs to {out}")

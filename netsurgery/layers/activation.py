@@ -94,6 +94,24 @@ def activate(name: str, x: torch.Tensor) -> torch.Tensor:
     return x if name == "linear" else ACTIVATIONS[name](x)
 
 
+# In-place versions: one pass over memory instead of a read pass and a write to a new tensor.
+_INPLACE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "leaky": lambda x: F.leaky_relu_(x, 0.1),
+    "logistic": torch.sigmoid_,
+    "relu": torch.relu_,
+    "tanh": torch.tanh_,
+}
+
+
+def activate_(name: str, x: torch.Tensor) -> torch.Tensor:
+    """``activate`` that may overwrite ``x``: only for a tensor the caller just created and
+    that autograd does not need (inference)."""
+    if name == "linear":
+        return x
+    f = _INPLACE.get(name)
+    return f(x) if f is not None else ACTIVATIONS[name](x)
+
+
 class ActivationModule(LayerModule):
     def __init__(self, spec: "ActivationSpec"):
         super().__init__(spec)

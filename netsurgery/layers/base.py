@@ -131,15 +131,22 @@ class BuildContext:
         point at an earlier layer."""
         absolute = index + ref if ref < 0 else ref
         if absolute < 0 or absolute >= index:
+            earlier = f"(0..{index - 1})" if index else "(layer 0 has none: it reads the input)"
             raise section.error(
                 f"layer {index}: {key}={ref} points at layer {absolute}: expected an earlier "
-                f"layer (0..{index - 1})", key)
+                f"layer {earlier}", key)
         return absolute
 
 
 class LayerModule(nn.Module):
     """A torch module for one Darknet layer. ``forward(x, outputs)`` gets the previous output
-    and the list of all earlier outputs (for route/shortcut style layers)."""
+    and the list of all earlier outputs (for route/shortcut style layers).
+
+    For inference the model may call an optional ``forward_(x, outputs)`` instead, which is
+    allowed to overwrite ``x``: only when no later layer reads ``x`` and the layer that made
+    ``x`` declares ``fresh_output`` (its outputs never share memory with another output)."""
+
+    fresh_output = False
 
     def __init__(self, spec: LayerSpec):
         super().__init__()

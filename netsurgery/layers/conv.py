@@ -8,18 +8,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cfg import Section
-from .activation import activate, activation_of
+from .activation import activate, activate_, activation_of
 from .base import (BuildContext, LayerModule, LayerSpec, Shape, WeightArray, positive,
                    register)
+from .fastconv import PackedConv, pack_conv
 
 # AlexeyAB folds convolution BatchNorm with eps 1e-5 (fuse_conv_batchnorm, as `detector test`
 # does); its unfolded normalize_cpu, used by [connected] and [batchnorm], adds 1e-6.
 CONV_BN_EPS = 1e-5
 PLAIN_BN_EPS = 1e-6
+_FOLD_SLICE = 1 << 20  # kernel values folded per float64 temporary (8 MiB)
 
 # Options that change what a convolution computes and that our model does not implement.
+# (flipped=1: Darknet transposes the kernel matrix when it loads the weights.)
 _UNSUPPORTED_CONV_OPTIONS = ("share_index", "antialiasing", "binary", "xnor", "coordconv",
-                             "deform", "assisted_excitation")
+                             "deform", "assisted_excitation", "flipped")
 
 
 @register("convolutional")
@@ -111,6 +114,8 @@ class ConvModule(LayerModule):
     """Convolution + optional BatchNorm + activation. Parameters are named after Darknet's
     arrays so that the .weights order is explicit."""
 
+    fresh_output = True  # always a new tensor: a later layer may reuse it once it is dead
+
     def __init__(self, spec: ConvSpec):
         super().__init__(spec)
         self.stride = (spec.stride_y, spec.stride_x)
@@ -128,7 +133,9 @@ class ConvModule(LayerModule):
             self.register_buffer("rolling_mean", torch.zeros(spec.filters))
             self.register_buffer("rolling_variance", torch.ones(spec.filters))
         self.load_scales = spec.load_scales
+        self.in_chw = (spec.in_shape.c, spec.in_shape.h, spec.in_shape.w)
         self.folded: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.packed: PackedConv | None = None  # inference fast path (see fastconv.py)
 
     def weight_tensors(self):
         out = [("biases", self.biases)]
@@ -147,12 +154,33 @@ class ConvModule(LayerModule):
         with torch.no_grad():
             std = torch.sqrt(self.rolling_variance.double() + CONV_BN_EPS)
             factor = self.scales.double() / std
-            w = (self.weights.double() * factor.view(-1, 1, 1, 1)).float()
+            # channels_last: oneDNN packs from that layout without an intermediate copy.
+            # float64 a slice of filters at a time: a whole-kernel float64 temporary is twice
+            # the kernel (for yolov3-tiny's 1024×512×3×3, half the weights file).
+            w = torch.empty_like(self.weights, memory_format=torch.channels_last)
+            step = max(1, _FOLD_SLICE // max(1, self.weights[0].numel()))
+            for a in range(0, w.shape[0], step):
+                w[a:a + step] = self.weights[a:a + step].double().mul_(
+                    factor[a:a + step].view(-1, 1, 1, 1))
             b = (self.biases.double() - self.scales.double() * self.rolling_mean.double() / std).float()
-        self.folded = (w.contiguous(), b.contiguous())
+        self.folded = (w, b.contiguous())
 
     def unfold(self) -> None:
         self.folded = None
+        self.packed = None
+
+    def pack(self) -> bool:
+        """Prepare the fast path: the folded kernel packed for oneDNN with the activation
+        fused. The packed kernel replaces the folded copy (memory: one extra kernel, not
+        two). False when this torch build or device has no such path."""
+        if self.batch_normalize and self.folded is None:
+            self.fold()
+        weight, bias = self.folded if self.batch_normalize else (self.weights, self.biases)
+        self.packed = pack_conv(weight, bias, self.stride, self.pad, self.dilation, self.groups,
+                                self.activation, self.in_chw)
+        if self.packed is not None:
+            self.folded = None
+        return self.packed is not None
 
     def _conv(self, x, weight, bias):
         y = F.conv2d(x, weight, bias, self.stride, self.pad, self.dilation, self.groups)
@@ -161,9 +189,21 @@ class ConvModule(LayerModule):
         return y
 
     def forward(self, x, outputs):
-        if self.folded is not None and not self.training:
-            y = self._conv(x, *self.folded)
-        elif self.batch_normalize:
+        if not self.training:
+            if self.packed is not None and x.device.type == "cpu" and not x.requires_grad:
+                y = self.packed(x)
+                if y.shape[-2:] != self.out_hw:
+                    y = y[..., : self.out_hw[0], : self.out_hw[1]]
+                return y if self.packed.fused else activate_(self.activation, y)
+            if self.packed is not None and self.batch_normalize and (
+                    self.folded is None or self.folded[0].device != x.device):
+                self.fold()  # packed on CPU, asked to run elsewhere: fold where the weights are
+            if self.folded is not None:
+                y = self._conv(x, *self.folded)
+                # y is ours alone and nobody differentiates through it: activate in place
+                inplace = not (torch.is_grad_enabled() and y.requires_grad)
+                return (activate_ if inplace else activate)(self.activation, y)
+        if self.batch_normalize:
             y = self._conv(x, self.weights, None)
             y = F.batch_norm(y, self.rolling_mean, self.rolling_variance, self.scales,
                              self.biases, self.training, 0.01, CONV_BN_EPS)
@@ -178,6 +218,7 @@ class ConnectedSpec(LayerSpec):
     outputs: int = 1
     batch_normalize: bool = False
     activation: str = "logistic"
+    load_scales: bool = True  # False with dontloadscales=1: the BN arrays are not in the file
 
     @classmethod
     def parse(cls, index: int, section: Section, ctx: BuildContext) -> "ConnectedSpec":
@@ -185,6 +226,7 @@ class ConnectedSpec(LayerSpec):
         spec.outputs = positive(section, index, "output", section.get_int("output", 1))
         spec.batch_normalize = bool(section.get_int("batch_normalize", 0))
         spec.activation = activation_of(section, index, "logistic")
+        spec.load_scales = not section.get_int("dontloadscales", 0)
         spec.out_shape = Shape(spec.outputs, 1, 1)
         return spec
 
@@ -192,7 +234,7 @@ class ConnectedSpec(LayerSpec):
         n_in = self.in_shape.numel
         shape = (n_in, self.outputs) if transposed else (self.outputs, n_in)
         arrays = [WeightArray("biases", (self.outputs,)), WeightArray("weights", shape)]
-        if self.batch_normalize:  # after the weights, unlike [convolutional]
+        if self.batch_normalize and self.load_scales:  # after the weights, unlike [conv]
             arrays += [WeightArray(n, (self.outputs,))
                        for n in ("scales", "rolling_mean", "rolling_variance")]
         return arrays
@@ -220,10 +262,11 @@ class ConnectedModule(LayerModule):
             self.scales = nn.Parameter(torch.ones(spec.outputs))
             self.register_buffer("rolling_mean", torch.zeros(spec.outputs))
             self.register_buffer("rolling_variance", torch.ones(spec.outputs))
+        self.load_scales = spec.load_scales
 
     def weight_tensors(self):
         out = [("biases", self.biases), ("weights", self.weights)]
-        if self.batch_normalize:
+        if self.batch_normalize and self.load_scales:
             out += [("scales", self.scales), ("rolling_mean", self.rolling_mean),
                     ("rolling_variance", self.rolling_variance)]
         return out

@@ -31,6 +31,9 @@ class UpsampleSpec(LayerSpec):
         spec.scale = section.get_float("scale", 1.0)
         s = spec.in_shape
         if spec.reverse:
+            if s.h < spec.stride or s.w < spec.stride:
+                raise spec.error(f"input {s} is too small for stride={stride}: the output "
+                                 f"would be {s.h // spec.stride}x{s.w // spec.stride}", "stride")
             spec.out_shape = Shape(s.c, s.h // spec.stride, s.w // spec.stride)
         else:
             spec.out_shape = Shape(s.c, s.h * spec.stride, s.w * spec.stride)
@@ -53,7 +56,9 @@ class UpsampleModule(LayerModule):
         self.scale = spec.scale
 
     def forward(self, x, outputs):
-        y = x.repeat_interleave(self.stride, dim=2).repeat_interleave(self.stride, dim=3)
+        # nearest neighbour by an integer factor = repeat each cell; interpolate keeps the
+        # memory format (channels_last in the fast path) and is one pass
+        y = F.interpolate(x, scale_factor=float(self.stride), mode="nearest")
         return y * self.scale if self.scale != 1.0 else y
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..cfg import Section
-from .activation import activate, activation_of
+from .activation import activate, activate_, activation_of
 from .base import (BuildContext, LayerModule, LayerSpec, Shape, WeightArray, positive,
                    register)
 
@@ -127,6 +127,8 @@ class ShortcutModule(LayerModule):
     """out = prev·w0 + Σ from_i·w_i over the overlapping flat range (AlexeyAB's
     shortcut_multilayer_cpu), then the activation."""
 
+    fresh_output = True  # returns a tensor no other layer output shares (see forward_)
+
     def __init__(self, spec: ShortcutSpec):
         super().__init__(spec)
         self.activation = spec.activation
@@ -158,17 +160,29 @@ class ShortcutModule(LayerModule):
         flat_len = x[0].numel()
         for k, i in enumerate(self.sources):
             add = outputs[i]
-            if ws is not None:
-                add = add * ws[k + 1] if add.shape[1:] == x.shape[1:] else add
             if add.shape[1:] == x.shape[1:]:
-                out = out + add
+                out = out + (add * ws[k + 1] if ws is not None else add)
             else:
-                # Different shapes: Darknet adds over the overlapping flat range only.
+                # Different shapes: Darknet adds over the overlapping flat range only, the
+                # weight picked by the position in the *output* (its channel).
                 n = min(flat_len, add[0].numel())
+                part = add.reshape(add.shape[0], -1)[:, :n]
+                if ws is not None:
+                    part = part * ws[k + 1].expand(1, *x.shape[1:]).reshape(1, -1)[:, :n]
                 flat = out.reshape(out.shape[0], -1).clone()
-                flat[:, :n] = flat[:, :n] + add.reshape(add.shape[0], -1)[:, :n]
+                flat[:, :n] = flat[:, :n] + part
                 out = flat.view_as(x)
         return activate(self.activation, out)
+
+    def forward_(self, x, outputs):
+        """``forward`` that adds into ``x``: the model calls it when nobody reads ``x`` after
+        this layer (inference), saving a new buffer per residual block."""
+        if self.weights_type != "none" or x.requires_grad or \
+                any(outputs[i].shape != x.shape for i in self.sources):
+            return self.forward(x, outputs)
+        for i in self.sources:
+            x.add_(outputs[i])
+        return activate_(self.activation, x)
 
 
 @register("sam")

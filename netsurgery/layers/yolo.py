@@ -26,8 +26,10 @@ class YoloSpec(LayerSpec):
         s = section
         spec.classes = positive(s, index, "classes", s.get_int("classes", 20))
         spec.total = positive(s, index, "num", s.get_int("num", 1))
-        spec.mask = s.get_ints("mask", range(spec.total))
-        for m in spec.mask:
+        # The default mask and anchors have num entries: they are built only after the
+        # channel check below, so that a huge num= is an error, not an exhausted memory.
+        mask = s.get_ints("mask") if s.has("mask") else None
+        for m in mask or ():
             if not 0 <= m < spec.total:
                 raise spec.error(f"mask index {m} is outside 0..{spec.total - 1} (num="
                                  f"{spec.total})", "mask")
@@ -36,18 +38,23 @@ class YoloSpec(LayerSpec):
             if len(spec.anchors) != 2 * spec.total:
                 raise spec.error(f"anchors has {len(spec.anchors)} values: expected "
                                  f"2·num = {2 * spec.total}", "anchors")
-        else:
-            spec.anchors = [0.5] * (2 * spec.total)  # Darknet's default biases
         spec.scale_x_y = s.get_float("scale_x_y", 1.0)
         spec.new_coords = bool(s.get_int("new_coords", 0))
-        expected = (spec.classes + 5) * len(spec.mask)
+        n_mask = spec.total if mask is None else len(mask)
+        expected = (spec.classes + 5) * n_mask
         if spec.in_shape.c != expected:
-            prev = ctx.specs[index - 1] if index > 0 else None
-            where = prev.section if prev is not None else s
+            if index == 0:
+                raise spec.error(f"the network input has {spec.in_shape.c} channels: a [yolo] "
+                                 f"layer needs (classes+5)·len(mask) = {expected} from a "
+                                 "[convolutional] layer before it")
+            where = ctx.specs[index - 1].section
             raise where.error(
                 f"layer {index - 1}: filters={spec.in_shape.c} does not fit the [yolo] layer "
                 f"{index} after it: expected (classes+5)·len(mask) = ({spec.classes}+5)·"
-                f"{len(spec.mask)} = {expected}", "filters")
+                f"{n_mask} = {expected}", "filters")
+        spec.mask = list(range(spec.total)) if mask is None else mask
+        if not spec.anchors:
+            spec.anchors = [0.5] * (2 * spec.total)  # Darknet's default biases
         spec.out_shape = spec.in_shape
         return spec
 
@@ -75,14 +82,17 @@ class YoloModule(LayerModule):
 
     def forward(self, x, outputs):
         b, _, h, w = x.shape
-        v = x.view(b, self.n, self.classes + 5, h, w)
+        # reshape, not view: splitting C works for NCHW and channels_last alike; one sigmoid
+        # pass over everything, then w, h put back raw (cheaper than slicing and cat)
+        v = x.reshape(b, self.n, self.classes + 5, h, w)
         if self.new_coords:
-            xy, wh, rest = v[:, :, 0:2], v[:, :, 2:4], v[:, :, 4:]
+            y = v.clone()
         else:
-            xy, wh, rest = torch.sigmoid(v[:, :, 0:2]), v[:, :, 2:4], torch.sigmoid(v[:, :, 4:])
+            y = torch.sigmoid(v)
+            y[:, :, 2:4] = v[:, :, 2:4]
         if self.scale != 1.0:
-            xy = xy * self.scale - 0.5 * (self.scale - 1)
-        return torch.cat([xy, wh, rest], dim=2).view(b, -1, h, w)
+            y[:, :, 0:2] = y[:, :, 0:2] * self.scale - 0.5 * (self.scale - 1)
+        return y.reshape(b, -1, h, w)
 
 
 @register("region")
@@ -102,14 +112,17 @@ class RegionSpec(LayerSpec):
         spec.coords = positive(s, index, "coords", s.get_int("coords", 4))
         spec.num = positive(s, index, "num", s.get_int("num", 1))
         spec.softmax = bool(s.get_int("softmax", 0))
-        spec.anchors = s.get_floats("anchors", [0.5] * (2 * spec.num))
-        if len(spec.anchors) != 2 * spec.num:
-            raise spec.error(f"anchors has {len(spec.anchors)} values: expected 2·num = "
-                             f"{2 * spec.num}", "anchors")
+        if s.has("anchors"):
+            spec.anchors = s.get_floats("anchors")
+            if len(spec.anchors) != 2 * spec.num:
+                raise spec.error(f"anchors has {len(spec.anchors)} values: expected 2·num = "
+                                 f"{2 * spec.num}", "anchors")
         expected = spec.num * (spec.classes + spec.coords + 1)
         if spec.in_shape.c != expected:
             raise spec.error(f"input has {spec.in_shape.c} channels: expected num·(classes+"
                              f"coords+1) = {expected}")
+        if not s.has("anchors"):  # built after the check: a huge num= must not exhaust memory
+            spec.anchors = [0.5] * (2 * spec.num)
         spec.out_shape = spec.in_shape
         return spec
 
