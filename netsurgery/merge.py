@@ -18,7 +18,7 @@ import numpy as np
 
 from .cfg import Section, make_section, parse_cfg_text
 from .errors import NetsurgeryError, UsageError
-from .fileio import atomic_write_text, check_output
+from .fileio import atomic_write_text, check_output, staged_outputs
 from .surgery import Graph, Layer, load_graph, remap_references
 from .weights import WeightsHeader
 
@@ -374,8 +374,9 @@ def merge_files(base_cfg: str, base_weights: str, tasks: Sequence[str], out: str
                    for name, c, w, k in parsed]
     merged, heads = merge(base, task_inputs, base_name, names.get(base_name), force,
                           common_classes, warn)
-    merged.save(outs[0], outs[1])
-    heads.save(outs[2])
+    with staged_outputs(outs) as staged:  # all three or none
+        merged.save(staged[0], staged[1])
+        heads.save(staged[2])
     return merged, heads
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..fileio import check_output
+from ..fileio import check_output, staged_outputs
 from ..merge import format_savings, load_heads, merge_files, merge_savings, split
 from ..surgery import load_graph
 from .app import main
@@ -68,6 +68,7 @@ def split_cmd(cfg, weights, heads_path, name, out, overwrite):
     for o in outs:
         check_output(o, [cfg, weights, heads_path], overwrite)
     graph = split(load_graph(cfg, weights), load_heads(heads_path), name)
-    graph.save(outs[0], outs[1])
+    with staged_outputs(outs) as staged:  # both or none
+        graph.save(staged[0], staged[1])
     click.echo(f"wrote {outs[0]} ({len(graph.layers)} layers) and {outs[1]}")
 
