@@ -39,3 +39,29 @@ def mean_best_iou(wh: Sequence[tuple[float, float]], anchors: Sequence[tuple[int
     """Average over boxes of the best shape IoU with any anchor (Darknet prints it)."""
     boxes = np.asarray(wh, dtype=np.float64) * np.array([net_w, net_h], dtype=np.float64)
     return float(shape_iou(boxes, np.asarray(anchors, dtype=np.float64)).max(axis=1).mean())
+
+
+def task_cfg_for_dataset(base_cfg, data, classes: int | None = None, fit_anchors: bool = True):
+    """The base cfg retargeted to a Darknet dataset: its class count and, with
+    ``fit_anchors``, anchors fitted to its training boxes at the cfg's input size. Returns
+    (cfg, anchors or None, mean best IoU or None)."""
+    from .cfg import load_cfg
+    from .data import load_data_file, load_dataset
+    from .network import build_network
+    from .surgery import retarget_heads
+
+    cfg = load_cfg(base_cfg) if not hasattr(base_cfg, "layers") else base_cfg
+    network = build_network(cfg)
+    data_file = load_data_file(data)
+    n_classes = data_file.require_classes()
+    anchors = quality = None
+    if fit_anchors:
+        dataset = load_dataset(data_file.require("train"), n_classes)
+        wh = [(lab.w, lab.h) for s in dataset.items for lab in s.labels]
+        n = network.layers[network.heads()[0]].total
+        anchors = kmeans_anchors(wh, n, network.net.width, network.net.height)
+        quality = mean_best_iou(wh, anchors, network.net.width, network.net.height)
+    flat = [v for a in anchors for v in a] if anchors else None
+    new = retarget_heads(cfg, classes or n_classes, flat)
+    build_network(new)  # the result must be a valid network
+    return new, anchors, quality

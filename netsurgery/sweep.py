@@ -109,10 +109,12 @@ def run_sweep(base_cfg: str, base_weights: str, task_cfg: str, data: str, ks: Se
             points.append(SweepPoint(**json.loads(done.read_text())))
             continue
         log(f"k={k}: training layers {k + 1}.. ({'nothing frozen' if k < 0 else 'trunk frozen'})")
-        result = train(task_cfg, base_weights, data, freeze_until=k if k >= 0 else None,
-                       iterations=iterations, batch=batch, out_dir=str(folder), resume=True,
-                       augment=augment, seed=seed, base_cfg=base_cfg, log=log)
-        model = load_model(result.cfg, result.weights, inference=True)
+        resume = any(folder.glob("*_state.json"))  # interrupted run: continue it
+        result = train(task_cfg, base_weights, data, freeze_until=k, iterations=iterations,
+                       batch=batch, out_dir=str(folder), resume=resume, augment=augment,
+                       seed=seed, base_cfg=base_cfg, log=log, validate=False,
+                       overwrite=not resume)
+        model = load_model(result.cfg_path, result.final_weights, inference=True)
         ev = evaluate_model(model, data)
         if k == END_TO_END:
             pf = bf = 0.0
@@ -124,9 +126,10 @@ def run_sweep(base_cfg: str, base_weights: str, task_cfg: str, data: str, ks: Se
             pf, bf = share.params_fraction, share.bflops_fraction
             ps, bs = share.params_shared, share.bflops_shared
             merged_ms, separate_ms = time_merged_vs_separate(
-                base_cfg, base_weights, result.cfg, result.weights, k, timing_repeats, folder)
+                base_cfg, base_weights, result.cfg_path, result.final_weights, k,
+                timing_repeats, folder)
         point = SweepPoint(k, ev.map, ev.map_present, pf, bf, ps, bs, merged_ms, separate_ms,
-                           result.iterations, str(result.weights))
+                           result.iterations, str(result.final_weights))
         atomic_write_text(done, json.dumps(asdict(point), indent=1) + "\n")
         log(f"k={k}: mAP@0.5 {ev.map * 100:.2f} %, shares {pf:.3f} params / {bf:.3f} FLOPs")
         points.append(point)

@@ -9,15 +9,14 @@ from torch import nn
 
 from ..cfg import Section
 from .activation import activate, activate_, activation_of
-from .base import (BuildContext, LayerModule, LayerSpec, Shape, WeightArray, positive,
-                   register)
-from .fastconv import PackedConv, pack_conv
+from .base import (BuildContext, LayerModule, LayerSpec, Shape, WeightArray, lazy_zeros,
+                   positive, register)
+from .fastconv import FOLD_SLICE, FoldScratch, PackedConv, pack_conv
 
 # AlexeyAB folds convolution BatchNorm with eps 1e-5 (fuse_conv_batchnorm, as `detector test`
 # does); its unfolded normalize_cpu, used by [connected] and [batchnorm], adds 1e-6.
 CONV_BN_EPS = 1e-5
 PLAIN_BN_EPS = 1e-6
-_FOLD_SLICE = 1 << 20  # kernel values folded per float64 temporary (8 MiB)
 
 # Options that change what a convolution computes and that our model does not implement.
 # (flipped=1: Darknet transposes the kernel matrix when it loads the weights.)
@@ -126,7 +125,7 @@ class ConvModule(LayerModule):
         self.out_hw = (spec.out_shape.h, spec.out_shape.w)
         self.activation = spec.activation
         self.batch_normalize = spec.batch_normalize
-        self.weights = nn.Parameter(torch.zeros(spec.kernel_shape))
+        self.weights = nn.Parameter(lazy_zeros(*spec.kernel_shape))
         self.biases = nn.Parameter(torch.zeros(spec.filters))
         if spec.batch_normalize:
             self.scales = nn.Parameter(torch.ones(spec.filters))
@@ -145,11 +144,16 @@ class ConvModule(LayerModule):
         out.append(("weights", self.weights))
         return out
 
-    def fold(self) -> None:
+    def fold(self, scratch: FoldScratch | None = None) -> None:
         """Precompute BatchNorm folded into the kernel, in float64 like Darknet's
-        fuse_conv_batchnorm, for inference. Training mode ignores the folded copy."""
+        fuse_conv_batchnorm, for inference. Training mode ignores the folded copy.
+        With ``scratch`` (CPU float32 only) the kernel goes into its buffer, for packing."""
         if not self.batch_normalize:
             self.folded = None
+            return
+        if scratch is not None:
+            self.folded = scratch.fold(self.weights, self.biases, self.scales,
+                                       self.rolling_mean, self.rolling_variance, CONV_BN_EPS)
             return
         with torch.no_grad():
             std = torch.sqrt(self.rolling_variance.double() + CONV_BN_EPS)
@@ -158,28 +162,35 @@ class ConvModule(LayerModule):
             # float64 a slice of filters at a time: a whole-kernel float64 temporary is twice
             # the kernel (for yolov3-tiny's 1024×512×3×3, half the weights file).
             w = torch.empty_like(self.weights, memory_format=torch.channels_last)
-            step = max(1, _FOLD_SLICE // max(1, self.weights[0].numel()))
+            step = max(1, FOLD_SLICE // max(1, self.weights[0].numel()))
             for a in range(0, w.shape[0], step):
                 w[a:a + step] = self.weights[a:a + step].double().mul_(
                     factor[a:a + step].view(-1, 1, 1, 1))
-            b = (self.biases.double() - self.scales.double() * self.rolling_mean.double() / std).float()
-        self.folded = (w, b.contiguous())
+            b = self.biases.double() - self.scales.double() * self.rolling_mean.double() / std
+        self.folded = (w, b.to(self.biases.dtype).contiguous())
 
     def unfold(self) -> None:
         self.folded = None
         self.packed = None
 
-    def pack(self) -> bool:
-        """Prepare the fast path: the folded kernel packed for oneDNN with the activation
-        fused. The packed kernel replaces the folded copy (memory: one extra kernel, not
-        two). False when this torch build or device has no such path."""
-        if self.batch_normalize and self.folded is None:
-            self.fold()
-        weight, bias = self.folded if self.batch_normalize else (self.weights, self.biases)
+    def pack(self, scratch: FoldScratch | None = None) -> bool:
+        """Prepare the fast path: the kernel folded afresh and packed for oneDNN with the
+        activation fused. The packed kernel replaces the folded copy (memory: one extra
+        kernel, not two). False when this torch build or device has no such path (the
+        model then keeps the folded kernel)."""
+        if self.batch_normalize:
+            self.fold(scratch)
+            weight, bias = self.folded
+        else:
+            weight, bias = self.weights, self.biases
+            if scratch is not None and not weight.is_contiguous(memory_format=torch.channels_last):
+                weight = scratch.kernel(weight.shape).copy_(weight)  # see fold: no reorder copy
         self.packed = pack_conv(weight, bias, self.stride, self.pad, self.dilation, self.groups,
                                 self.activation, self.in_chw)
         if self.packed is not None:
             self.folded = None
+        elif scratch is not None and self.batch_normalize:
+            self.fold()  # the scratch is about to hold the next layer's kernel
         return self.packed is not None
 
     def _conv(self, x, weight, bias):
@@ -257,7 +268,7 @@ class ConnectedModule(LayerModule):
         self.activation = spec.activation
         self.batch_normalize = spec.batch_normalize
         self.biases = nn.Parameter(torch.zeros(spec.outputs))
-        self.weights = nn.Parameter(torch.zeros(spec.outputs, n_in))
+        self.weights = nn.Parameter(lazy_zeros(spec.outputs, n_in))
         if spec.batch_normalize:
             self.scales = nn.Parameter(torch.ones(spec.outputs))
             self.register_buffer("rolling_mean", torch.zeros(spec.outputs))

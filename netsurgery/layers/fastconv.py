@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 # Darknet activation → (oneDNN post-op, its scalars). Only those that give Darknet's values
@@ -60,6 +61,58 @@ def release_free_memory() -> None:
     to ~0.7× the weights file in resident memory that nothing uses."""
     if _TRIM is not None:
         _TRIM(0)
+
+
+FOLD_SLICE = 1 << 18  # kernel values folded per float64 slice (2 MiB)
+
+
+class FoldScratch:
+    """Folds kernels layer after layer (packing a whole network) into reused buffers: the
+    folded float32 kernel (channels_last, the layout oneDNN packs from without a copy) and a
+    float64 slice. Without them every layer allocates and frees kernel-sized blocks: page
+    faults that cost more than the arithmetic, and freed memory that malloc keeps. The
+    arithmetic is numpy's, single-threaded: a few hundred short OpenMP regions would stall
+    whenever another process holds a core (seconds instead of ~0.1 s for yolov3)."""
+
+    def __init__(self, max_kernel: int):
+        self._kernel = torch.empty(max(1, max_kernel))
+        self._f64 = np.empty(FOLD_SLICE + 4096, dtype=np.float64)
+
+    def kernel(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """An uninitialised (O, I, kh, kw) float32 tensor in channels_last layout."""
+        o, i, kh, kw = shape
+        n = o * i * kh * kw
+        if n > self._kernel.numel():
+            self._kernel = torch.empty(n)
+        return self._kernel[:n].view(o, kh, kw, i).permute(0, 3, 1, 2)
+
+    def fold(self, weights: torch.Tensor, biases: torch.Tensor, scales: torch.Tensor,
+             mean: torch.Tensor, variance: torch.Tensor, eps: float
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Darknet's fuse_conv_batchnorm for CPU float32 tensors: factor = scale /
+        sqrt(var + eps) and the products in float64, rounded once to float32 — the same bits
+        as the float64 torch expression in ConvModule.fold. Returns (kernel in the scratch
+        buffer, folded biases)."""
+        src = weights.detach().numpy()
+        var = variance.detach().numpy().astype(np.float64)
+        scale = scales.detach().numpy().astype(np.float64)
+        std = np.sqrt(var + eps)
+        factor = scale / std
+        bias = (biases.detach().numpy().astype(np.float64)
+                - scale * mean.detach().numpy().astype(np.float64) / std)
+        out = self.kernel(tuple(src.shape))
+        dst = out.permute(0, 2, 3, 1).numpy()  # (O, kh, kw, I), contiguous
+        o = src.shape[0]
+        per_filter = max(1, src[0].size)
+        step = max(1, FOLD_SLICE // per_filter)
+        if step * per_filter > self._f64.size:
+            self._f64 = np.empty(step * per_filter, dtype=np.float64)
+        for a in range(0, o, step):
+            part = src[a:a + step].transpose(0, 2, 3, 1)
+            tmp = self._f64[:part.size].reshape(part.shape)
+            np.multiply(part, factor[a:a + step, None, None, None], out=tmp)
+            dst[a:a + step] = tmp  # float64 → float32, round to nearest
+        return out, torch.from_numpy(bias.astype(np.float32))
 
 
 @dataclass

@@ -1,0 +1,302 @@
+"""Training-time image preparation: Darknet's detection augmentation (AlexeyAB's
+``load_data_detection`` without mosaic), seeded, and the batches of a training run
+(:class:`TrainImages`).
+
+One bilinear resampling does what Darknet does in three steps (crop with jitter, resize to the
+network size, optional horizontal flip); colour is then shifted in HSV. Boxes follow the same
+geometry (``fill_truth_detection``): moved, clipped to the image and dropped when they shrink
+below one network pixel.
+
+* ``jitter`` (read from the last ``[yolo]`` section, as Darknet does): each side of the crop
+  moves by a random integer in [-jitter·size, +jitter·size] pixels, which translates and
+  scales the image; the part of the crop outside the image is grey 0.5 (AlexeyAB uses the
+  image's mean colour there).
+* ``flip`` ([net], default 1): horizontal flip with probability 1/2.
+* ``hue`` (shift in turns, uniform in [-hue, hue]), ``saturation`` and ``exposure``
+  (factor uniform in [1, s], inverted with probability 1/2).
+* ``letter_box`` ([net]): the crop keeps its proportions and is centred on a grey input, as
+  ``letterbox_image`` places images at inference (AlexeyAB widens the crop to the network's
+  aspect ratio instead, which gives the same picture up to rounding).
+
+Not implemented (reported by :func:`unsupported_options`): mosaic, mixup, cutmix, blur,
+gaussian_noise, angle, the ``[yolo] resize`` scale and multi-scale training (``random``).
+Without augmentation the image is only resized (or letterboxed) like at inference.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from .cfg import Cfg
+from .data import Dataset
+from .errors import DataError
+from .image import letterbox_geometry, load_image
+
+GREY = 0.5  # Darknet's letterbox fill
+CACHE_BYTES = 1 << 30  # decoded training images kept in memory (uint8)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The augmentation settings of a cfg (Darknet's names and defaults)."""
+
+    jitter: float = 0.2
+    hue: float = 0.0
+    saturation: float = 1.0
+    exposure: float = 1.0
+    flip: bool = True
+    letter_box: bool = False
+
+    @classmethod
+    def from_cfg(cls, cfg: Cfg) -> "AugmentConfig":
+        net = cfg.net
+        yolos = [s for s in cfg.layers if s.type == "yolo"]
+        # Darknet's train_detector takes jitter from the last layer of the network
+        jitter = yolos[-1].get_float("jitter", 0.2) if yolos else 0.2
+        return cls(jitter=jitter,
+                   hue=net.get_float("hue", 0.0),
+                   saturation=net.get_float("saturation", 1.0),
+                   exposure=net.get_float("exposure", 1.0),
+                   flip=bool(net.get_int("flip", 1)),
+                   letter_box=bool(net.get_int("letter_box", 0)))
+
+
+_UNSUPPORTED_NET = ("mosaic", "mixup", "cutmix", "blur", "gaussian_noise")
+
+
+def unsupported_options(cfg: Cfg) -> list[str]:
+    """Augmentation options set in ``cfg`` that netsurgery's trainer ignores."""
+    def where(section, key: str) -> str:
+        opt = section.find(key)
+        line = opt.line if opt is not None and opt.line is not None else section.line
+        return f"{section.path or cfg.path}:{line}: [{section.header}] {key}"
+
+    out = [where(cfg.net, key) for key in (*_UNSUPPORTED_NET, "angle")
+           if cfg.net.get_float(key, 0) != 0]
+    for section in cfg.layers:
+        if section.type == "yolo":
+            if section.get_float("random", 0) != 0:
+                out.append(where(section, "random") + " (multi-scale training)")
+            if section.get_float("resize", 1) != 1:
+                out.append(where(section, "resize"))
+    return out
+
+
+@dataclass(frozen=True)
+class Crop:
+    """Where the image goes: the source rectangle (pixels of the original image, may reach
+    outside it) is resized onto the destination rectangle of the network input (the whole
+    input when stretching; the centred letterbox part otherwise, the rest is grey)."""
+
+    left: float
+    top: float
+    width: float
+    height: float
+    dest_x: int
+    dest_y: int
+    dest_w: int
+    dest_h: int
+    flip: bool = False
+
+
+def plan_crop(image_w: int, image_h: int, net_w: int, net_h: int, cfg: AugmentConfig,
+              rng: np.random.Generator | None) -> Crop:
+    """Darknet's crop: each side jittered (``rng`` None = no jitter), then stretched onto
+    the input or, with letter_box, letterboxed (aspect kept, centred, as letterbox_image
+    places an image: without jitter the geometry is exactly Darknet's)."""
+    pleft = ptop = pright = pbot = 0
+    if rng is not None and cfg.jitter > 0:
+        dw, dh = int(image_w * cfg.jitter), int(image_h * cfg.jitter)
+        pleft, pright = (int(v) for v in rng.integers(-dw, dw + 1, size=2))
+        ptop, pbot = (int(v) for v in rng.integers(-dh, dh + 1, size=2))
+    width = max(image_w - pleft - pright, 1)
+    height = max(image_h - ptop - pbot, 1)
+    if cfg.letter_box:
+        geo = letterbox_geometry(width, height, net_w, net_h)
+        dest = (geo.dx, geo.dy, max(geo.new_w, 1), max(geo.new_h, 1))
+    else:
+        dest = (0, 0, net_w, net_h)
+    flip = bool(rng is not None and cfg.flip and rng.integers(0, 2))
+    return Crop(float(pleft), float(ptop), float(width), float(height), *dest, flip)
+
+
+def _axis(n_in: int, n_out: int, start: float, step: float):
+    """Source indices (into the image padded by one grey pixel per side) and weights for
+    bilinear sampling at positions start + k·step, k = 0..n_out-1."""
+    pos = start + step * np.arange(n_out, dtype=np.float64)
+    pos = np.clip(pos, -1.0, float(n_in))  # beyond the pad everything is grey anyway
+    lo = np.floor(pos)
+    frac = (pos - lo).astype(np.float32)
+    i0 = lo.astype(np.int64) + 1
+    i1 = np.minimum(i0 + 1, n_in + 1)
+    return i0, i1, frac
+
+
+def _sampling(left: float, size: float, dest: int, dest_size: int) -> tuple[float, float]:
+    """(start, step) in source pixels for output index 0.. of one axis: Darknet's
+    resize_image aligns corners, step = (in-1)/(out-1)."""
+    step = (size - 1) / (dest_size - 1) if dest_size > 1 else 0.0
+    return left - dest * step, step
+
+
+def warp(image: np.ndarray, crop: Crop, net_w: int, net_h: int) -> np.ndarray:
+    """Crop + bilinear resize (+ flip) of a float32 (H, W, 3) image to (net_h, net_w, 3).
+
+    Sample positions follow Darknet's resize_image (corners aligned), so without jitter the
+    result equals resize_image / letterbox_image to float rounding; outside the source
+    rectangle's image part the value is grey 0.5. (OpenCV's warpAffine would quantise the
+    positions to 1/32 pixel.)"""
+    h, w = image.shape[:2]
+    padded = np.pad(image, ((1, 1), (1, 1), (0, 0)), constant_values=GREY)
+    start_x, step_x = _sampling(crop.left, crop.width, crop.dest_x, crop.dest_w)
+    start_y, step_y = _sampling(crop.top, crop.height, crop.dest_y, crop.dest_h)
+    x0, x1, fx = _axis(w, net_w, start_x, step_x)
+    y0, y1, fy = _axis(h, net_h, start_y, step_y)
+    rows = padded[:, x0] * (1 - fx[None, :, None]) + padded[:, x1] * fx[None, :, None]
+    out = rows[y0] * (1 - fy[:, None, None]) + rows[y1] * fy[:, None, None]
+    # the letterbox bars are grey whatever the crop holds there
+    mask = np.zeros((net_h, net_w), dtype=bool)
+    mask[crop.dest_y:crop.dest_y + crop.dest_h, crop.dest_x:crop.dest_x + crop.dest_w] = True
+    out[~mask] = GREY
+    if crop.flip:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def move_boxes(boxes: np.ndarray, image_w: int, image_h: int, crop: Crop, net_w: int,
+               net_h: int) -> np.ndarray:
+    """Darknet's correct_boxes: ``boxes`` (n, 5) = class, cx, cy, w, h relative to the image;
+    returns the boxes relative to the network input, clipped, tiny ones dropped."""
+    if len(boxes) == 0:
+        return boxes.reshape(0, 5).astype(np.float32)
+    cls, cx, cy, w, h = (boxes[:, k].astype(np.float64) for k in range(5))
+
+    def to_net(v, image_size, left, size, dest, dest_size, net_size):
+        return (dest + (v * image_size - left) / size * dest_size) / net_size
+
+    x_args = (image_w, crop.left, crop.width, crop.dest_x, crop.dest_w, net_w)
+    y_args = (image_h, crop.top, crop.height, crop.dest_y, crop.dest_h, net_h)
+    left, right = to_net(cx - w / 2, *x_args), to_net(cx + w / 2, *x_args)
+    top, bottom = to_net(cy - h / 2, *y_args), to_net(cy + h / 2, *y_args)
+    # clip to the visible image part (Darknet clips to [0, 1] of its crop)
+    x_lo, x_hi = crop.dest_x / net_w, (crop.dest_x + crop.dest_w) / net_w
+    y_lo, y_hi = crop.dest_y / net_h, (crop.dest_y + crop.dest_h) / net_h
+    left, right = np.clip(left, x_lo, x_hi), np.clip(right, x_lo, x_hi)
+    top, bottom = np.clip(top, y_lo, y_hi), np.clip(bottom, y_lo, y_hi)
+    if crop.flip:  # the whole input is mirrored (see warp)
+        left, right = 1 - right, 1 - left
+    out = np.stack([cls, (left + right) / 2, (top + bottom) / 2, right - left, bottom - top], 1)
+    # Darknet drops boxes narrower than one network pixel
+    keep = (out[:, 3] >= 1.0 / net_w) & (out[:, 4] >= 1.0 / net_h)
+    return out[keep].astype(np.float32)
+
+
+def _rand_scale(rng: np.random.Generator, s: float) -> float:
+    scale = rng.uniform(1.0, s) if s > 1 else 1.0
+    return scale if rng.integers(0, 2) else 1.0 / scale
+
+
+def shift_colours(image: np.ndarray, hue: float, saturation: float,
+                  exposure: float) -> np.ndarray:
+    """HSV shift of a float32 RGB (H, W, 3) image in [0, 1]: hue += hue·360°, S and V scaled,
+    clipped to [0, 1]."""
+    if hue == 0 and saturation == 1 and exposure == 1:
+        return image
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+    if hue:
+        hsv[..., 0] = np.mod(hsv[..., 0] + hue * 360.0, 360.0)
+    hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 1)
+    hsv[..., 2] = np.clip(hsv[..., 2] * exposure, 0, 1)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def prepare(image: np.ndarray, boxes: np.ndarray, net_w: int, net_h: int, cfg: AugmentConfig,
+            rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+    """One training sample: ``image`` uint8 or float (H, W, 3) RGB, ``boxes`` (n, 5) class,
+    cx, cy, w, h relative. ``rng`` None = no augmentation (resize/letterbox only).
+
+    Returns the network input float32 (3, net_h, net_w) in [0, 1] and the boxes relative
+    to it (n', 5)."""
+    if image.dtype == np.uint8:
+        image = image.astype(np.float32) * np.float32(1 / 255)
+    image_h, image_w = image.shape[:2]
+    crop = plan_crop(image_w, image_h, net_w, net_h, cfg, rng)
+    out = warp(image, crop, net_w, net_h)
+    if rng is not None:
+        hue = rng.uniform(-cfg.hue, cfg.hue) if cfg.hue > 0 else 0.0
+        out = shift_colours(out, hue, _rand_scale(rng, cfg.saturation),
+                            _rand_scale(rng, cfg.exposure))
+    moved = move_boxes(np.asarray(boxes, dtype=np.float32).reshape(-1, 5), image_w, image_h,
+                       crop, net_w, net_h)
+    return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32), moved
+
+
+class TrainImages:
+    """The training images and labels, and the seeded batch order and augmentation."""
+
+    def __init__(self, dataset: Dataset, net_w: int, net_h: int, aug: AugmentConfig,
+                 augment: bool, seed: int, cache_bytes: int = CACHE_BYTES):
+        if len(dataset) == 0:
+            raise DataError(f"{dataset.list_path}: no usable training images")
+        self.paths = [item.image for item in dataset.items]
+        self.labels = [np.array([[l.class_id, l.cx, l.cy, l.w, l.h] for l in item.labels],
+                                dtype=np.float32).reshape(-1, 5) for item in dataset.items]
+        self.net_w, self.net_h = net_w, net_h
+        self.aug, self.augment, self.seed = aug, augment, seed
+        self._cache: dict[int, np.ndarray] = {}
+        self._cache_left = cache_bytes
+        self._perm: tuple[int, np.ndarray] | None = None  # (epoch, permutation)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def indices(self, iteration: int, batch: int) -> list[int]:
+        """Image indices of a batch: epochs of seeded permutations, so any iteration's batch
+        is known without replaying the earlier ones."""
+        n = len(self.paths)
+        out = []
+        for pos in range(iteration * batch, (iteration + 1) * batch):
+            epoch, k = divmod(pos, n)
+            out.append(int(self._permutation(epoch)[k]))
+        return out
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if self._perm is None or self._perm[0] != epoch:
+            order = np.random.default_rng([self.seed, 2, epoch]).permutation(len(self.paths))
+            self._perm = (epoch, order)
+        return self._perm[1]
+
+    def image(self, index: int) -> np.ndarray:
+        """(H, W, 3) uint8 RGB, kept in memory while the cache budget lasts."""
+        im = self._cache.get(index)
+        if im is None:
+            chw = load_image(self.paths[index])
+            im = np.ascontiguousarray(np.rint(chw.transpose(1, 2, 0) * 255).astype(np.uint8))
+            if im.nbytes <= self._cache_left:
+                self._cache[index] = im
+                self._cache_left -= im.nbytes
+        return im
+
+    def sample(self, iteration: int, slot: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, 3, iteration, slot]) if self.augment else None
+        return prepare(self.image(index), self.labels[index], self.net_w, self.net_h,
+                       self.aug, rng)
+
+    def batch(self, iteration: int, batch: int, slots: range,
+              device) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
+        """Inputs (len(slots), 3, H, W), truths and image indices for the given slots of a
+        global batch."""
+        order = self.indices(iteration, batch)
+        xs, truths = [], []
+        for slot in slots:
+            x, boxes = self.sample(iteration, slot, order[slot])
+            xs.append(torch.from_numpy(x))
+            truths.append(torch.from_numpy(boxes).to(device))
+        return torch.stack(xs).to(device), truths, [order[slot] for slot in slots]
+
+
+__all__ = ["AugmentConfig", "Crop", "TrainImages", "plan_crop", "warp", "move_boxes",
+           "shift_colours", "prepare", "unsupported_options"]

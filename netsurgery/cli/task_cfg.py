@@ -1,0 +1,39 @@
+"""``netsurgery task-cfg``: the cfg of a task model derived from a base cfg."""
+from __future__ import annotations
+
+import click
+
+from ..cfg import load_cfg
+from ..fileio import check_output
+from ..network import build_network
+from ..surgery import retarget_heads
+from .app import main
+
+
+@main.command("task-cfg")
+@click.argument("base_cfg", type=click.Path(dir_okay=False))
+@click.option("--classes", type=int, help="Class count of the task (default: from --data).")
+@click.option("--data", type=click.Path(dir_okay=False),
+              help="Task .data file: class count, and anchors fitted to its training boxes.")
+@click.option("--anchors/--keep-anchors", default=True, show_default=True,
+              help="Fit anchors to the --data boxes (k-means on shape IoU) or keep the base's.")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False))
+@click.option("--overwrite", is_flag=True)
+def task_cfg(base_cfg, classes, data, anchors, out, overwrite):
+    """Write BASE_CFG with its [yolo] heads retargeted to the task's classes (and anchors)."""
+    from ..anchors import task_cfg_for_dataset
+
+    check_output(out, [base_cfg], overwrite)
+    if data:
+        new, fitted, quality = task_cfg_for_dataset(base_cfg, data, classes, anchors)
+        if fitted:
+            click.echo(f"anchors: {' '.join(f'{w},{h}' for w, h in fitted)} (mean best IoU "
+                       f"{quality:.3f} with the training boxes)")
+    elif classes:
+        new = retarget_heads(load_cfg(base_cfg), classes)
+        build_network(new)
+    else:
+        raise click.UsageError("give --classes or --data")
+    new.save(out)
+    heads = [s for s in new.layers if s.type == "yolo"]
+    click.echo(f"wrote {out}: {len(heads)} heads with {heads[0].get_int('classes')} classes")

@@ -1,0 +1,383 @@
+"""The YOLOv3 training loss with Darknet's semantics (AlexeyAB, yolo_layer.c:
+``forward_yolo_layer`` / ``delta_yolo_box`` / ``delta_yolo_class``).
+
+Darknet does not compute a loss and differentiate it: it writes ``delta`` (the negative
+gradient) for every output of the conv layer before ``[yolo]`` and passes it back unchanged
+(no logistic derivative). Every term below is written so that its gradient with respect to
+the raw conv outputs is exactly Darknet's ``-delta``:
+
+* Assignment: each truth goes to the anchor (among all ``num`` anchors) whose (w, h) has the
+  best IoU with its (w, h); if that anchor is in this layer's ``mask``, the cell holding
+  the truth's centre, that anchor, gets the truth. Otherwise this layer ignores it.
+* Box, ``iou_loss=mse`` (default), scaled by ``iou_normalizer``·(2 − w·h):
+  x, y: delta = t − out with out = s·σ(z) − (s−1)/2 (s = ``scale_x_y``); the loss with that
+  gradient is s·KL(q‖σ(z)), q = (t + (s−1)/2)/s (for s = 1 the logistic cross entropy
+  minus its minimum). w, h: ½(t − z)² with t = log(w·net_w/anchor_w).
+* Box, ``iou_loss=iou|giou|diou|ciou``: value ``iou_normalizer``·(1 − IoU-kind) of the
+  decoded box; gradient as Darknet applies it: ∂/∂x, ∂/∂y of the box go to the x, y logits
+  unchanged, ∂/∂w·exp(tw) and ∂/∂h·exp(th) to tw, th (no (2 − w·h) scale).
+* Objectness: logistic cross entropy (delta = 1 − p at assigned cells, 0 − p elsewhere),
+  times ``obj_normalizer``; a prediction whose box has IoU > ``ignore_thresh`` with some
+  truth, and some class probability > 0.25 (Darknet's compare_yolo_class), gets none.
+* Classes: one-vs-all logistic cross entropy at assigned cells; several truths in one cell
+  give a multi-hot target (Darknet's delta_yolo_class); ``label_smooth_eps`` as Darknet.
+  ``cls_normalizer`` scales these terms. (AlexeyAB only applies it together with
+  ``counters_per_class``; stock cfgs use 1.0, where both agree.)
+
+Sums run over all cells and images; the trainer divides by the batch size, as Darknet's
+update divides the accumulated deltas by the batch.
+
+Not implemented (:func:`unsupported_keys` lists them when set): ``truth_thresh`` < 1,
+``iou_thresh`` < 1, ``objectness_smooth``, ``counters_per_class``, ``max_delta``,
+``focal_loss``, ``new_coords``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .layers.yolo import YoloSpec
+from .network import Network
+
+IOU_KINDS = ("mse", "iou", "giou", "diou", "ciou")
+CLASS_MATCH_THRESH = 0.25  # compare_yolo_class's conf_thresh in forward_yolo_layer
+
+
+@dataclass(frozen=True)
+class YoloHeadConfig:
+    """The loss settings of one [yolo] layer, with Darknet's defaults."""
+
+    layer: int  # index of the [yolo] layer; its input is the conv at layer - 1
+    classes: int
+    mask: tuple[int, ...]
+    anchors: tuple[tuple[float, float], ...]  # all `num` anchors (w, h) in network pixels
+    ignore_thresh: float = 0.5
+    scale_x_y: float = 1.0
+    iou_loss: str = "mse"
+    iou_normalizer: float = 0.75
+    obj_normalizer: float = 1.0
+    cls_normalizer: float = 1.0
+    label_smooth_eps: float = 0.0
+    max_boxes: int = 200
+
+    @classmethod
+    def from_spec(cls, spec: YoloSpec) -> "YoloHeadConfig":
+        s = spec.section
+        if spec.new_coords:
+            raise spec.error("new_coords=1 is not supported by netsurgery's trainer",
+                             "new_coords")
+        iou_loss = s.get_str("iou_loss", "mse")
+        if iou_loss not in IOU_KINDS:
+            iou_loss = "iou"  # Darknet: any other name means plain IoU
+        pairs = tuple((spec.anchors[2 * k], spec.anchors[2 * k + 1]) for k in range(spec.total))
+        for w, h in pairs:
+            if w <= 0 or h <= 0:
+                raise spec.error(f"anchor {w},{h}: anchors must be positive for training",
+                                 "anchors")
+        return cls(layer=spec.index, classes=spec.classes, mask=tuple(spec.mask),
+                   anchors=pairs,
+                   ignore_thresh=s.get_float("ignore_thresh", 0.5),
+                   scale_x_y=spec.scale_x_y,
+                   iou_loss=iou_loss,
+                   iou_normalizer=s.get_float("iou_normalizer", 0.75),
+                   obj_normalizer=s.get_float("obj_normalizer", 1.0),
+                   cls_normalizer=s.get_float("cls_normalizer", 1.0),
+                   label_smooth_eps=s.get_float("label_smooth_eps", 0.0),
+                   max_boxes=s.get_int("max", 200))
+
+
+def unsupported_keys(spec: YoloSpec) -> list[str]:
+    """Loss options set in a [yolo] section that this loss does not implement."""
+    s = spec.section
+    out = []
+    if s.get_float("truth_thresh", 1.0) < 1.0:
+        out.append("truth_thresh")
+    if s.get_float("iou_thresh", 1.0) < 1.0:
+        out.append("iou_thresh")
+    for key in ("objectness_smooth", "focal_loss"):
+        if s.has(key) and s.get_str(key) not in ("0", ""):
+            out.append(key)
+    for key in ("counters_per_class", "max_delta"):
+        if s.has(key):
+            out.append(key)
+    return [f"layer {spec.index} [yolo] {key}" for key in out]
+
+
+@dataclass
+class HeadLoss:
+    """One head's loss (summed over the batch) and Darknet's training statistics."""
+
+    total: torch.Tensor
+    box: float
+    obj: float
+    cls: float
+    count: int  # truths assigned to this head
+    iou_sum: float  # IoU of the assigned cells' predicted boxes with their truths
+    recall50: int  # assigned truths whose predicted box has IoU > 0.5
+
+
+@dataclass
+class LossResult:
+    """The loss of all heads: ``total`` (to backpropagate) and per-part sums."""
+
+    total: torch.Tensor
+    heads: list[HeadLoss] = field(default_factory=list)
+
+    @property
+    def parts(self) -> dict[str, float]:
+        return {key: sum(getattr(h, key) for h in self.heads) for key in ("box", "obj", "cls")}
+
+    @property
+    def count(self) -> int:
+        return sum(h.count for h in self.heads)
+
+    @property
+    def avg_iou(self) -> float:
+        n = self.count
+        return sum(h.iou_sum for h in self.heads) / n if n else 0.0
+
+
+# --------------------------------------------------------------------------- boxes
+
+
+def box_iou_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of centre boxes a (N, 4) with b (M, 4) -> (N, M); 0 when the union is 0."""
+    ax0, ax1 = a[:, 0:1] - a[:, 2:3] / 2, a[:, 0:1] + a[:, 2:3] / 2
+    ay0, ay1 = a[:, 1:2] - a[:, 3:4] / 2, a[:, 1:2] + a[:, 3:4] / 2
+    bx0, bx1 = b[:, 0] - b[:, 2] / 2, b[:, 0] + b[:, 2] / 2
+    by0, by1 = b[:, 1] - b[:, 3] / 2, b[:, 1] + b[:, 3] / 2
+    iw = (torch.minimum(ax1, bx1) - torch.maximum(ax0, bx0)).clamp(min=0)
+    ih = (torch.minimum(ay1, by1) - torch.maximum(ay0, by0)).clamp(min=0)
+    inter = iw * ih
+    union = a[:, 2:3] * a[:, 3:4] + b[:, 2] * b[:, 3] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
+
+
+def iou_kind(pred: torch.Tensor, truth: torch.Tensor, kind: str) -> torch.Tensor:
+    """Row-wise IoU, GIoU, DIoU or CIoU of centre boxes pred (K, 4) and truth (K, 4)."""
+    px0, px1 = pred[:, 0] - pred[:, 2] / 2, pred[:, 0] + pred[:, 2] / 2
+    py0, py1 = pred[:, 1] - pred[:, 3] / 2, pred[:, 1] + pred[:, 3] / 2
+    tx0, tx1 = truth[:, 0] - truth[:, 2] / 2, truth[:, 0] + truth[:, 2] / 2
+    ty0, ty1 = truth[:, 1] - truth[:, 3] / 2, truth[:, 1] + truth[:, 3] / 2
+    iw = (torch.minimum(px1, tx1) - torch.maximum(px0, tx0)).clamp(min=0)
+    ih = (torch.minimum(py1, ty1) - torch.maximum(py0, ty0)).clamp(min=0)
+    inter = iw * ih
+    union = pred[:, 2] * pred[:, 3] + truth[:, 2] * truth[:, 3] - inter
+    iou = inter / union.clamp(min=1e-12)
+    if kind in ("iou", "mse"):
+        return iou
+    cw = torch.maximum(px1, tx1) - torch.minimum(px0, tx0)
+    ch = torch.maximum(py1, ty1) - torch.minimum(py0, ty0)
+    if kind == "giou":
+        enclose = (cw * ch).clamp(min=1e-12)
+        return iou - (enclose - union) / enclose
+    diag = (cw ** 2 + ch ** 2).clamp(min=1e-12)
+    centre = (pred[:, 0] - truth[:, 0]) ** 2 + (pred[:, 1] - truth[:, 1]) ** 2
+    diou = iou - centre / diag
+    if kind == "diou":
+        return diou
+    if kind != "ciou":
+        raise ValueError(f"unknown IoU kind {kind!r}")
+    v = (4 / math.pi ** 2) * (torch.atan(truth[:, 2] / truth[:, 3].clamp(min=1e-12))
+                              - torch.atan(pred[:, 2] / pred[:, 3].clamp(min=1e-12))) ** 2
+    with torch.no_grad():  # the trade-off weight is a constant in CIoU's gradient
+        alpha = v / (1 - iou + v).clamp(min=1e-12)
+    return diou - alpha * v
+
+
+def _shape_iou(wh: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """IoU of boxes of size wh (K, 2) and anchors (A, 2) placed at the same centre."""
+    inter = torch.minimum(wh[:, None, 0], anchors[None, :, 0]) * \
+        torch.minimum(wh[:, None, 1], anchors[None, :, 1])
+    union = wh[:, None, 0] * wh[:, None, 1] + anchors[None, :, 0] * anchors[None, :, 1] - inter
+    return inter / union
+
+
+def _entropy(q: torch.Tensor) -> torch.Tensor:
+    q = q.clamp(0, 1)
+    return -(torch.special.xlogy(q, q) + torch.special.xlogy(1 - q, 1 - q))
+
+
+# --------------------------------------------------------------------------- the loss
+
+
+@dataclass
+class _Assignment:
+    image: list[int] = field(default_factory=list)
+    anchor: list[int] = field(default_factory=list)  # index into mask
+    row: list[int] = field(default_factory=list)
+    col: list[int] = field(default_factory=list)
+    truth: list[list[float]] = field(default_factory=list)  # class, x, y, w, h
+
+    def add(self, b: int, a: int, j: int, i: int, truth: list[float]) -> None:
+        self.image.append(b)
+        self.anchor.append(a)
+        self.row.append(j)
+        self.col.append(i)
+        self.truth.append(truth)
+
+
+def yolo_loss(raw: torch.Tensor, head: YoloHeadConfig, truths: Sequence[torch.Tensor],
+              net_w: int, net_h: int) -> HeadLoss:
+    """Loss of one [yolo] head.
+
+    ``raw`` is the output of the conv layer before the [yolo] layer (B, len(mask)·(5+C),
+    H, W), not activated. ``truths[b]`` is a float tensor (k, 5): class, x, y, w, h relative
+    to the network input. Returns the sum over the batch."""
+    b, c, h, w = raw.shape
+    n, nf = len(head.mask), 5 + head.classes
+    if c != n * nf:
+        raise ValueError(f"head at layer {head.layer}: input has {c} channels, expected "
+                         f"{n}·(5+{head.classes}) = {n * nf}")
+    if len(truths) != b:
+        raise ValueError(f"{len(truths)} truth tensors for a batch of {b}")
+    dev, f32 = raw.device, torch.float32
+    p = raw.view(b, n, nf, h, w)
+    s, off = head.scale_x_y, 0.5 * (head.scale_x_y - 1)
+    anchors = torch.tensor(head.anchors, dtype=f32, device=dev)
+    anchors_rel = anchors / torch.tensor([net_w, net_h], dtype=f32, device=dev)
+    mask = list(head.mask)
+    mask_rel = anchors_rel[mask]
+
+    with torch.no_grad():  # the boxes the layer currently predicts, for ignore and stats
+        pd = p.detach().float()
+        gx = torch.arange(w, device=dev, dtype=f32).view(1, 1, 1, w)
+        gy = torch.arange(h, device=dev, dtype=f32).view(1, 1, h, 1)
+        boxes = torch.stack([
+            (gx + torch.sigmoid(pd[:, :, 0]) * s - off) / w,
+            (gy + torch.sigmoid(pd[:, :, 1]) * s - off) / h,
+            torch.exp(pd[:, :, 2]) * mask_rel[:, 0].view(1, n, 1, 1),
+            torch.exp(pd[:, :, 3]) * mask_rel[:, 1].view(1, n, 1, 1)], dim=-1)  # (b,n,h,w,4)
+        class_match = torch.sigmoid(pd[:, :, 5:]).amax(dim=2) > CLASS_MATCH_THRESH
+
+    obj_weight = torch.full((b, n, h, w), head.obj_normalizer, dtype=f32, device=dev)
+    obj_target = torch.zeros((b, n, h, w), dtype=f32, device=dev)
+    assigned = _Assignment()
+    for bi, t in enumerate(truths):
+        t = t.to(device=dev, dtype=f32).reshape(-1, 5)[:head.max_boxes]
+        t = t[(t[:, 0] >= 0) & (t[:, 0] < head.classes)]  # Darknet skips such labels
+        if len(t) == 0:
+            continue
+        best = box_iou_matrix(boxes[bi].reshape(-1, 4), t[:, 1:5]).amax(dim=1).view(n, h, w)
+        obj_weight[bi][(best > head.ignore_thresh) & class_match[bi]] = 0
+        best_anchor = _shape_iou(t[:, 3:5], anchors_rel).argmax(dim=1).tolist()
+        for row, best_n in zip(t.tolist(), best_anchor):
+            if best_n not in mask:
+                continue  # another head's anchor
+            i = min(int(row[1] * w), w - 1)
+            j = min(int(row[2] * h), h - 1)
+            assigned.add(bi, mask.index(best_n), j, i, row)
+
+    zero = raw.sum() * 0  # keeps the graph connected when nothing is assigned
+    box_loss = cls_loss = zero
+    count, iou_sum, recall = len(assigned.image), 0.0, 0
+    if count:
+        bi = torch.tensor(assigned.image, device=dev)
+        ai = torch.tensor(assigned.anchor, device=dev)
+        jj = torch.tensor(assigned.row, device=dev)
+        ii = torch.tensor(assigned.col, device=dev)
+        truth = torch.tensor(assigned.truth, dtype=f32, device=dev)  # (K, 5)
+        z = p[bi, ai, :, jj, ii].float()  # (K, nf) raw outputs of the assigned cells
+        anchor_wh = mask_rel[ai]
+        box_loss = _box_loss(z, truth, anchor_wh, ii, jj, w, h, head)
+        with torch.no_grad():
+            ious = iou_kind(boxes[bi, ai, jj, ii], truth[:, 1:5], "iou")
+            iou_sum, recall = float(ious.sum()), int((ious > 0.5).sum())
+        obj_target[bi, ai, jj, ii] = 1
+        obj_weight[bi, ai, jj, ii] = head.obj_normalizer
+        cls_loss = _class_loss(p, bi, ai, jj, ii, truth[:, 0].long(), head, n, h, w)
+    obj_terms = F.binary_cross_entropy_with_logits(p[:, :, 4].float(), obj_target,
+                                                   reduction="none")
+    obj_loss = (obj_weight * obj_terms).sum()
+    total = box_loss + obj_loss + cls_loss
+    return HeadLoss(total, float(box_loss.detach()), float(obj_loss.detach()),
+                    float(cls_loss.detach()), count, iou_sum, recall)
+
+
+def _box_loss(z: torch.Tensor, truth: torch.Tensor, anchor_wh: torch.Tensor,
+              col: torch.Tensor, row: torch.Tensor, w: int, h: int,
+              head: YoloHeadConfig) -> torch.Tensor:
+    s, off = head.scale_x_y, 0.5 * (head.scale_x_y - 1)
+    if head.iou_loss == "mse":
+        scale = head.iou_normalizer * (2 - truth[:, 3] * truth[:, 4])
+        loss = z.new_zeros(())
+        for k, (cells, pos) in enumerate(((w, col), (h, row))):
+            target = truth[:, 1 + k] * cells - pos  # position inside the cell, [0, 1)
+            q = (target + off) / s
+            bce = F.binary_cross_entropy_with_logits(z[:, k], q, reduction="none")
+            loss = loss + (scale * s * (bce - _entropy(q))).sum()
+        for k in (2, 3):
+            target = torch.log(truth[:, 1 + k] / anchor_wh[:, k - 2])
+            loss = loss + (0.5 * scale * (target - z[:, k]) ** 2).sum()
+        return loss
+    # IoU kinds: the value of 1 - IoU, the gradient Darknet applies (see module docstring)
+    zd = z[:, :4].detach()
+    with torch.enable_grad():
+        pred = torch.stack([
+            (col.float() + torch.sigmoid(zd[:, 0]) * s - off) / w,
+            (row.float() + torch.sigmoid(zd[:, 1]) * s - off) / h,
+            torch.exp(zd[:, 2]) * anchor_wh[:, 0],
+            torch.exp(zd[:, 3]) * anchor_wh[:, 1]], dim=1).requires_grad_(True)
+        value = 1 - iou_kind(pred, truth[:, 1:5], head.iou_loss)
+        (grad,) = torch.autograd.grad(value.sum(), pred)
+    grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+    jacobian = torch.stack([torch.ones_like(zd[:, 0]), torch.ones_like(zd[:, 0]),
+                            torch.exp(zd[:, 2]), torch.exp(zd[:, 3])], dim=1)
+    g = head.iou_normalizer * grad * jacobian
+    surrogate = (g * z[:, :4]).sum()
+    return head.iou_normalizer * value.detach().sum() + surrogate - surrogate.detach()
+
+
+def _class_loss(p: torch.Tensor, bi, ai, jj, ii, classes: torch.Tensor, head: YoloHeadConfig,
+                n: int, h: int, w: int) -> torch.Tensor:
+    """Multi-hot one-vs-all targets per assigned cell (several truths may share one)."""
+    if head.classes == 0:
+        return p.sum() * 0
+    slot = ((bi * n + ai) * h + jj) * w + ii
+    unique, inverse = torch.unique(slot, return_inverse=True)
+    target = torch.zeros((len(unique), head.classes), dtype=torch.float32, device=p.device)
+    target[inverse, classes] = 1
+    if head.label_smooth_eps:
+        target = target * (1 - head.label_smooth_eps) + 0.5 * head.label_smooth_eps
+    ub = unique // (n * h * w)
+    ua = (unique // (h * w)) % n
+    uj = (unique // w) % h
+    ui = unique % w
+    z = p[ub, ua, 5:, uj, ui].float()  # (U, classes)
+    bce = F.binary_cross_entropy_with_logits(z, target, reduction="none")
+    return head.cls_normalizer * bce.sum()
+
+
+class DetectionLoss:
+    """The loss of every [yolo] head of a network.
+
+    ``inputs`` are the layer indices whose (raw) outputs the loss needs: the conv before
+    each [yolo]. Call with those outputs in the same order."""
+
+    def __init__(self, network: Network):
+        self.heads: list[YoloHeadConfig] = []
+        self.unsupported: list[str] = []
+        for index in network.heads():
+            spec = network.layers[index]
+            if not isinstance(spec, YoloSpec):
+                raise spec.error("only [yolo] heads can be trained by netsurgery "
+                                 f"(this is [{spec.section.header}])")
+            self.heads.append(YoloHeadConfig.from_spec(spec))
+            self.unsupported += unsupported_keys(spec)
+        if not self.heads:
+            raise network.cfg.net.error("no [yolo] layer: nothing to train a detector with")
+        self.inputs = [head.layer - 1 for head in self.heads]
+        self.net_w, self.net_h = network.net.width, network.net.height
+
+    def __call__(self, raws: Sequence[torch.Tensor],
+                 truths: Sequence[torch.Tensor]) -> LossResult:
+        heads = [yolo_loss(raw, head, truths, self.net_w, self.net_h)
+                 for raw, head in zip(raws, self.heads)]
+        total = heads[0].total
+        for head in heads[1:]:
+            total = total + head.total
+        return LossResult(total, heads)

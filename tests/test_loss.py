@@ -1,0 +1,376 @@
+"""Tests of netsurgery.loss: the YOLOv3 loss against Darknet's deltas (AlexeyAB
+forward_yolo_layer), on hand-made tiny predictions."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from netsurgery.cfg import parse_cfg_text
+from netsurgery.loss import DetectionLoss, YoloHeadConfig, iou_kind, yolo_loss
+from netsurgery.network import build_network
+
+NET = 64  # network input size used by the hand-made heads
+ANCHORS = ((8.0, 8.0), (16.0, 16.0), (24.0, 40.0), (40.0, 24.0), (32.0, 32.0), (56.0, 56.0))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny tensors: one thread avoids OpenMP overhead on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def head(mask=(0, 1, 2), classes=1, **kw) -> YoloHeadConfig:
+    return YoloHeadConfig(layer=1, classes=classes, mask=tuple(mask), anchors=ANCHORS, **kw)
+
+
+def raw_zeros(n_anchors=3, classes=1, grid=2, batch=1) -> torch.Tensor:
+    return torch.zeros(batch, n_anchors * (5 + classes), grid, grid, requires_grad=True)
+
+
+def grads(raw, h, truths):
+    """Loss and d loss / d raw, viewed (batch, anchor, field, row, col)."""
+    result = yolo_loss(raw, h, truths, NET, NET)
+    result.total.backward()
+    n = len(h.mask)
+    return result, raw.grad.view(raw.shape[0], n, 5 + h.classes, *raw.shape[2:])
+
+
+def sigmoid(v: float) -> float:
+    return 1 / (1 + math.exp(-v))
+
+
+# --------------------------------------------------------------------------- assignment
+
+
+def test_truth_goes_to_best_shape_anchor_among_all_heads():
+    # a 30x30-pixel truth: IoU of shapes with anchor 4 (32x32) is 900/1024 = 0.879, the best
+    truth = [torch.tensor([[0, 0.3, 0.7, 30 / NET, 30 / NET]])]
+    big = head(mask=(3, 4, 5))
+    res, g = grads(raw_zeros(), big, truth)
+    assert res.count == 1
+    # assigned to anchor index 1 of this head (anchor 4), cell col 0, row 1
+    box = g[0, :, 0:4].abs().sum(dim=1)  # (anchor, row, col)
+    assert torch.nonzero(box).tolist() == [[1, 1, 0]]
+    # the head holding anchors 0..2 does not take it: no box or class gradient at all
+    # (ignore_thresh high: the 24x40 anchor of that cell overlaps the truth by IoU > 0.5)
+    small = head(mask=(0, 1, 2), ignore_thresh=0.95)
+    res, g = grads(raw_zeros(), small, truth)
+    assert res.count == 0 and res.box == 0 and res.cls == 0
+    assert g[0, :, 0:4].abs().sum() == 0 and g[0, :, 5:].abs().sum() == 0
+    # every objectness output is pushed down: delta = 0 - 0.5
+    assert torch.allclose(g[0, :, 4], torch.full((3, 2, 2), 0.5))
+
+
+def test_tie_between_anchors_goes_to_the_first():
+    anchors = ((16.0, 16.0), (16.0, 16.0), (8.0, 8.0))
+    h = YoloHeadConfig(layer=1, classes=1, mask=(0, 1, 2), anchors=anchors)
+    res, g = grads(raw_zeros(), h, [torch.tensor([[0, 0.6, 0.6, 0.25, 0.25]])])
+    box = g[0, :, 0:4].abs().sum(dim=1)
+    assert torch.nonzero(box).tolist() == [[0, 1, 1]]
+
+
+# --------------------------------------------------------------------------- box terms
+
+
+def test_mse_box_gradient_has_darknet_scale():
+    # 2x2 grid, truth centre (0.3, 0.7) -> cell col 0 (tx = 0.6), row 1 (ty = 0.4); size
+    # 0.3 x 0.25 = 19.2 x 16 pixels. Shape IoUs: anchor 1 (16x16) 256/307.2 = 0.833, anchors
+    # 2 and 3 (24x40, 40x24) 307.2/960 = 0.32, anchor 4 (32x32) 0.3: anchor 1 wins.
+    truth = torch.tensor([[0, 0.3, 0.7, 0.3, 0.25]])
+    h = head(mask=(0, 1, 2), iou_normalizer=0.75)
+    res, g = grads(raw_zeros(), h, [truth])
+    a = 1
+    scale = 0.75 * (2 - 0.3 * 0.25)  # iou_normalizer · (2 - w·h) = 1.44375
+    # x, y: delta = t - sigmoid(0) applied to the raw logit; gradient = -delta
+    assert g[0, a, 0, 1, 0].item() == pytest.approx(-scale * (0.6 - 0.5), abs=1e-6)
+    assert g[0, a, 1, 1, 0].item() == pytest.approx(-scale * (0.4 - 0.5), abs=1e-6)
+    # w, h: delta = log(w·net_w / anchor_w) - raw
+    assert g[0, a, 2, 1, 0].item() == pytest.approx(-scale * math.log(1.2), abs=1e-6)
+    assert g[0, a, 3, 1, 0].item() == pytest.approx(0.0, abs=1e-6)  # log(16/16)
+    # the box loss value: x/y KL terms + 1/2 squared log-space errors
+    kl = sum(t * math.log(t / 0.5) + (1 - t) * math.log((1 - t) / 0.5) for t in (0.6, 0.4))
+    wh = 0.5 * math.log(1.2) ** 2
+    assert res.box == pytest.approx(scale * (kl + wh), rel=1e-5)
+    # nothing else gets box gradients
+    mask = torch.ones_like(g[0, :, 0:4], dtype=torch.bool)
+    mask[a, :, 1, 0] = False
+    assert g[0, :, 0:4][mask].abs().sum() == 0
+
+
+def test_scale_x_y_gradient_is_output_minus_target():
+    truth = torch.tensor([[0, 0.3, 0.7, 0.3, 0.25]])
+    raw = raw_zeros()
+    with torch.no_grad():
+        raw.view(1, 3, 6, 2, 2)[0, 1, 0, 1, 0] = 0.8
+    h = head(scale_x_y=1.2, iou_normalizer=1.0)
+    _, g = grads(raw, h, [truth])
+    out = 1.2 * sigmoid(0.8) - 0.1
+    assert g[0, 1, 0, 1, 0].item() == pytest.approx((2 - 0.075) * (out - 0.6), abs=1e-6)
+
+
+def test_giou_value_and_darknet_jacobian():
+    # predicted box of anchor 1 at cell (0, 0) with raw 0: centre (0.25, 0.25), 0.25 x 0.25
+    truth = torch.tensor([[0, 0.4, 0.3, 0.25, 0.25]])
+    h = head(iou_loss="giou", iou_normalizer=0.5)
+    res, g = grads(raw_zeros(), h, [truth])
+    # hand-computed: intersection 0.1 x 0.2 = 0.02, union 2·0.0625 - 0.02 = 0.105,
+    # enclosing 0.4 x 0.3 = 0.12 -> GIoU = 0.02/0.105 - (0.12-0.105)/0.12
+    giou = 0.02 / 0.105 - 0.015 / 0.12
+    assert res.box == pytest.approx(0.5 * (1 - giou), rel=1e-5)
+    # Darknet's gradient: dGIoU/dx of the box goes to the x logit unchanged, dGIoU/dw·exp(tw)
+    # to tw; check against finite differences of GIoU in box coordinates
+    def giou_at(box):
+        return iou_kind(torch.tensor([box], dtype=torch.float64),
+                        truth[:, 1:5].double(), "giou").item()
+    box = [0.25, 0.25, 0.25, 0.25]
+    eps = 1e-6
+    for k in range(4):
+        up, down = list(box), list(box)
+        up[k] += eps
+        down[k] -= eps
+        d = (giou_at(up) - giou_at(down)) / (2 * eps)
+        assert g[0, 1, k, 0, 0].item() == pytest.approx(-0.5 * d, abs=1e-5)
+    # no (2 - w·h) scale with IoU losses, and x is not scaled by sigmoid' or 1/grid
+    assert abs(g[0, 1, 0, 0, 0].item()) > 0.1
+
+
+def test_ciou_and_diou_values():
+    pred = torch.tensor([[0.5, 0.5, 0.2, 0.4]], dtype=torch.float64)
+    truth = torch.tensor([[0.6, 0.5, 0.4, 0.4]], dtype=torch.float64)
+    # intersection: x overlap [0.4, 0.6] ∩ [0.4, 0.8] = 0.2, y overlap 0.4 -> 0.08
+    iou = 0.08 / (0.08 + 0.16 - 0.08)
+    # enclosing box 0.4 x 0.4, diagonal² 0.32, centre distance² 0.01
+    diou = iou - 0.01 / 0.32
+    v = 4 / math.pi ** 2 * (math.atan(1.0) - math.atan(0.5)) ** 2
+    ciou = diou - v / (1 - iou + v) * v
+    assert iou_kind(pred, truth, "iou").item() == pytest.approx(iou)
+    assert iou_kind(pred, truth, "diou").item() == pytest.approx(diou)
+    assert iou_kind(pred, truth, "ciou").item() == pytest.approx(ciou)
+    # the enclosing box (0.16) equals the union (0.16) here, so GIoU = IoU
+    assert iou_kind(pred, truth, "giou").item() == pytest.approx(iou)
+
+
+# --------------------------------------------------------------------------- objectness
+
+
+def test_objectness_and_class_gradient_signs():
+    truth = torch.tensor([[0, 0.3, 0.7, 0.3, 0.25]])
+    h = head(classes=2, obj_normalizer=2.0, cls_normalizer=1.0)
+    res, g = grads(raw_zeros(classes=2), h, [truth])
+    obj = g[0, :, 4]
+    # assigned cell: delta = obj_normalizer·(1 - 0.5) pushes the logit up (negative grad)
+    assert obj[1, 1, 0].item() == pytest.approx(-1.0)
+    # every other cell: delta = obj_normalizer·(0 - 0.5)
+    others = torch.ones_like(obj, dtype=torch.bool)
+    others[1, 1, 0] = False
+    assert torch.allclose(obj[others], torch.full((11,), 1.0))
+    # classes: one-vs-all, only at the assigned cell
+    assert g[0, 1, 5, 1, 0].item() == pytest.approx(-0.5)
+    assert g[0, 1, 6, 1, 0].item() == pytest.approx(0.5)
+    assert g[0, :, 5:].abs().sum().item() == pytest.approx(1.0)
+    assert res.obj == pytest.approx(2.0 * 12 * math.log(2), rel=1e-6)
+    assert res.cls == pytest.approx(2 * math.log(2), rel=1e-6)
+
+
+def _ignore_setup(class_logit: float):
+    """A 0.9x0.9 truth centred in cell (0, 0) of a 2x2 grid; anchor 0 of cell (1, 0) (right
+    neighbour) predicts a box at (0.55, 0.45) of the same size: IoU 0.8 with the truth."""
+    anchors = ((57.6, 57.6), (8.0, 8.0), (9.0, 9.0))  # 57.6 px = 0.9 of the input
+    h_low = YoloHeadConfig(layer=1, classes=1, mask=(0, 1, 2), anchors=anchors,
+                           ignore_thresh=0.7)
+    raw = raw_zeros()
+    with torch.no_grad():
+        v = raw.view(1, 3, 6, 2, 2)
+        # x: (1 + sigmoid(zx))/2 = 0.55 -> sigmoid(zx) = 0.1; y: (0 + sigmoid(zy))/2 = 0.45
+        v[0, 0, 0, 0, 1] = math.log(0.1 / 0.9)
+        v[0, 0, 1, 0, 1] = math.log(0.9 / 0.1)
+        v[0, 0, 5, 0, 1] = class_logit
+    truth = [torch.tensor([[0, 0.45, 0.45, 0.9, 0.9]])]
+    return raw, h_low, truth
+
+
+def test_ignore_thresh_removes_objectness_penalty():
+    raw, h, truth = _ignore_setup(class_logit=0.0)  # class prob 0.5 > 0.25
+    # IoU of (0.55, 0.45, 0.9, 0.9) with (0.45, 0.45, 0.9, 0.9) = 0.8·0.9/(2·0.81-0.72)
+    iou = 0.72 / (1.62 - 0.72)
+    assert iou == pytest.approx(0.8)
+    _, g = grads(raw, h, truth)
+    assert g[0, 0, 4, 0, 1].item() == 0.0  # IoU 0.8 > ignore_thresh 0.7: no penalty
+    assert g[0, 0, 4, 1, 1].item() == pytest.approx(0.5)  # a far cell keeps it
+    # above the IoU: penalised again
+    raw, _, truth = _ignore_setup(class_logit=0.0)
+    h_high = YoloHeadConfig(layer=1, classes=1, mask=(0, 1, 2), anchors=h.anchors,
+                            ignore_thresh=0.85)
+    _, g = grads(raw, h_high, truth)
+    assert g[0, 0, 4, 0, 1].item() == pytest.approx(0.5)
+
+
+def test_ignore_needs_a_class_probability_above_quarter():
+    # Darknet's compare_yolo_class: no class above 0.25 -> the prediction is penalised
+    raw, h, truth = _ignore_setup(class_logit=-2.0)  # sigmoid(-2) = 0.12
+    _, g = grads(raw, h, truth)
+    assert g[0, 0, 4, 0, 1].item() == pytest.approx(0.5)
+
+
+def test_two_truths_in_one_cell_give_multi_hot_classes_and_summed_boxes():
+    t = torch.tensor([[0, 0.3, 0.7, 0.25, 0.25], [2, 0.35, 0.6, 0.25, 0.25]])
+    h = head(classes=3, iou_normalizer=1.0)
+    res, g = grads(raw_zeros(classes=3), h, [t])
+    assert res.count == 2
+    cls = g[0, 1, 5:, 1, 0]
+    assert cls.tolist() == pytest.approx([-0.5, 0.5, -0.5])
+    scale = 2 - 0.0625
+    expected_x = -scale * ((0.6 - 0.5) + (0.7 - 0.5))
+    assert g[0, 1, 0, 1, 0].item() == pytest.approx(expected_x, abs=1e-6)
+
+
+def test_sgd_steps_lower_the_loss():
+    torch.manual_seed(0)
+    raw = (0.3 * torch.randn(2, 18, 4, 4)).requires_grad_(True)
+    truths = [torch.tensor([[0, 0.3, 0.6, 0.3, 0.4]]), torch.tensor([[0, 0.7, 0.2, 0.1, 0.1]])]
+    h = head()
+    losses = []
+    for _ in range(20):
+        res = yolo_loss(raw, h, truths, NET, NET)
+        losses.append(res.total.item())
+        raw.grad = None
+        res.total.backward()
+        with torch.no_grad():
+            raw -= 0.5 * raw.grad
+    # 73.2 -> 10.7 with these numbers: the gradient points downhill for every term
+    assert losses[-1] < 0.2 * losses[0]
+    assert all(b < a for a, b in zip(losses, losses[1:]))
+
+
+# --------------------------------------------------------------------------- vs Darknet
+
+
+def _iou(a, b) -> float:
+    def overlap(x1, w1, x2, w2):
+        return min(x1 + w1 / 2, x2 + w2 / 2) - max(x1 - w1 / 2, x2 - w2 / 2)
+    w, h = overlap(a[0], a[2], b[0], b[2]), overlap(a[1], a[3], b[1], b[3])
+    inter = 0.0 if w < 0 or h < 0 else w * h
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return 0.0 if union == 0 else inter / union
+
+
+def darknet_deltas(raw: np.ndarray, h: YoloHeadConfig, truths, net_w: int, net_h: int):
+    """Literal loops of forward_yolo_layer (MSE box loss) -> delta, float64."""
+    B, _, H, W = raw.shape
+    n, C = len(h.mask), h.classes
+    x = raw.reshape(B, n, 5 + C, H, W).astype(np.float64)
+    out = x.copy()
+    s = h.scale_x_y
+    out[:, :, 0:2] = 1 / (1 + np.exp(-x[:, :, 0:2])) * s - 0.5 * (s - 1)
+    out[:, :, 4:] = 1 / (1 + np.exp(-x[:, :, 4:]))
+    delta = np.zeros_like(out)
+    ignored = 0
+    for b in range(B):
+        for j in range(H):
+            for i in range(W):
+                for a in range(n):
+                    aw, ah = h.anchors[h.mask[a]]
+                    pred = ((i + out[b, a, 0, j, i]) / W, (j + out[b, a, 1, j, i]) / H,
+                            math.exp(x[b, a, 2, j, i]) * aw / net_w,
+                            math.exp(x[b, a, 3, j, i]) * ah / net_h)
+                    match = any(out[b, a, 5 + c, j, i] > 0.25 for c in range(C))
+                    best = max((_iou(pred, t[1:]) for t in truths[b]), default=0.0)
+                    delta[b, a, 4, j, i] = h.obj_normalizer * (0 - out[b, a, 4, j, i])
+                    if match and best > h.ignore_thresh:
+                        delta[b, a, 4, j, i] = 0
+                        ignored += 1
+        for t in truths[b]:
+            cls, tx, ty, tw, th = t
+            best_iou, best_n = 0.0, 0
+            for k, (aw, ah) in enumerate(h.anchors):
+                iou = _iou((0, 0, aw / net_w, ah / net_h), (0, 0, tw, th))
+                if iou > best_iou:
+                    best_iou, best_n = iou, k
+            if best_n not in h.mask:
+                continue
+            a = h.mask.index(best_n)
+            i, j = int(tx * W), int(ty * H)
+            aw, ah = h.anchors[best_n]
+            scale = (2 - tw * th) * h.iou_normalizer
+            targets = (tx * W - i, ty * H - j, math.log(tw * net_w / aw), math.log(th * net_h / ah))
+            for k in range(4):
+                value = out[b, a, k, j, i] if k < 2 else x[b, a, k, j, i]
+                delta[b, a, k, j, i] += scale * (targets[k] - value)
+            delta[b, a, 4, j, i] = h.obj_normalizer * (1 - out[b, a, 4, j, i])
+            c = int(cls)
+            if delta[b, a, 5 + c, j, i]:
+                delta[b, a, 5 + c, j, i] = 1 - out[b, a, 5 + c, j, i]
+            else:
+                for k in range(C):
+                    delta[b, a, 5 + k, j, i] = (k == c) - out[b, a, 5 + k, j, i]
+    return delta, ignored
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_gradient_equals_darknet_delta_on_random_predictions(seed):
+    rng = np.random.default_rng(seed)
+    B, grid, C = 2, 4, 3
+    anchors = ((10.0, 14.0), (23.0, 27.0), (37.0, 58.0), (81.0, 82.0), (135.0, 169.0),
+               (344.0, 319.0))
+    h = YoloHeadConfig(layer=1, classes=C, mask=(0, 1, 2), anchors=anchors,
+                       ignore_thresh=0.3, iou_normalizer=0.75, obj_normalizer=1.5,
+                       scale_x_y=1.05)
+    net = 128
+    raw = rng.normal(0, 1, (B, 3 * (5 + C), grid, grid)).astype(np.float32)
+    truths = []
+    for _ in range(B):
+        k = 4
+        boxes = np.column_stack([rng.integers(0, C, k), rng.uniform(0.05, 0.95, (k, 2)),
+                                 rng.uniform(0.05, 0.45, (k, 2))])
+        truths.append([tuple(map(float, row)) for row in boxes])
+    # two truths in one cell, one of them another class
+    truths[0].append((float((int(truths[0][0][0]) + 1) % C), truths[0][0][1] + 0.01,
+                      truths[0][0][2], truths[0][0][3], truths[0][0][4]))
+    delta, ignored = darknet_deltas(raw, h, truths, net, net)
+    t = torch.tensor(raw, requires_grad=True)
+    res = yolo_loss(t, h, [torch.tensor(b, dtype=torch.float32) for b in truths], net, net)
+    res.total.backward()
+    grad = t.grad.numpy().reshape(delta.shape)
+    assert ignored > 0 and res.count > 0  # both rules were exercised
+    np.testing.assert_allclose(grad, -delta, atol=2e-5)
+
+
+# --------------------------------------------------------------------------- from a cfg
+
+
+def test_head_config_from_cfg_and_unsupported_options():
+    text = """[net]
+width=64
+height=64
+channels=3
+[convolutional]
+filters=18
+size=1
+activation=linear
+[yolo]
+mask=0,1,2
+anchors=10,14, 23,27, 37,58
+classes=1
+num=3
+ignore_thresh=.6
+iou_loss=ciou
+iou_normalizer=0.07
+cls_normalizer=2
+max_delta=5
+"""
+    loss = DetectionLoss(build_network(parse_cfg_text(text, "t.cfg")))
+    (hc,) = loss.heads
+    assert loss.inputs == [0]
+    assert (hc.ignore_thresh, hc.iou_loss, hc.iou_normalizer, hc.obj_normalizer,
+            hc.cls_normalizer) == (0.6, "ciou", 0.07, 1.0, 2.0)
+    assert hc.anchors == ((10, 14), (23, 27), (37, 58))
+    assert loss.unsupported == ["layer 1 [yolo] max_delta"]
+    # defaults are Darknet's: iou_normalizer 0.75, ignore_thresh 0.5, MSE
+    plain = YoloHeadConfig(layer=0, classes=1, mask=(0,), anchors=((1.0, 1.0),))
+    assert (plain.iou_normalizer, plain.ignore_thresh, plain.iou_loss) == (0.75, 0.5, "mse")
