@@ -73,7 +73,7 @@ def bench(k: int, n_tasks: int, repeat: int) -> None:
     def run_separate():
         return [model(x) for model in separate]
 
-    with torch.inference_mode():
+    with torch.inference_mode(), common.OtherLoad() as other:
         times = common.interleaved({"merged": lambda: merged(x), "separate": run_separate},
                                    repeat, warmup=1)
     m, s = times["merged"], times["separate"]
@@ -86,6 +86,7 @@ def bench(k: int, n_tasks: int, repeat: int) -> None:
           f" {measured:6.3f}   (best-of {m.best / s.best:.3f})")
     print(f"  {'FLOP ratio from cost accounting':<58} {flop_ratio:6.3f}   measured / FLOP "
           f"ratio = {measured / flop_ratio:.3f} (target within 5 %)")
+    print("  " + other.line())
 
 
 def main() -> None:

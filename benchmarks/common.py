@@ -79,6 +79,48 @@ def environment() -> list[str]:
             f"{torch.get_num_threads()}, OpenCV {cv2.getNumThreads()}; load average {load}"]
 
 
+class OtherLoad:
+    """How much CPU other processes used while a block ran (Linux): busy time of all CPUs
+    from /proc/stat minus this process's own (and its waited-for children's). Benchmarks
+    print it beside their results; above a few percent the torch medians are not
+    trustworthy (see README)."""
+
+    def __enter__(self) -> "OtherLoad":
+        self._start = (self._busy(), self._own(), time.perf_counter())
+        self.fraction: float | None = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        busy, own, wall = self._busy(), self._own(), time.perf_counter()
+        if busy is None or self._start[0] is None:
+            return
+        ticks = os.sysconf("SC_CLK_TCK")
+        others = (busy - self._start[0]) / ticks - (own - self._start[1])
+        self.fraction = max(0.0, others / ((wall - self._start[2]) * (os.cpu_count() or 1)))
+
+    @staticmethod
+    def _busy() -> int | None:
+        try:
+            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        return sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+
+    @staticmethod
+    def _own() -> float:
+        import resource
+
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+    def line(self) -> str:
+        if self.fraction is None:
+            return "other processes' CPU use during the run: unknown"
+        warn = "  << busy machine: rerun when idle" if self.fraction > 0.05 else ""
+        return f"other processes used {100 * self.fraction:.1f} % of the CPUs during the run{warn}"
+
+
 @dataclass
 class Timing:
     """Repeated wall-clock times of one candidate, in seconds."""

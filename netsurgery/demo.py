@@ -23,9 +23,9 @@ from .errors import UsageError
 @dataclass
 class DemoSettings:
     k: int = 12
-    train_images: int = 320
+    train_images: int = 400
     iterations: int = 300
-    batch: int = 16
+    batch: int = 12
     lr: float = 0.002
     seed: int = 1
     size: int = 416
@@ -93,6 +93,15 @@ def _text_task_cfg(base_cfg: Path, dataset, out: Path, settings: DemoSettings,
     return out
 
 
+def _progress_printer(log: Callable[[str], None], every: int = 25):
+    def show(p) -> None:
+        if p.iteration % every == 0 or p.iteration == p.iterations:
+            log(f"   iteration {p.iteration}/{p.iterations}: loss {p.loss:.2f}, lr {p.lr:.2g}, "
+                f"{p.images_per_sec:.1f} images/s")
+
+    return show
+
+
 def run_demo(out_dir: str | os.PathLike = "demo", k: int | None = None, quick: bool = False,
              weights_dir: str | os.PathLike = "weights",
              log: Callable[[str], None] = print) -> DemoResult:
@@ -109,7 +118,7 @@ def run_demo(out_dir: str | os.PathLike = "demo", k: int | None = None, quick: b
     from .plots import plot_diff
     from .sweep import time_merged_vs_separate
     from .surgery import load_graph
-    from .synth import make_text_dataset
+    from .synth import TextStyle, make_text_dataset
     from .train import train
 
     t0 = time.perf_counter()
@@ -128,8 +137,11 @@ def run_demo(out_dir: str | os.PathLike = "demo", k: int | None = None, quick: b
 
     log(f"2/7 rendering {settings.train_images} text images")
     n_images = int(round(settings.train_images / 0.8))
+    # text lines and short blocks of readable size: a task a frozen COCO trunk can learn in
+    # a few CPU minutes
+    style = TextStyle(lines=(1, 2), text_height=(0.05, 0.1), blocks=(1, 3))
     dataset = make_text_dataset(out / "text-data", n_images, settings.seed,
-                                (settings.size, settings.size), overwrite=True)
+                                (settings.size, settings.size), overwrite=True, style=style)
     task_cfg = _text_task_cfg(base.cfg, dataset, out / "text.cfg", settings, settings.iterations)
 
     log(f"3/7 retraining layers {settings.k + 1}.. on text (layers 0..{settings.k} frozen)")
@@ -137,7 +149,7 @@ def run_demo(out_dir: str | os.PathLike = "demo", k: int | None = None, quick: b
     result = train(task_cfg, base.weights, dataset.data, freeze_until=settings.k,
                    iterations=settings.iterations, batch=settings.batch, out_dir=train_dir,
                    seed=settings.seed, base_cfg=base.cfg, overwrite=True, validate=False,
-                   log=lambda m: log("   " + m))
+                   log=lambda m: log("   " + m), progress=_progress_printer(log))
     text_cfg, text_weights = result.cfg_path, result.final_weights
 
     log("4/7 diff base vs text model")

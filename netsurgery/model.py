@@ -186,7 +186,11 @@ class DarknetModel(nn.Module):
     def fold_batchnorm(self) -> "DarknetModel":
         """Fold BatchNorm into the convolutions for inference (Darknet's fuse, in float64).
         The unfolded parameters stay for training and for saving. The fold is a snapshot:
-        after changing weights in eval mode, fold again (``load_weights`` does)."""
+        after changing weights in eval mode, fold again (``load_weights`` does); in the fast
+        mode this packs the kernels again."""
+        if self._fast:
+            self._pack()
+            return self
         for m in self.layers:
             if hasattr(m, "fold"):
                 m.fold()
@@ -215,11 +219,8 @@ class DarknetModel(nn.Module):
         self.eval()
         self.requires_grad_(False)
         self._fast = fast
-        if fast:
-            self._pack()  # folds layer by layer: one folded kernel alive at a time
-        else:
-            self.unfold_batchnorm()
-            self.fold_batchnorm()
+        self.unfold_batchnorm()
+        self.fold_batchnorm()  # fast: fold and pack layer by layer (see _pack)
         return self
 
     @property
@@ -228,6 +229,7 @@ class DarknetModel(nn.Module):
         return self._fast
 
     def _pack(self) -> None:
+        """Fold and pack every convolution (the fast path's kernels)."""
         convs = [m for m in self.layers if hasattr(m, "pack")]
         # one set of buffers for every CPU float32 layer's folded kernel: no per-layer
         # allocations (other devices and dtypes fold into their own tensors)
@@ -271,10 +273,7 @@ class DarknetModel(nn.Module):
         self.weights_notes = list(wf.notes)
         self.unfold_batchnorm()
         if not self.training:
-            if self._fast:
-                self._pack()
-            else:
-                self.fold_batchnorm()
+            self.fold_batchnorm()
         return wf
 
     def layer_arrays(self, index: int, transposed: bool | None = None) -> dict[str, np.ndarray]:

@@ -286,11 +286,21 @@ def _random_word(rng: np.random.Generator) -> str:
     return word
 
 
+@dataclass(frozen=True)
+class TextStyle:
+    """How hard the text task is: lines per block, text height as a fraction of the image's
+    smaller side, and blocks per image (inclusive ranges)."""
+
+    lines: tuple[int, int] = (1, 4)
+    text_height: tuple[float, float] = (0.025, 0.08)
+    blocks: tuple[int, int] = (1, 4)
+
+
 def _text_lines(rng: np.random.Generator, font: int, scale: float, thickness: int,
-                max_width: float) -> list[str]:
-    """1–4 lines of random words, each line filled up to ``max_width`` pixels."""
+                max_width: float, n_lines: tuple[int, int] = (1, 4)) -> list[str]:
+    """Random lines of random words, each line filled up to ``max_width`` pixels."""
     lines = []
-    for _ in range(int(rng.integers(1, 5))):
+    for _ in range(int(rng.integers(n_lines[0], n_lines[1] + 1))):
         words = [_random_word(rng)]
         for _ in range(int(rng.integers(0, 6))):
             candidate = words + [_random_word(rng)]
@@ -301,18 +311,20 @@ def _text_lines(rng: np.random.Generator, font: int, scale: float, thickness: in
     return lines
 
 
-def text_block_mask(rng: np.random.Generator, size: Size) -> np.ndarray:
+def text_block_mask(rng: np.random.Generator, size: Size,
+                    style: TextStyle = TextStyle()) -> np.ndarray:
     """A tightly cropped uint8 alpha mask of a rotated multi-line block of text that fits
     into an image of ``size``: random Hershey font, scale, thickness, alignment and angle."""
     width, height = size
     font = int(_FONTS[int(rng.integers(0, len(_FONTS)))])
     if rng.random() < 0.2:
         font |= cv2.FONT_ITALIC
-    text_h = max(7.0, rng.uniform(0.025, 0.08) * min(width, height))
+    text_h = max(7.0, rng.uniform(*style.text_height) * min(width, height))
     (_, unit_h), _ = cv2.getTextSize("Hg", font, 1.0, 1)
     scale = text_h / unit_h
     thickness = int(rng.integers(1, max(1, int(text_h / 9)) + 1))
-    lines = _text_lines(rng, font, scale, thickness, rng.uniform(0.3, 0.85) * width)
+    lines = _text_lines(rng, font, scale, thickness, rng.uniform(0.3, 0.85) * width,
+                        style.lines)
     sizes = [cv2.getTextSize(line, font, scale, thickness) for line in lines]
     pitch = text_h * rng.uniform(1.35, 1.9)
     pad = int(text_h) + thickness + 2
@@ -331,7 +343,8 @@ def text_block_mask(rng: np.random.Generator, size: Size) -> np.ndarray:
 
 
 def render_text_image(rng: np.random.Generator, size: Size = (416, 416),
-                      background: np.ndarray | None = None) -> tuple[np.ndarray, list[Label]]:
+                      background: np.ndarray | None = None,
+                      style: TextStyle = TextStyle()) -> tuple[np.ndarray, list[Label]]:
     """One BGR uint8 image with 1–4 non-overlapping text blocks and their class-0 labels
     (tight axis-aligned boxes of the drawn pixels). Without ``background`` a procedural one
     is made."""
@@ -340,8 +353,8 @@ def render_text_image(rng: np.random.Generator, size: Size = (416, 416),
     if image.shape != (height, width, 3):
         raise ValueError(f"background must be {height}×{width}×3, got {image.shape}")
     boxes: list[Box] = []
-    for _ in range(int(rng.integers(1, 5))):
-        mask = text_block_mask(rng, size)
+    for _ in range(int(rng.integers(style.blocks[0], style.blocks[1] + 1))):
+        mask = text_block_mask(rng, size, style)
         box = _place(rng, mask, width, height, boxes)
         if box is None:
             continue      # no room left that does not cover another block
@@ -480,7 +493,7 @@ def make_text_dataset(out_dir: str | os.PathLike, n_images: int, seed: int,
                       size: Size = (416, 416), photos_dir: str | os.PathLike | None = None,
                       valid_fraction: float = 0.2, photo_fraction: float = 0.75,
                       progress: ProgressFn | None = None,
-                      overwrite: bool = False) -> DatasetPaths:
+                      overwrite: bool = False, style: TextStyle = TextStyle()) -> DatasetPaths:
     """Write a one-class ("text") Darknet dataset of text blocks to ``out_dir``.
 
     ``size`` is (width, height). Backgrounds are procedural, or, with ``photos_dir``, random
@@ -495,7 +508,7 @@ def make_text_dataset(out_dir: str | os.PathLike, n_images: int, seed: int,
         if photos and rng.random() < photo_fraction:
             photo = _load_photo(photos[int(rng.integers(0, len(photos)))])
             background = photo_background(rng, photo, size)
-        return render_text_image(rng, size, background)
+        return render_text_image(rng, size, background, style)
 
     return _write_dataset(out_dir, "text", ["text"], n_images, seed, 0, render,
                           valid_fraction, progress, overwrite)

@@ -508,10 +508,12 @@ def tiny_yolo_run(yolov3_tiny, tmp_path_factory):
 def test_yolov3_tiny_tail_learns_shapes(tiny_yolo_run):
     task, weights, base_cfg, result = tiny_yolo_run
     assert result.layers.reinitialised == [15, 22]
-    # measured: 200 -> 0.7 (objectness starts at p = 0.5 in 240 cells per image)
-    assert result.first_loss > 100 and result.final_loss < result.first_loss / 50
-    # measured mAP@0.5 on the 12 validation images after 150 iterations: see the report
-    assert result.map50 > 0.3
+    # measured: 22 -> 0.2 (fresh heads start with objectness ≈ 0.01, see train.py)
+    assert result.final_loss < result.first_loss / 20
+    # measured mAP@0.5 on the 12 validation images after 150 iterations (seeded, so the same
+    # every run): 0.303; at 416×416 the same run reaches 0.83 (0.25 without the objectness
+    # prior) — see benchmarks/bench_train.py --long for the long run
+    assert result.map50 > 0.25
     saved = arrays_of(result.final_weights, task)
     base = arrays_of(weights, base_cfg)
     for i in range(13):
@@ -541,3 +543,21 @@ def test_yolov3_tiny_result_loads_in_opencv_and_netsurgery(tiny_yolo_run, shared
         # freshly trained tail that moves outputs by up to ~5e-4 relative; a misread array
         # would move them by O(1)
         assert np.abs(out - ref).max() <= 1e-3 * max(1.0, np.abs(ref).max())
+
+
+def test_fresh_head_starts_with_low_objectness():
+    """A re-initialised conv before a [yolo] gets objectness bias −4.6 (p ≈ 0.01) for each
+    anchor; the other channels keep Darknet's zero bias."""
+    from netsurgery.cfg import parse_cfg_text
+    from netsurgery.train import OBJECTNESS_PRIOR_BIAS, _objectness_prior, fresh_arrays
+
+    text = ("[net]\nwidth=32\nheight=32\nchannels=3\n[convolutional]\nfilters=14\nsize=1\n"
+            "activation=linear\n[yolo]\nmask=0,1\nanchors=4,4,8,8\nclasses=2\nnum=2\n")
+    network = build_network(parse_cfg_text(text))
+    spec = network.layers[0]
+    arrays = fresh_arrays(spec, np.random.default_rng(0))
+    _objectness_prior(network, spec, arrays)
+    expected = np.zeros(14, np.float32)
+    expected[[4, 11]] = OBJECTNESS_PRIOR_BIAS  # anchor a: channel a·(2+5)+4
+    np.testing.assert_array_equal(arrays["biases"], expected)
+    assert 1 / (1 + np.exp(4.6)) == pytest.approx(0.01, abs=1e-3)
