@@ -1,11 +1,11 @@
 """The CPU fast path of inference mode: a convolution whose (BatchNorm-folded) kernel is packed
 once into oneDNN's blocked layout, with the activation fused into the same call.
 
-``F.conv2d`` on CPU goes through oneDNN too, but reorders the kernel on every call and runs the
-activation as a second pass over the output; for a 3×3 convolution with 512 → 1024 channels
-at 13×13 the reorder alone is ~30 % of the call. Packing is done by the same private ops that
-``torch.compile`` (inductor) uses for frozen CPU models; when they are missing (another torch
-build, another device) :func:`pack_conv` returns None and the layer uses ``F.conv2d``.
+``F.conv2d`` on CPU goes through oneDNN too, but reorders the kernel into oneDNN's layout on
+every call and runs the activation as a second pass over the output (measured per layer in
+docs/performance.md). Packing is done by the same private ops that ``torch.compile``
+(inductor) uses for frozen CPU models; when they are missing (another torch build, another
+device) :func:`pack_conv` returns None and the layer uses ``F.conv2d``.
 """
 from __future__ import annotations
 
@@ -56,9 +56,9 @@ _TRIM = _malloc_trim()
 
 
 def release_free_memory() -> None:
-    """Hand memory freed by the allocator back to the system (glibc's malloc_trim). Packing
-    frees a folded kernel per layer; glibc keeps such blocks, and over a yolov3 they add up
-    to ~0.7× the weights file in resident memory that nothing uses."""
+    """Hand memory the allocator holds but nothing uses back to the system (glibc's
+    malloc_trim; a no-op elsewhere): after packing, the scratch buffers and the small blocks
+    freed while folding."""
     if _TRIM is not None:
         _TRIM(0)
 
