@@ -263,3 +263,20 @@ def test_merge_refuses_changed_trunk_and_bad_outputs(tiny_setup, capsys):
     rc = run(["merge", "--base", *base_files, "--task", task, "--share-until", "8", "-o", out,
               "--overwrite"])
     assert rc == 2 and "overwrite the input" in capsys.readouterr().err
+
+
+def test_info_on_merged_network_shows_savings(tiny_setup, capsys):
+    root, base_files, files = tiny_setup
+    out = str(root / "merged_info")
+    merge_files(*base_files, [f"logo={files[('logo', 12)][0]}:{files[('logo', 12)][1]}"], out,
+                share_until=12)
+    assert run(["info", f"{out}.cfg", "--heads", f"{out}.heads.json"]) == 0
+    text = capsys.readouterr().out
+    base_params = build_network(base_files[0]).params
+    logo = build_network(files[("logo", 12)][0])
+    merged = build_network(f"{out}.cfg")
+    # the merged network holds the base once plus the logo tail (layers 13..23)
+    tail = sum(s.params for s in logo.layers[13:])
+    assert merged.params == base_params + tail
+    assert f"separate (sum)     {base_params + logo.params:,}" in text
+    assert f"merged             {merged.params:,}" in text

@@ -561,3 +561,44 @@ def test_fresh_head_starts_with_low_objectness():
     expected[[4, 11]] = OBJECTNESS_PRIOR_BIAS  # anchor a: channel a·(2+5)+4
     np.testing.assert_array_equal(arrays["biases"], expected)
     assert 1 / (1 + np.exp(4.6)) == pytest.approx(0.01, abs=1e-3)
+
+
+def test_sigterm_during_checkpoint_writing_leaves_no_partial_files(yolov3_tiny, tmp_path):
+    """A real SIGTERM while `netsurgery train` writes a checkpoint: no temporary file is
+    left, and every checkpoint that exists is complete (loads with the right size)."""
+    import signal
+    import time
+
+    cfg_path, weights = yolov3_tiny
+    paths = make_shapes_dataset(tmp_path / "ds", 8, seed=5, size=(64, 64))
+    text = cfg_path.read_text()
+    for old, new in (("width=416", "width=64"), ("height=416", "height=64"),
+                     ("filters=255", "filters=24"), ("classes=80", "classes=3"),
+                     ("burn_in=1000", "burn_in=1")):
+        text = text.replace(old, new)
+    task = tmp_path / "task.cfg"
+    task.write_text(text)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "netsurgery", "train", "--cfg", str(task), "--weights",
+           str(weights), "--base-cfg", str(cfg_path), "--data", str(paths.data),
+           "--freeze-until", "12", "--iterations", "400", "--batch", "2", "--no-augment",
+           "--save-every", "1", "--no-validate", "--threads", "1", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    saw_part, deadline = False, time.monotonic() + 180
+    while proc.poll() is None and time.monotonic() < deadline:
+        if out.exists() and any(p.name.endswith(".part") for p in out.iterdir()):
+            saw_part = True  # a checkpoint is being written right now
+            break
+        time.sleep(0.001)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=180)
+    assert saw_part, f"no checkpoint write was caught: {stderr[-500:]}"
+    assert proc.returncode == 130, stderr[-500:]
+    left = sorted(p.name for p in out.iterdir())
+    assert not [n for n in left if n.endswith(".part") or n.startswith(".")], left
+    network = build_network(task)
+    for name in left:
+        if name.endswith(".weights"):  # complete: loads against the task network, no error
+            wf = load_weights(out / name, network.layers, allow_partial=False)
+            assert wf.complete

@@ -22,8 +22,10 @@ from .app import INT_LIST, SIZE, main
               help="K[,K...]: fraction of params/FLOPs in layers 0..K, frontier, savings.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="Also write the report as JSON.")
+@click.option("--heads", "heads_path", type=click.Path(dir_okay=False),
+              help="OUT.heads.json of a merged network: also show what merging saves.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing JSON output.")
-def info(cfg, weights, size, share_until, json_path, overwrite):
+def info(cfg, weights, size, share_until, json_path, heads_path, overwrite):
     """Print CFG's layers with shapes, parameters and BFLOPs, and the totals."""
     if json_path:
         check_output(json_path, [cfg, weights], overwrite)
@@ -31,6 +33,13 @@ def info(cfg, weights, size, share_until, json_path, overwrite):
     wf = load_weights(weights, network.layers) if weights else None
     report = network_cost(network, share_until or (), wf)
     click.echo(format_report(report), nl=False)
+    savings = None
+    if heads_path:
+        from ..merge import format_savings, load_heads, merge_savings
+
+        savings = merge_savings(network, load_heads(heads_path))
+        click.echo("\nmerged network against separate networks:")
+        click.echo(format_savings(savings))
     problems = validate_network(network)
     if problems:
         click.echo("\nchecks:")
@@ -40,5 +49,12 @@ def info(cfg, weights, size, share_until, json_path, overwrite):
         data = report_to_json(report)
         data["problems"] = [{"index": p.index, "line": p.line, "severity": p.severity,
                              "message": p.message} for p in problems]
+        if savings is not None:
+            data["merge"] = {"separate_params": savings.separate_params,
+                             "merged_params": savings.merged_params,
+                             "separate_bflops": savings.separate_bflops,
+                             "merged_bflops": savings.merged_bflops,
+                             "heads": [{"name": n, "params": p, "bflops": f}
+                                       for n, p, f in savings.per_head]}
         atomic_write_text(json_path, json.dumps(data, indent=1) + "\n")
         click.echo(f"wrote {json_path}")
