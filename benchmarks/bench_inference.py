@@ -117,6 +117,7 @@ def main() -> None:
                         help="runs per candidate (default 30 for yolov3-tiny, 10 for yolov3)")
     parser.add_argument("--threads", type=int, default=common.THREADS)
     parser.add_argument("--no-yolov3", action="store_true", help="only yolov3-tiny")
+    parser.add_argument("--no-tiny", action="store_true", help="only yolov3")
     parser.add_argument("--context", action="store_true",
                         help="also time inference(fast=False) and the exact model")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
@@ -138,8 +139,9 @@ def main() -> None:
         if not args.no_yolov3:
             profile(*common.yolov3_files())
         return
-    bench("yolov3-tiny", *tiny, args.repeat or 30, args.context, args.compile,
-          "≤ 1.0 (stretch ≤ 0.8)")
+    if not args.no_tiny:
+        bench("yolov3-tiny", *tiny, args.repeat or 30, args.context, args.compile,
+              "≤ 1.0 (stretch ≤ 0.8)")
     if not args.no_yolov3:
         bench("yolov3", *common.yolov3_files(), args.repeat or 10, args.context, args.compile,
               "≤ 1.0")

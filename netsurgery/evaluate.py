@@ -64,6 +64,9 @@ class ClassResult:
     fp: int
     n_truth: int
     n_detections: int = 0  # detections that entered the AP computation
+    # (precision, recall) after each of the class's detections, by descending prob
+    curve: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False,
+                                                        compare=False)
 
 
 @dataclass
@@ -196,15 +199,16 @@ def _match(cand: _Candidate, thresh: F32) -> tuple[int, float, bool]:
 
 
 def _class_aps(probs: np.ndarray, classes: np.ndarray, truth: np.ndarray,
-               n_truth: np.ndarray, points: int) -> tuple[list[float], np.ndarray]:
-    """AP per class for the kept detections (given in collection order)."""
+               n_truth: np.ndarray, points: int):
+    """AP per class for the kept detections (given in collection order), the detection
+    counts, and each class's (precision, recall) curve by rank."""
     order = np.argsort(-probs, kind="stable")  # stable: ties keep collection order
     classes, truth = classes[order], truth[order]
     first_seen = np.zeros(order.size, dtype=bool)
     matched = np.flatnonzero(truth >= 0)
     _, first = np.unique(truth[matched], return_index=True)
     first_seen[matched[first]] = True  # later detections of a truth are duplicates (FP)
-    aps, counts = [], np.zeros(len(n_truth), dtype=np.int64)
+    aps, counts, curves = [], np.zeros(len(n_truth), dtype=np.int64), []
     for c in range(len(n_truth)):
         mine = classes == c
         counts[c] = int(mine.sum())
@@ -213,7 +217,8 @@ def _class_aps(probs: np.ndarray, classes: np.ndarray, truth: np.ndarray,
         precision = tp / (tp + fp) if tp.size else tp
         recall = tp / n_truth[c] if n_truth[c] > 0 else np.zeros_like(tp)
         aps.append(average_precision(precision, recall, points))
-    return aps, counts
+        curves.append((precision, recall))
+    return aps, counts, curves
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -250,11 +255,13 @@ def evaluate_detections(truths: Iterable[GroundTruth], detections: Iterable[Scor
     stats = _threshold_stats(dets, matches, n_classes, F32(conf_thresh))
     kept = np.array([not dropped for _, _, dropped in matches], dtype=bool)
     truth_idx = np.array([t for t, _, _ in matches], dtype=np.int64)
-    aps, counts = _class_aps(probs[kept], classes[kept], truth_idx[kept], n_truth, points)
+    aps, counts, curves = _class_aps(probs[kept], classes[kept], truth_idx[kept], n_truth,
+                                     points)
 
     names = list(names) if names is not None else [str(i) for i in range(n_classes)]
     results = [ClassResult(c, names[c], aps[c], int(stats["tp_class"][c]),
-                           int(stats["fp_class"][c]), int(n_truth[c]), int(counts[c]))
+                           int(stats["fp_class"][c]), int(n_truth[c]), int(counts[c]),
+                           curves[c])
                for c in range(n_classes)]
     present = [r.ap for r in results if r.n_truth > 0]
     tp, fp = stats["tp"], stats["fp"]
@@ -306,7 +313,7 @@ def _coco_ap(cands: list[_Candidate], probs: np.ndarray, classes: np.ndarray,
         matches = [_match(c, thresh) for c in cands]
         kept = np.array([not dropped for _, _, dropped in matches], dtype=bool)
         truth = np.array([t for t, _, _ in matches], dtype=np.int64)
-        aps, _ = _class_aps(probs[kept], classes[kept], truth[kept], n_truth, 101)
+        aps, _, _ = _class_aps(probs[kept], classes[kept], truth[kept], n_truth, 101)
         all_maps.append(_mean(aps))
         present_maps.append(_mean([a for a, n in zip(aps, n_truth) if n > 0]))
     return _mean(all_maps), _mean(present_maps)

@@ -217,3 +217,31 @@ def plot_diff_tasks(reports: Sequence[DiffReport], path: str | os.PathLike,
 
 
 __all__ = ["Chart", "FORMATS", "chart_format", "check_marks", "plot_diff", "plot_diff_tasks"]
+
+
+
+# -- precision-recall curves of an evaluation -------------------------------------------------
+def plot_pr_curves(result, path: str | os.PathLike, title: str = "") -> Chart:
+    """Precision against recall per class of an :class:`~netsurgery.evaluate.EvalResult`
+    (classes with ground truth, at most 20), AP in the legend. PNG or SVG by extension."""
+    import numpy as np
+
+    chart_format(path)
+    fig = Figure(figsize=(6.4, 4.8))
+    ax = fig.add_subplot()
+    shown = [c for c in result.classes if c.n_truth > 0 and c.curve is not None][:20]
+    for c in shown:
+        precision, recall = c.curve
+        ax.step(np.concatenate([[0.0], recall]), np.concatenate([[1.0], precision]),
+                where="post", label=f"{c.name} (AP {c.ap * 100:.1f} %)")
+    ax.set_xlabel("recall (fraction of ground-truth objects found)")
+    ax.set_ylabel("precision (fraction of detections correct)")
+    ax.set_xlim(0, 1.0)
+    ax.set_ylim(0, 1.05)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or f"precision-recall at IoU {result.iou_thresh:.2f}, mAP "
+                          f"{result.map * 100:.2f} %")
+    if shown:
+        ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return _save(fig, path)

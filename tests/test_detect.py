@@ -118,3 +118,33 @@ def test_eval_on_labels_from_darknet_output(model, tmp_path):
     assert abs(result.map - result.map_present * 6 / 80) < 1e-9  # Darknet averages over 80
     assert result.map_present > 0.9
     assert result.recall == pytest.approx(1.0)
+
+
+def test_eval_cli_json_and_pr_chart(yolov3_tiny, tmp_path, capsys):
+    """`eval` on the person/dog images labelled with Darknet's own boxes: JSON fields and a
+    non-blank PR chart."""
+    cfg, weights = yolov3_tiny
+    expected = darknet_detections()
+    names = [n.strip() for n in shared_path("models", "coco.names").read_text().splitlines()]
+    src = shared_path("images", "person.jpg")
+    h, w = __import__("cv2").imread(str(src)).shape[:2]
+    (tmp_path / "person.jpg").symlink_to(src)
+    lines = [f"{names.index(n)} {(l + bw / 2) / w:.6f} {(t + bh / 2) / h:.6f} {bw / w:.6f} "
+             f"{bh / h:.6f}" for n, _, (l, t, bw, bh) in expected[("person.jpg", "resize")]]
+    (tmp_path / "person.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "valid.txt").write_text(str(tmp_path / "person.jpg") + "\n")
+    data = tmp_path / "x.data"
+    data.write_text(f"classes=80\nvalid={tmp_path / 'valid.txt'}\n"
+                    f"names={shared_path('models', 'coco.names')}\n")
+    out = tmp_path / "map.json"
+    chart = tmp_path / "pr.png"
+    assert run(["eval", str(cfg), str(weights), "--data", str(data), "--json", str(out),
+                "--pr-chart", str(chart)]) == 0
+    result = json.loads(out.read_text())
+    by_name = {c["name"]: c for c in result["classes"]}
+    assert by_name["dog"]["n_truth"] == 2 and by_name["person"]["n_truth"] == 1
+    assert result["map"] == pytest.approx(result["map_present"] * 3 / 80)
+    import cv2
+
+    image = cv2.imread(str(chart))
+    assert image is not None and image.shape[0] >= 400 and image.std() > 10

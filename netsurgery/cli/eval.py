@@ -28,10 +28,12 @@ from .app import main
 @click.option("--letterbox/--resize", default=None,
               help="Default: [net] letter_box of the cfg, as darknet detector map.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False))
+@click.option("--pr-chart", "pr_chart", type=click.Path(dir_okay=False),
+              help="Precision-recall chart (.png/.svg); per head NAME_ prefixed if several.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--overwrite", is_flag=True)
 def eval_cmd(cfg, weights, data_files, heads_path, iou, points, thresh, letterbox, json_path,
-             device, overwrite):
+             pr_chart, device, overwrite):
     """mAP with `darknet detector map` semantics (per head for merged networks)."""
     if json_path:
         check_output(json_path, [cfg, weights], overwrite)
@@ -54,6 +56,17 @@ def eval_cmd(cfg, weights, data_files, heads_path, iou, points, thresh, letterbo
             click.echo("", err=True)
         click.echo(format_result(result, f"== head {head.name} ({by_head[head.name]})"))
         report[head.name] = result_to_json(result)
+        if pr_chart:
+            from pathlib import Path
+
+            from ..plots import plot_pr_curves
+
+            target = Path(pr_chart)
+            if len(by_head) > 1:
+                target = target.with_name(f"{head.name}_{target.name}")
+            check_output(target, [cfg, weights], overwrite)
+            plot_pr_curves(result, target, f"{head.name}: precision-recall at IoU {iou:.2f}")
+            click.echo(f"wrote {target}")
     unknown = set(by_head) - set(report)
     if unknown:
         raise click.UsageError(f"--data for unknown head(s) {sorted(unknown)}: heads are "
