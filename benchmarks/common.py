@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from netsurgery.cfg import load_cfg  # noqa: E402
 from netsurgery.network import build_network  # noqa: E402
 from netsurgery.weights import WeightsHeader, save_weights  # noqa: E402
+from netsurgery.weights import random_arrays as _random_arrays  # noqa: E402
 
 THREADS = 2
 SEED = 1234
@@ -174,31 +175,8 @@ def cfg_at_size(src: Path, size: int, dest: Path) -> Path:
 
 
 def random_arrays(network, seed: int = SEED) -> dict[int, dict[str, np.ndarray]]:
-    """Plausible weights for every layer: He-scaled kernels, BatchNorm statistics near the
-    identity (variances positive), so activations stay finite and away from denormals."""
-    rng = np.random.default_rng(seed)
-    arrays: dict[int, dict[str, np.ndarray]] = {}
-    for spec in network.layers:
-        wanted = spec.weight_arrays()
-        if not wanted:
-            continue
-        out = {}
-        for arr in wanted:
-            n = arr.count
-            if arr.name == "weights":
-                fan_in = max(1, n // arr.shape[0])
-                v = rng.standard_normal(n, dtype=np.float32) * np.float32(np.sqrt(1.0 / fan_in))
-            elif arr.name == "scales":
-                v = rng.uniform(0.5, 1.0, n).astype(np.float32)
-            elif arr.name == "rolling_mean":
-                v = (rng.standard_normal(n) * 0.1).astype(np.float32)
-            elif arr.name == "rolling_variance":
-                v = rng.uniform(0.5, 1.5, n).astype(np.float32)
-            else:  # biases
-                v = (rng.standard_normal(n) * 0.01).astype(np.float32)
-            out[arr.name] = v.reshape(arr.shape)
-        arrays[spec.index] = out
-    return arrays
+    """Seeded plausible weights for ``network`` (netsurgery.weights.random_arrays)."""
+    return _random_arrays(network.layers, seed)
 
 
 def yolov3_files(size: int = 416) -> tuple[Path, Path]:

@@ -294,3 +294,32 @@ def nonfinite_report(wf: WeightsFile) -> list[tuple[int, str, int]]:
             if n:
                 bad.append((index, name, n))
     return bad
+
+
+def random_arrays(layers: Iterable[LayerSpec], seed: int = 0) -> dict[int, dict[str, np.ndarray]]:
+    """Plausible random weights for every layer that carries arrays (for tests, benchmarks
+    and examples): He-scaled kernels, BatchNorm statistics near the identity with positive
+    variances, small biases — activations stay finite through deep networks."""
+    rng = np.random.default_rng(seed)
+    arrays: dict[int, dict[str, np.ndarray]] = {}
+    for spec in layers:
+        wanted = spec.weight_arrays()
+        if not wanted:
+            continue
+        out = {}
+        for arr in wanted:
+            n = arr.count
+            if arr.name == "weights":
+                fan_in = max(1, n // arr.shape[0])
+                v = rng.standard_normal(n, dtype=np.float32) * np.float32(np.sqrt(1.0 / fan_in))
+            elif arr.name == "scales":
+                v = rng.uniform(0.5, 1.0, n).astype(np.float32)
+            elif arr.name == "rolling_mean":
+                v = (rng.standard_normal(n) * 0.1).astype(np.float32)
+            elif arr.name == "rolling_variance":
+                v = rng.uniform(0.5, 1.5, n).astype(np.float32)
+            else:  # biases
+                v = (rng.standard_normal(n) * 0.01).astype(np.float32)
+            out[arr.name] = v.reshape(arr.shape)
+        arrays[spec.index] = out
+    return arrays

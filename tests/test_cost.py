@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
+
+from netsurgery.weights import random_arrays
 import pytest
 
 from conftest import shared_path
@@ -199,10 +201,7 @@ def test_json_schema(tiny):
 
 
 def _random_weights(network, path, seed=0):
-    rng = np.random.default_rng(seed)
-    arrays = {spec.index: {a.name: rng.standard_normal(a.shape, dtype=np.float32)
-                           for a in wanted}
-              for spec, wanted in file_layout(network.layers)}
+    arrays = random_arrays(network.layers, seed)
     save_weights(path, WeightsHeader(0, 2, 5, 1234), network.layers, arrays)
     return arrays
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 
 import numpy as np
+
+from netsurgery.weights import random_arrays
 import pytest
 import torch
 import torch.nn.functional as F
@@ -231,21 +233,7 @@ scale_x_y=1.1
 
 
 def random_weights(network, seed: int) -> dict[int, dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    out = {}
-    for spec in network.layers:
-        arrays = {}
-        for a in spec.weight_arrays():
-            if a.name == "rolling_variance":
-                v = rng.uniform(0.5, 2.0, a.count)
-            elif a.name == "weights":
-                v = rng.standard_normal(a.count) * np.sqrt(2.0 / max(1, a.count // a.shape[0]))
-            else:
-                v = rng.standard_normal(a.count) * 0.3
-            arrays[a.name] = v.astype(np.float32).reshape(a.shape)
-        if arrays:
-            out[spec.index] = arrays
-    return out
+    return random_arrays(network.layers, seed)
 
 
 @pytest.fixture(scope="module")

@@ -282,3 +282,24 @@ def test_layout_cfg_round_trips_through_the_model(tmp_path):
     out = tmp_path / "again.weights"
     model.save_weights(out)
     assert out.read_bytes() == path.read_bytes()
+
+
+def test_random_arrays_are_seeded_complete_and_plausible():
+    """The library's random weights: one array per file-layout entry, reproducible by seed,
+    positive BatchNorm variances, He-scaled kernels (std ≈ 1/sqrt(fan_in))."""
+    from netsurgery.weights import random_arrays
+
+    network = build_network(parse_cfg_text(LAYOUT_CFG))
+    a, b = random_arrays(network.layers, 7), random_arrays(network.layers, 7)
+    for spec, wanted in file_layout(network.layers):
+        assert [w.name for w in wanted] == list(a[spec.index])
+        for w in wanted:
+            assert a[spec.index][w.name].shape == w.shape
+            assert np.array_equal(a[spec.index][w.name], b[spec.index][w.name])
+            if w.name == "rolling_variance":
+                assert a[spec.index][w.name].min() >= 0.5
+    big = build_network(parse_cfg_text("[net]\nwidth=8\nheight=8\nchannels=64\n"
+                                       "[convolutional]\nfilters=64\nsize=3\npad=1\n"
+                                       "activation=linear\n"))
+    kernel = random_arrays(big.layers, 0)[0]["weights"]
+    assert np.std(kernel) == pytest.approx(1 / np.sqrt(64 * 9), rel=0.05)
