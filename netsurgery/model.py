@@ -141,7 +141,7 @@ class DarknetModel(nn.Module):
             outputs[i] = t if fmt is None else t.contiguous(memory_format=fmt)
         if fmt is not None:
             x = x.contiguous(memory_format=fmt)
-        # a plain list: ModuleList indexing costs ~8 µs a layer, as much as a small layer
+        # a plain list: ModuleList indexing costs microseconds per call, like a small layer
         layers, inputs, release = list(self.layers), self._inputs, plan.release_after
         # overwriting dead inputs is for inference (no autograd, or the fast mode, whose
         # parameters need no gradient; forward_ itself declines tensors that need one)
@@ -173,7 +173,7 @@ class DarknetModel(nn.Module):
 
     def _memory_format(self, x: torch.Tensor) -> torch.memory_format | None:
         """channels_last in the CPU fast path: oneDNN's native layout (no reorders around each
-        convolution) and 5-10× faster max pooling than NCHW; None = leave tensors as given."""
+        convolution) and ~10× faster max pooling than NCHW; None = leave tensors as given."""
         return torch.channels_last if self._fast and x.device.type == "cpu" else None
 
     def forward(self, x: torch.Tensor, targets: Sequence[int] | None = None):

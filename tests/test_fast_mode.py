@@ -9,14 +9,11 @@ import subprocess
 import sys
 
 import numpy as np
-
-from netsurgery.weights import random_arrays
 import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import shared_path
-from netsurgery.cfg import parse_cfg_text
 from netsurgery.layers.activation import ACTIVATIONS
 from netsurgery.layers.conv import CONV_BN_EPS
 from netsurgery.layers.fastconv import (FUSED_ACTIVATIONS, FoldScratch, mkldnn_ops_available,
@@ -26,7 +23,7 @@ from netsurgery.model import load_model
 from netsurgery.multihead import MergedModel, load_merged
 from netsurgery.network import build_network
 from netsurgery.surgery import load_graph
-from netsurgery.weights import WeightsHeader, load_weights, save_weights
+from netsurgery.weights import WeightsHeader, load_weights, random_arrays, save_weights
 
 REL_TOL = 1e-4
 needs_mkldnn = pytest.mark.skipif(not mkldnn_ops_available(),
