@@ -240,6 +240,13 @@ def _inline_comment(raw: str) -> str:
 
 
 _LINE_END = re.compile(r"\r\n|\r|\n")
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # bytes kept by the surrogateescape decoding
+
+
+def printable(text: str) -> str:
+    """``text`` with any undecodable byte shown as ``\\xNN`` (surrogates cannot be printed)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
 
 
 def parse_cfg_text(text: str, path: str | None = None, strict_keys: bool = True) -> Cfg:
@@ -260,6 +267,10 @@ def parse_cfg_text(text: str, path: str | None = None, strict_keys: bool = True)
         if line[0] in "#;":
             pending_comments.append(raw.rstrip())
             continue
+        if _NOT_UTF8.search(_strip_inline_comment(line)):
+            raise CfgError(path, lineno, f"'{printable(raw.strip())}': bytes that are not "
+                                         "UTF-8 text outside a comment: expected ASCII "
+                                         "section names, keys and values")
         if line[0] == "[":
             if not line.endswith("]") or len(line) < 3:
                 raise CfgError(path, lineno, f"malformed section header {raw.strip()!r}: "
@@ -293,7 +304,8 @@ def parse_cfg_text(text: str, path: str | None = None, strict_keys: bool = True)
             # atoi/atof stop at '#', but a word value does not: Darknet reads the comment too
             inline_warnings.append(
                 f"{path}:{lineno}: [{section.header}] {key}: Darknet reads the inline comment "
-                f"as part of the value ({line.split('=', 1)[1]!r}); netsurgery uses {value!r}")
+                f"as part of the value ({printable(line.split('=', 1)[1])!r}); netsurgery "
+                f"uses {value!r}")
         section.options.append(Option(key, value, lineno, pending_comments, inline))
         pending_comments = []
     if not sections:
@@ -343,11 +355,10 @@ def load_cfg(path: str | os.PathLike, strict_keys: bool = True) -> Cfg:
         raise CfgError(str(p), None, "is a folder, expected a .cfg file") from None
     except OSError as exc:  # permissions, a file in place of a folder, I/O errors
         raise CfgError(str(p), None, f"cannot read: {exc.strerror or exc}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = len(re.findall(rb"\r\n|\r|\n", data[: exc.start])) + 1  # as parse_cfg_text counts
-        raise CfgError(str(p), line, "not UTF-8 text: expected a Darknet .cfg") from None
+    # Darknet reads bytes: comments in a legacy encoding (Latin-1 "° ü") are fine there. Bytes
+    # that are not UTF-8 are kept as surrogates, so comments survive a round trip byte for
+    # byte; parse_cfg_text refuses them outside comments.
+    text = data.decode("utf-8", "surrogateescape")
     if "\x00" in text:
         line = len(_LINE_END.findall(text[: text.index("\x00")])) + 1
         raise CfgError(str(p), line, "binary data (NUL byte): expected a Darknet .cfg text")

@@ -56,7 +56,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             except OSError as exc:
                 raise UsageError(f"{target}: cannot write here: {exc.strerror or exc}") \
                     from None
-        with os.fdopen(fd, mode) as handle:
+        # Text is UTF-8 whatever the locale; surrogateescape writes back the undecodable bytes
+        # a cfg comment was read with.
+        text_args = {} if "b" in mode else {"encoding": "utf-8", "errors": "surrogateescape"}
+        with os.fdopen(fd, mode, **text_args) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

@@ -197,7 +197,7 @@ def test_missing_and_binary_files(tmp_path):
         load_cfg(tmp_path / "nope.cfg")
     weights = tmp_path / "w.cfg"
     weights.write_bytes(b"\x00\x00\x00\x00\x02\x00\x00\x00" + bytes(range(200, 256)))
-    with pytest.raises(CfgError, match=r"w\.cfg:1: not UTF-8 text"):
+    with pytest.raises(CfgError, match=r"w\.cfg:1: binary data \(NUL byte\)"):
         load_cfg(weights)
     with pytest.raises(CfgError, match="no sections"):
         parse_cfg_text("# only a comment\n", "e.cfg")
@@ -263,3 +263,29 @@ def test_yolov3_tiny_shapes_by_hand():
     assert net.heads() == [16, 23]
     assert net.consumers()[13] == [14, 17]
     assert net.layers[16].head_anchors == [(81, 82), (135, 169), (344, 319)]
+
+
+def test_legacy_encoded_comments_are_kept_byte_for_byte(tmp_path):
+    # Darknet reads bytes and skips comments: a Latin-1 comment must not stop us either, and
+    # writing the cfg back must give the same bytes.
+    raw = (b"[net]\n# Gr\xf6\xdfe f\xfcr 416\xb2\nwidth=416\nheight=416\nchannels=3\n\n"
+           b"[convolutional]\nfilters=8 # \xe9t\xe9\nsize=3\nstride=1\npad=1\n"
+           b"activation=leaky\n")
+    src = tmp_path / "latin1.cfg"
+    src.write_bytes(raw)
+    cfg = load_cfg(src)
+    assert cfg.layers[0].get_int("filters") == 8
+    out = tmp_path / "out.cfg"
+    cfg.save(out)
+    assert out.read_bytes() == raw
+
+
+def test_non_utf8_outside_a_comment_names_the_line(tmp_path):
+    src = tmp_path / "bad.cfg"
+    src.write_bytes(b"[net]\nwidth=416\n[convolutional]\nactivation=l\xe9aky\n")
+    with pytest.raises(CfgError) as info:
+        load_cfg(src)
+    assert info.value.line == 4
+    message = str(info.value)
+    assert "activation=l\\xe9aky" in message and "not UTF-8" in message
+    message.encode("utf-8")  # printable: no lone surrogate left in the message

@@ -95,7 +95,7 @@ def write(path: Path, content: str | bytes) -> Path:
 produces("E-CFG-FILE-NOT-FOUND")(lambda tmp: load_cfg(tmp / "missing.cfg"))
 produces("E-CFG-FOLDER")(lambda tmp: load_cfg(tmp))
 produces("E-CFG-UNREADABLE")(lambda tmp: load_cfg(write(tmp / "plain", "x") / "a.cfg"))
-produces("E-CFG-NOT-UTF8")(lambda tmp: load_cfg(write(tmp / "l.cfg", b"[net]\n# caf\xe9\n")))
+produces("E-CFG-NOT-UTF8")(lambda tmp: load_cfg(write(tmp / "l.cfg", b"[net]\nw=caf\xe9\n")))
 produces("E-CFG-NUL")(lambda tmp: load_cfg(write(tmp / "n.cfg", b"[net]\nwidth=8\x00\n")))
 produces("E-CFG-MALFORMED-HEADER")(lambda tmp: build("[net\nwidth=8\n"))
 produces("E-CFG-MALFORMED-HEADER")(lambda tmp: build(NET + "[]\n"))
