@@ -118,6 +118,26 @@ class DarknetModel(nn.Module):
         self._plans[key] = plan
         return plan
 
+    def resize(self, width: int, height: int) -> "DarknetModel":
+        """Run at another input size with the same weights, as Darknet's resize_network does
+        for multi-scale training or ``-width``/``-height``: shapes are inferred again and the
+        layers adopt them; parameters are not copied. The cfg is left as it is. Refused with
+        the layer named when a layer's weights depend on the size ([connected], weighted
+        [local] ...) or the input becomes too small."""
+        net = self.network.net
+        if (width, height) == (net.width, net.height):
+            return self
+        network = build_network(self.network.cfg, size=(width, height))
+        for old, new in zip(self.network.layers, network.layers):
+            if [a.shape for a in old.weight_arrays()] != [a.shape for a in new.weight_arrays()]:
+                raise NetsurgeryError(
+                    f"{self.network.path}: layer {old.index} [{old.section.header}] has weights "
+                    f"for a {net.width}x{net.height} input; it cannot run at {width}x{height}")
+        for new, module in zip(network.layers, self.layers):
+            module.resize(new)
+        self.network = network
+        return self
+
     # -- running --------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> None:
         want = self.network.net.shape

@@ -212,3 +212,35 @@ def test_shortcut_from_fewer_channels_by_hand(extra, weights, w_prev, w_from):
     # channel 0: previous·w + from·w; channel 1 lies beyond the source's 4 values
     torch.testing.assert_close(out[0], x0 * w_prev[0] + x0 * w_from[0], rtol=0, atol=0)
     torch.testing.assert_close(out[1], x1 * w_prev[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("inference", [False, True], ids=["exact", "inference"])
+@pytest.mark.parametrize("case,other", [("cov-det-96", (160, 128)), ("yolov4-tiny-160", (96, 224))])
+def test_resize_equals_a_model_built_at_that_size(case, other, inference):
+    """Darknet's resize_network: same weights, shapes of the other size (reorg, odd maxpool
+    padding, groups routes and sam included), and back again without a trace."""
+    cfg, weights, x0 = conformance(case)
+    model = load_model(cfg, weights, inference=inference)
+    built = load_model(cfg, weights, size=other, inference=inference)
+    x = torch.rand(2, 3, other[1], other[0], generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        before = model.layer_outputs(torch.from_numpy(x0))
+        assert model.resize(*other) is model
+        assert (model.network.net.width, model.network.net.height) == other
+        for i, (a, b) in enumerate(zip(model.layer_outputs(x), built.layer_outputs(x))):
+            assert a.shape == b.shape and torch.equal(a, b), f"layer {i}"
+        with pytest.raises(NetsurgeryError, match=rf"expected \(batch, 3, {other[1]}, {other[0]}\)"):
+            model.layer_outputs(torch.from_numpy(x0))
+        model.resize(x0.shape[3], x0.shape[2])
+        after = model.layer_outputs(torch.from_numpy(x0))
+    for i, (a, b) in enumerate(zip(before, after)):
+        assert torch.equal(a, b), f"layer {i} after resizing back"
+
+
+def test_resize_refuses_size_dependent_weights():
+    cfg, weights, _ = conformance("cov-cls-64")
+    model = load_model(cfg, weights)
+    with pytest.raises(NetsurgeryError, match=r"layer \d+ \[connected\] has weights for a "
+                                              r"64x64 input; it cannot run at 96x96"):
+        model.resize(96, 96)
+    assert model.network.net.width == 64  # refused: nothing changed

@@ -161,6 +161,11 @@ class LayerModule(nn.Module):
     def weight_tensors(self) -> list[tuple[str, torch.Tensor]]:
         return []
 
+    def resize(self, spec: LayerSpec) -> None:
+        """Take the shapes of ``spec``: this layer in the network built for another input size
+        (Darknet's resize_network). Weights stay; modules that keep something derived from the
+        spatial size (output crop, pool padding, gather index) override this."""
+
 
 def lazy_zeros(*shape: int) -> torch.Tensor:
     """A float32 tensor of zeros whose memory is not written until used. numpy's zeros come

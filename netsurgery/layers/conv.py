@@ -144,6 +144,12 @@ class ConvModule(LayerModule):
         out.append(("weights", self.weights))
         return out
 
+    def resize(self, spec: ConvSpec) -> None:
+        self.out_hw = (spec.out_shape.h, spec.out_shape.w)
+        self.in_chw = (spec.in_shape.c, spec.in_shape.h, spec.in_shape.w)
+        if self.packed is not None:  # oneDNN chose its kernel layout for the old size
+            self.pack()
+
     def fold(self, scratch: FoldScratch | None = None) -> None:
         """Precompute BatchNorm folded into the kernel, in float64 like Darknet's
         fuse_conv_batchnorm, for inference. Training mode ignores the folded copy.

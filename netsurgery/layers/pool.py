@@ -60,6 +60,9 @@ class _WindowPoolModule(LayerModule):
         self.stride = (spec.stride_y, spec.stride_x)
         self.pad = spec.pads()
 
+    def resize(self, spec: _WindowPoolSpec) -> None:
+        self.pad = spec.pads()
+
     def _padded(self, x, value):
         left, right, top, bottom = self.pad
         # Negative pads crop: windows never reach those cells.

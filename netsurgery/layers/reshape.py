@@ -137,6 +137,10 @@ class ReorgModule(LayerModule):
         self.out = spec.out_shape.as_list()
         self.register_buffer("gather", torch.from_numpy(index), persistent=False)
 
+    def resize(self, spec: _ReorgSpec) -> None:
+        self.out = spec.out_shape.as_list()
+        self.gather = torch.from_numpy(spec.gather_index()).to(self.gather.device)
+
     def forward(self, x, outputs):
         flat = x.reshape(x.shape[0], -1)
         return flat.index_select(1, self.gather).view(x.shape[0], *self.out)
