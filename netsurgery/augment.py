@@ -18,12 +18,16 @@ below one network pixel.
   ``letterbox_image`` places images at inference (AlexeyAB widens the crop to the network's
   aspect ratio instead, which gives the same picture up to rounding).
 
+* ``random`` (multi-scale training, read from the last ``[yolo]`` section like jitter): see
+  :class:`MultiScale`.
+
 Not implemented (reported by :func:`unsupported_options`): mosaic, mixup, cutmix, blur,
-gaussian_noise, angle, the ``[yolo] resize`` scale and multi-scale training (``random``).
-Without augmentation the image is only resized (or letterboxed) like at inference.
+gaussian_noise, angle and the ``[yolo] resize`` scale. Without augmentation the image is only
+resized (or letterboxed) like at inference, at the cfg's size.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -64,6 +68,67 @@ class AugmentConfig:
                    letter_box=bool(net.get_int("letter_box", 0)))
 
 
+@dataclass(frozen=True)
+class MultiScale:
+    """Darknet's multi-scale training (``random=1`` on the last ``[yolo]``): every 10
+    iterations the network is resized to a random size around the cfg's, as AlexeyAB's
+    train_detector does:
+
+    * ``coef`` = ``random`` (1 means 1.4); r = a factor uniform in [1, coef], inverted with
+      probability 1/2;
+    * each side becomes round(r·size/step + 1)·step (``step`` = ``[net] resize_step``, 32),
+      clamped to at least ``step``; a shrinking r (< 1) never gives more than the cfg's size;
+    * the first 10 iterations and those after ``iterations − 100`` run at the largest size,
+      round(coef·size/step + 1)·step (Darknet: "check memory" and "settle the BatchNorm
+      statistics").
+
+    A 416 cfg thus trains at 320..608 (448 when r = 1: Darknet's +1). The draw is seeded
+    by (seed, iteration // 10), so a resumed or multi-process run sees the same sizes; the
+    blocks count from iteration 0 rather than from the start of each run, and a resumed run
+    does not begin with the largest size again. ``coef`` 0 = off."""
+
+    width: int
+    height: int
+    coef: float = 0.0
+    step: int = 32
+    every: int = 10
+    settle: int = 100  # the last iterations at the largest size
+
+    @classmethod
+    def from_cfg(cls, cfg: Cfg, width: int, height: int) -> "MultiScale":
+        yolos = [s for s in cfg.layers if s.type == "yolo"]
+        random = yolos[-1].get_float("random", 0.0) if yolos else 0.0
+        step = cfg.net.get_int("resize_step", 32)
+        if step < 1:
+            raise cfg.net.error(f"resize_step={step}: expected a positive number of pixels",
+                                "resize_step")
+        if random < 0:
+            raise yolos[-1].error(f"random={random}: expected 0 (off), 1 or a scale > 0",
+                                  "random")
+        coef = 1.4 if random == 1 else random
+        return cls(width, height, coef, step)
+
+    def _side(self, r: float, size: int) -> int:
+        return int(math.floor(r * size / self.step + 1 + 0.5)) * self.step  # roundl, r > 0
+
+    @property
+    def largest(self) -> tuple[int, int]:
+        return self._side(self.coef, self.width), self._side(self.coef, self.height)
+
+    def size(self, iteration: int, iterations: int, seed: int) -> tuple[int, int]:
+        """Input (width, height) for ``iteration`` (0-based) of a run of ``iterations``."""
+        if not self.coef:
+            return self.width, self.height
+        block = iteration // self.every
+        if block == 0 or block * self.every > iterations - self.settle:
+            return self.largest
+        r = _rand_scale(np.random.default_rng([seed, 4, block]), self.coef)
+        w, h = self._side(r, self.width), self._side(r, self.height)
+        if r < 1 and (w > self.width or h > self.height):
+            w, h = self.width, self.height
+        return max(w, self.step), max(h, self.step)
+
+
 _UNSUPPORTED_NET = ("mosaic", "mixup", "cutmix", "blur", "gaussian_noise")
 
 
@@ -77,11 +142,8 @@ def unsupported_options(cfg: Cfg) -> list[str]:
     out = [where(cfg.net, key) for key in (*_UNSUPPORTED_NET, "angle")
            if cfg.net.get_float(key, 0) != 0]
     for section in cfg.layers:
-        if section.type == "yolo":
-            if section.get_float("random", 0) != 0:
-                out.append(where(section, "random") + " (multi-scale training)")
-            if section.get_float("resize", 1) != 1:
-                out.append(where(section, "resize"))
+        if section.type == "yolo" and section.get_float("resize", 1) != 1:
+            out.append(where(section, "resize"))
     return out
 
 
@@ -195,7 +257,8 @@ def move_boxes(boxes: np.ndarray, image_w: int, image_h: int, crop: Crop, net_w:
 
 
 def _rand_scale(rng: np.random.Generator, s: float) -> float:
-    scale = rng.uniform(1.0, s) if s > 1 else 1.0
+    """Darknet's rand_scale: uniform between 1 and ``s``, inverted with probability 1/2."""
+    scale = rng.uniform(min(1.0, s), max(1.0, s)) if s != 1 else 1.0
     return scale if rng.integers(0, 2) else 1.0 / scale
 
 
@@ -280,23 +343,26 @@ class TrainImages:
                 self._cache_left -= im.nbytes
         return im
 
-    def sample(self, iteration: int, slot: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, iteration: int, slot: int, index: int,
+               size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One sample at the network size, or at ``size`` = (width, height)."""
         rng = np.random.default_rng([self.seed, 3, iteration, slot]) if self.augment else None
-        return prepare(self.image(index), self.labels[index], self.net_w, self.net_h,
-                       self.aug, rng)
+        w, h = size or (self.net_w, self.net_h)
+        return prepare(self.image(index), self.labels[index], w, h, self.aug, rng)
 
-    def batch(self, iteration: int, batch: int, slots: range,
-              device) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
+    def batch(self, iteration: int, batch: int, slots: range, device,
+              size: tuple[int, int] | None = None
+              ) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
         """Inputs (len(slots), 3, H, W), truths and image indices for the given slots of a
-        global batch."""
+        global batch; ``size`` = (width, height) overrides the network size."""
         order = self.indices(iteration, batch)
         xs, truths = [], []
         for slot in slots:
-            x, boxes = self.sample(iteration, slot, order[slot])
+            x, boxes = self.sample(iteration, slot, order[slot], size)
             xs.append(torch.from_numpy(x))
             truths.append(torch.from_numpy(boxes).to(device))
         return torch.stack(xs).to(device), truths, [order[slot] for slot in slots]
 
 
-__all__ = ["AugmentConfig", "Crop", "TrainImages", "plan_crop", "warp", "move_boxes",
+__all__ = ["AugmentConfig", "Crop", "MultiScale", "TrainImages", "plan_crop", "warp", "move_boxes",
            "shift_colours", "prepare", "unsupported_options"]

@@ -373,9 +373,13 @@ class DetectionLoss:
         self.inputs = [head.layer - 1 for head in self.heads]
         self.net_w, self.net_h = network.net.width, network.net.height
 
-    def __call__(self, raws: Sequence[torch.Tensor],
-                 truths: Sequence[torch.Tensor]) -> LossResult:
-        heads = [yolo_loss(raw, head, truths, self.net_w, self.net_h)
+    def __call__(self, raws: Sequence[torch.Tensor], truths: Sequence[torch.Tensor],
+                 net_size: tuple[int, int] | None = None) -> LossResult:
+        """``net_size`` = (width, height) of the input the raws come from, when the network
+        runs at another size than its cfg's (multi-scale training): anchors are in its
+        pixels."""
+        net_w, net_h = net_size or (self.net_w, self.net_h)
+        heads = [yolo_loss(raw, head, truths, net_w, net_h)
                  for raw, head in zip(raws, self.heads)]
         total = heads[0].total
         for head in heads[1:]:

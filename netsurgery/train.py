@@ -25,6 +25,10 @@ What :func:`train` does, in Darknet's terms:
 * Data: images from the .data ``train`` list, augmented by :mod:`netsurgery.augment`
   (seeded: sample ``s`` of iteration ``i`` always gets the same image and augmentation, so a
   resumed or multi-process run sees the same data as a single uninterrupted one).
+* Multi-scale (``random`` of the last [yolo], with augmentation): every 10 iterations the
+  model is resized (:meth:`DarknetModel.resize`, weights shared) to Darknet's random size
+  (:class:`netsurgery.augment.MultiScale`); the loss takes anchors in that size's pixels.
+  ``multi_scale=False`` keeps the cfg's size. The model is resized back before saving.
 * Output in ``out_dir`` (``<stem>`` = the task cfg's file stem): ``<stem>.cfg``,
   ``<stem>_last.weights`` (every ``save_every`` iterations), ``<stem>_<iter>.weights``
   (every ``keep_every``), ``<stem>_final.weights``, ``<stem>_state.json`` + ``<stem>_optim.pt``
@@ -58,7 +62,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .augment import CACHE_BYTES, AugmentConfig, TrainImages, unsupported_options
+from .augment import CACHE_BYTES, AugmentConfig, MultiScale, TrainImages, unsupported_options
 from .cfg import Cfg, Section, load_cfg
 from .data import load_data_file, load_dataset
 from .errors import NetsurgeryError, UsageError
@@ -162,11 +166,12 @@ class TrainProgress:
     images_per_sec: float
     avg_iou: float
     seconds: float  # since the start of this run
+    size: tuple[int, int] = (0, 0)  # the input (width, height) of this iteration
 
     def line(self) -> str:
         parts = " ".join(f"{k} {v:.3f}" for k, v in self.parts.items())
         return (f"iteration {self.iteration}/{self.iterations}: loss {self.loss:.4f} ({parts}) "
-                f"avg IoU {self.avg_iou:.3f}, lr {self.lr:.6g}, "
+                f"avg IoU {self.avg_iou:.3f}, lr {self.lr:.6g}, {self.size[0]}x{self.size[1]}, "
                 f"{self.images_per_sec:.1f} images/s, {self.seconds:.1f} s")
 
 
@@ -551,7 +556,7 @@ class _Paths:
 
 
 CSV_FIELDS = ("iteration", "loss", "box", "obj", "cls", "avg_iou", "lr", "images_per_sec",
-              "seconds")
+              "seconds", "input")
 
 
 def _read_csv_rows(path: Path, upto: int) -> list[dict]:
@@ -609,7 +614,7 @@ def train(cfg: str | os.PathLike, weights: str | os.PathLike, data: str | os.Pat
           base_cfg: str | os.PathLike | None = None, save_every: int = 100,
           keep_every: int = 1000, log_every: int = 10, overwrite: bool = False,
           validate: bool = True, log: Callable[[str], None] | None = None,
-          feature_cache: int = CACHE_BYTES) -> TrainResult:
+          feature_cache: int = CACHE_BYTES, multi_scale: bool = True) -> TrainResult:
     """Retrain layers ``freeze_until+1..`` of ``cfg`` (the task network) starting from the
     base ``weights``, on the dataset of the ``.data`` file ``data``; see the module
     docstring for the rules. ``freeze_until=None`` takes the cfg's ``stopbackward`` layer,
@@ -618,7 +623,8 @@ def train(cfg: str | os.PathLike, weights: str | os.PathLike, data: str | os.Pat
     override the cfg. ``resume`` continues the run in ``out_dir`` (to ``iterations`` in
     total). ``progress`` is called after each iteration, ``log`` with each message (both on
     rank 0 only). ``feature_cache``: bytes of frozen-trunk outputs kept per image when
-    ``augment`` is off."""
+    ``augment`` is off. ``multi_scale=False`` ignores the cfg's ``random`` (multi-scale
+    needs ``augment``)."""
     for name, value in (("save_every", save_every), ("keep_every", keep_every),
                         ("log_every", log_every)):
         if value < 1:
@@ -629,7 +635,7 @@ def train(cfg: str | os.PathLike, weights: str | os.PathLike, data: str | os.Pat
         run.setup(Path(cfg), Path(weights), Path(data), freeze_until, iterations, batch, lr,
                   Path(out_dir), resume, augment, seed, strict,
                   Path(base_cfg) if base_cfg is not None else None, overwrite, validate,
-                  feature_cache)
+                  feature_cache, multi_scale)
         run.loop(save_every, keep_every, log_every)
         return run.finish()
     finally:
@@ -664,7 +670,7 @@ class _Run:
     def setup(self, cfg_path: Path, weights: Path, data: Path, freeze_until, iterations,
               batch, lr, out_dir: Path, resume: bool, augment: bool, seed: int, strict: bool,
               base_cfg: Path | None, overwrite: bool, validate: bool,
-              feature_cache: int) -> None:
+              feature_cache: int, multi_scale: bool) -> None:
         torch.manual_seed(seed)
         self.cfg_path, self.weights, self.seed, self.augment = cfg_path, weights, seed, augment
         self.cfg = load_cfg(cfg_path)
@@ -685,9 +691,17 @@ class _Run:
             self.messages[:0] = self.paths.log.read_text().splitlines()  # earlier runs
         self._model()
         self._optimiser(feature_cache)
-        self.images = TrainImages(self.train_set, self.network.net.width,
-                                  self.network.net.height, AugmentConfig.from_cfg(self.cfg),
-                                  augment, seed)
+        net = self.network.net
+        self.images = TrainImages(self.train_set, net.width, net.height,
+                                  AugmentConfig.from_cfg(self.cfg), augment, seed)
+        self.scales = MultiScale(net.width, net.height)
+        if augment and multi_scale:
+            self.scales = MultiScale.from_cfg(self.cfg, net.width, net.height)
+        if self.scales.coef:
+            w, h = self.scales.largest
+            self.note(f"multi-scale training (random of the last [yolo]): every "
+                      f"{self.scales.every} iterations a size up to {w}x{h}, step "
+                      f"{self.scales.step}")
         if self.dist.main:
             checkpoint_cfg(self.cfg, self.freeze_until, self.batch, lr).save(self.paths.cfg)
         self.rows = _read_csv_rows(self.paths.csv, self.start) if self.state else []
@@ -818,13 +832,16 @@ class _Run:
         rate = self.schedule.rate(iteration)
         for group in self.optimizer.param_groups:
             group["lr"] = rate
-        x, truths, keys = self.images.batch(iteration, self.batch, slots, self.device)
-        result = self.loss_fn(self.module(x, keys), truths)
+        size = self.scales.size(iteration, self.iterations, self.seed)
+        self.model.resize(*size)  # nothing to do while the size stays
+        x, truths, keys = self.images.batch(iteration, self.batch, slots, self.device, size)
+        result = self.loss_fn(self.module(x, keys), truths, size)
         # Darknet divides the summed deltas by the batch; DDP averages over processes
         (result.total * (self.dist.world / self.batch)).backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         parts = result.parts
+        self.size = size
         return rate, _all_sum([float(result.total.detach()), parts["box"], parts["obj"],
                                parts["cls"], result.count, result.avg_iou * result.count],
                               self.dist)
@@ -861,6 +878,7 @@ class _Run:
                 self.model.save_weights(numbered, header=_header(self.model, iteration,
                                                                  self.batch))
         self.iteration = iteration
+        self.model.resize(self.scales.width, self.scales.height)  # back to the cfg's size
 
     def _progress(self, iteration: int, rate: float, totals: list[float], dt: float,
                   seconds: float) -> TrainProgress:
@@ -869,16 +887,18 @@ class _Run:
         info = TrainProgress(iteration, self.iterations, totals[0] / b,
                              {k: v / b for k, v in zip(("box", "obj", "cls"), totals[1:4])},
                              rate, b / dt if dt > 0 else float("inf"),
-                             totals[5] / count if count else 0.0, seconds)
+                             totals[5] / count if count else 0.0, seconds, self.size)
         self.rows.append({"iteration": iteration, "loss": f"{info.loss:.6g}",
                           **{k: f"{v:.6g}" for k, v in info.parts.items()},
                           "avg_iou": f"{info.avg_iou:.4f}", "lr": f"{rate:.6g}",
                           "images_per_sec": f"{info.images_per_sec:.2f}",
-                          "seconds": f"{seconds:.2f}"})
+                          "seconds": f"{seconds:.2f}",
+                          "input": f"{self.size[0]}x{self.size[1]}"})
         return info
 
     def _checkpoint(self, iteration: int) -> None:
-        state = dict(freeze_until=self.freeze_until, seed=self.seed, augment=self.augment)
+        state = dict(freeze_until=self.freeze_until, seed=self.seed, augment=self.augment,
+                     multi_scale=bool(self.scales.coef))
         _checkpoint(self.model, self.paths, iteration, self.batch, self.optimizer, self.rows,
                     self.messages, state)
 

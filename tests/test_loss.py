@@ -374,3 +374,31 @@ max_delta=5
     # defaults are Darknet's: iou_normalizer 0.75, ignore_thresh 0.5, MSE
     plain = YoloHeadConfig(layer=0, classes=1, mask=(0,), anchors=((1.0, 1.0),))
     assert (plain.iou_normalizer, plain.ignore_thresh, plain.iou_loss) == (0.75, 0.5, "mse")
+
+
+def test_loss_at_another_input_size_uses_that_size_for_anchors():
+    """Multi-scale training runs the cfg at other sizes: the anchors (pixels) are relative to
+    the actual input, as Darknet's yolo layer uses the resized net.w / net.h."""
+    text = """[net]
+width=64
+height=64
+channels=3
+[convolutional]
+filters=18
+size=1
+stride=8
+activation=linear
+[yolo]
+mask=0,1,2
+anchors=10,14, 23,27, 37,58
+classes=1
+num=3
+"""
+    cfg = parse_cfg_text(text, "t.cfg")
+    at_cfg_size = DetectionLoss(build_network(cfg))
+    built_at_size = DetectionLoss(build_network(cfg, size=(96, 128)))
+    raw = torch.randn(2, 18, 16, 12, generator=torch.Generator().manual_seed(0))
+    truths = [torch.tensor([[0, 0.4, 0.5, 0.2, 0.3]]), torch.tensor([[0, 0.7, 0.2, 0.5, 0.4]])]
+    want = built_at_size([raw], truths).total
+    assert float(at_cfg_size([raw], truths, (96, 128)).total) == float(want)
+    assert abs(float(at_cfg_size([raw], truths).total) - float(want)) > 1e-3  # size matters

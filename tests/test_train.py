@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from netsurgery.augment import (AugmentConfig, Crop, move_boxes, plan_crop, prepare,
-                                shift_colours, unsupported_options)
+from netsurgery.augment import (AugmentConfig, Crop, MultiScale, move_boxes, plan_crop,
+                                prepare, shift_colours, unsupported_options)
 from netsurgery.cfg import load_cfg, parse_cfg_text
 from netsurgery.cli.app import run
 from netsurgery.errors import CfgError, UsageError
@@ -204,9 +204,35 @@ def test_augment_config_from_cfg(yolov3_tiny):
     assert AugmentConfig.from_cfg(cfg) == AugmentConfig(jitter=0.3, hue=0.1, saturation=1.5,
                                                         exposure=1.5, flip=True,
                                                         letter_box=False)
+    assert unsupported_options(cfg) == []  # random=1 is multi-scale training: implemented
     # options the trainer does not implement are named with file:line
-    assert unsupported_options(cfg) == [
-        f"{yolov3_tiny[0]}:{line}: [yolo] random (multi-scale training)" for line in (140, 182)]
+    text = tiny_text().replace("policy=constant", "policy=constant\nmosaic=1")
+    text += "resize=1.5\n"
+    assert unsupported_options(parse_cfg_text(text, "m.cfg")) == [
+        "m.cfg:12: [net] mosaic", "m.cfg:51: [yolo] resize"]
+
+
+def test_multi_scale_sizes_follow_darknet(yolov3_tiny):
+    scales = MultiScale.from_cfg(load_cfg(yolov3_tiny[0]), 416, 416)  # random=1: coef 1.4
+    assert (scales.coef, scales.step, scales.every) == (1.4, 32, 10)
+    # round(r·416/32 + 1)·32: r = 1.4 gives 19·32, r = 1 gives 448 (Darknet's +1), r = 1/1.4
+    # gives round(10.29)·32 = 320
+    assert scales.largest == (608, 608)
+    assert scales._side(1.0, 416) == 448 and scales._side(1 / 1.4, 416) == 320
+    sizes = [scales.size(i, 100_000, seed=0) for i in range(0, 20_000, 10)]
+    assert sizes[0] == (608, 608)  # the first 10 iterations at the largest size
+    assert {w for w, _ in sizes} == set(range(320, 609, 32)) and all(w == h for w, h in sizes)
+    # within a block of 10 the size stays; the draw depends on the seed
+    assert len({scales.size(i, 100_000, seed=0) for i in range(120, 130)}) == 1
+    assert [scales.size(i, 100_000, 0) for i in range(0, 2000, 10)] != \
+        [scales.size(i, 100_000, 1) for i in range(0, 2000, 10)]
+    # blocks starting after iteration 1000 − 100 settle at the largest size
+    assert {scales.size(i, 1000, seed=0) for i in range(910, 1000)} == {(608, 608)}
+    assert len({scales.size(i, 1000, seed=0) for i in range(10, 910, 10)}) > 1
+    off = MultiScale.from_cfg(parse_cfg_text(tiny_text(), "t.cfg"), 64, 64)
+    assert off.coef == 0 and off.size(15, 100, 0) == (64, 64)
+    with pytest.raises(CfgError, match=r"t\.cfg:\d+: .*random=-1"):
+        MultiScale.from_cfg(parse_cfg_text(tiny_text() + "random=-1\n", "t.cfg"), 64, 64)
 
 
 def test_no_augmentation_matches_darknet_preprocessing():
@@ -376,6 +402,32 @@ def test_tiny_run_freezes_trunk_and_writes_outputs(tiny, tmp_path):
     # a second run into the same folder must not silently overwrite it
     with pytest.raises(UsageError, match="--resume .* or --overwrite"):
         tiny_train(tiny, tmp_path / "out")
+
+
+def test_multi_scale_run_resizes_and_saves_at_the_cfg_size(tiny, tmp_path):
+    cfg = tmp_path / "ms.cfg"
+    cfg.write_text(tiny_text().replace("policy=constant", "policy=constant\nresize_step=16") +
+                   "random=1\n")
+    result = train(cfg, tiny.weights, tiny.data, freeze_until=1, iterations=140, batch=2,
+                   lr=0.001, out_dir=tmp_path / "out", base_cfg=tiny.cfg, validate=False)
+    scales = MultiScale.from_cfg(load_cfg(cfg), 64, 64)
+    assert scales.largest == (112, 112)  # round(1.4·64/16 + 1)·16 = 7·16
+    rows = list(csv.DictReader(open(result.log_csv)))
+    inputs = [r["input"] for r in rows]
+    assert inputs == ["%dx%d" % scales.size(i, 140, 0) for i in range(140)]
+    assert inputs[:10] == ["112x112"] * 10 and len(set(inputs)) >= 2
+    assert all(math.isfinite(float(r["loss"])) for r in rows)
+    assert any("multi-scale training" in m for m in result.messages)
+    # the model went back to the cfg's size: the saved pair runs at 64×64
+    assert load_cfg(result.cfg_path).net.get_int("width") == 64
+    model = load_model(result.cfg_path, result.final_weights)
+    assert model(torch.zeros(1, 3, 64, 64))[0].shape == (1, 24, 16, 16)
+    assert result.trunk_verified
+    # multi_scale=False (CLI --no-multi-scale) keeps the cfg's size
+    flat = train(cfg, tiny.weights, tiny.data, freeze_until=1, iterations=3, batch=2,
+                 out_dir=tmp_path / "flat", base_cfg=tiny.cfg, validate=False,
+                 multi_scale=False)
+    assert {r["input"] for r in csv.DictReader(open(flat.log_csv))} == {"64x64"}
 
 
 def test_resume_continues_exactly(tiny, tmp_path):

@@ -31,7 +31,10 @@ from .app import echo_err, main
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Output folder (default: the .data file's backup folder).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out.")
-@click.option("--no-augment", is_flag=True, help="Only resize/letterbox the images.")
+@click.option("--no-augment", is_flag=True, help="Only resize/letterbox the images (no "
+                                                "multi-scale either).")
+@click.option("--no-multi-scale", is_flag=True,
+              help="Train at the cfg's size although its last [yolo] says random=1.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--strict", is_flag=True, help="Stop at the first bad label instead of "
                                             "skipping the image.")
@@ -48,8 +51,8 @@ from .app import echo_err, main
 @click.option("--no-validate", is_flag=True, help="Skip the final mAP on the valid list.")
 @click.option("--overwrite", is_flag=True, help="Start over in an --out that holds a run.")
 def train(cfg, weights, data, base_cfg, freeze_until, iterations, batch, lr, out_dir, resume,
-          no_augment, seed, strict, device, threads, save_every, keep_every, print_every,
-          no_validate, overwrite):
+          no_augment, no_multi_scale, seed, strict, device, threads, save_every, keep_every,
+          print_every, no_validate, overwrite):
     """Retrain layers K+1.. of a copy of the base network on a new task; layers 0..K stay
     bit-identical to the base weights (so the trunk can be shared)."""
     if out_dir is None:
@@ -74,7 +77,8 @@ def train(cfg, weights, data, base_cfg, freeze_until, iterations, batch, lr, out
                           resume=resume, augment=not no_augment, seed=seed,
                           progress=progress, strict=strict, device=device, base_cfg=base_cfg,
                           save_every=save_every, keep_every=keep_every, log_every=print_every,
-                          overwrite=overwrite, validate=not no_validate, log=echo_err)
+                          overwrite=overwrite, validate=not no_validate, log=echo_err,
+                          multi_scale=not no_multi_scale)
     if result.rank != 0:
         return
     summary = (f"loss {result.first_loss:.4f} -> {result.final_loss:.4f} in "
