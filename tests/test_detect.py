@@ -148,3 +148,20 @@ def test_eval_cli_json_and_pr_chart(yolov3_tiny, tmp_path, capsys):
 
     image = cv2.imread(str(chart))
     assert image is not None and image.shape[0] >= 400 and image.std() > 10
+
+
+def test_detect_cli_size_runs_the_network_at_that_size(yolov3_tiny, tmp_path):
+    cfg, weights = yolov3_tiny
+    dog = shared_path("images", "dog.jpg")
+    names = str(shared_path("models", "coco.names"))
+    boxes = {}
+    for size in (None, "320,320"):
+        out = tmp_path / f"{size}.json"
+        args = ["detect", str(cfg), str(weights), str(dog), "--names", names, "--json", str(out)]
+        assert run(args + (["--size", size] if size else [])) == 0
+        (found,) = [r["box"] for r in json.loads(out.read_text()) if r["class_name"] == "dog"]
+        boxes[size] = np.array([found[k] for k in ("left", "top", "width", "height")])
+    # the same dog, seen through a coarser grid: close to, but not the same as, the 416 box
+    assert not np.array_equal(boxes[None], boxes["320,320"])
+    assert np.abs(boxes[None] - boxes["320,320"]).max() < 40
+    assert run(["detect", str(cfg), str(weights), str(dog), "--size", "0,5"]) == 2

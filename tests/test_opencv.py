@@ -151,3 +151,27 @@ def test_new_coords_head_matches_opencv(tmp_path):
     mine = to_opencv_layout(ours, model.network.layers[2], 64, 64)
     assert np.abs(mine - cv_out[2]).max() <= ABS_TOL
 
+
+
+@pytest.mark.parametrize("how", ["built", "resized"])
+def test_other_input_size_matches_opencv(how, tmp_path):
+    """The real yolov3-tiny run at 320×224 (``--size``, or a 416 model resized as in
+    multi-scale training) agrees with OpenCV given a 320×224 blob: OpenCV reshapes the whole
+    network to its input, independently of our shape inference."""
+    cfg = shared_path("darknet-cfg", "yolov3-tiny.cfg")
+    weights = shared_path("models", "yolov3-tiny.weights")
+    if how == "built":
+        model = load_model(cfg, weights, size=(320, 224), inference=True)
+    else:
+        model = load_model(cfg, weights, inference=True).resize(320, 224)
+    from netsurgery.image import load_image, resize_image
+
+    x = resize_image(load_image(shared_path("images", "dog.jpg")), 320, 224)[None]
+    cv_out = opencv_yolo_outputs(cfg, weights, x, tmp_path)
+    assert sorted(cv_out) == [16, 23]
+    with torch.no_grad():
+        ours = model.run(torch.from_numpy(x), [16, 23])
+    for index in (16, 23):
+        mine = to_opencv_layout(ours[index], model.network.layers[index], 320, 224)
+        assert mine.shape == cv_out[index].shape == ((10 * 7 if index == 16 else 20 * 14) * 3, 85)
+        assert np.abs(mine - cv_out[index]).max() <= ABS_TOL, f"layer {index}"

@@ -9,7 +9,7 @@ from ..detect import detect_images, heads_of, write_json
 from ..fileio import check_output
 from ..merge import load_heads
 from ..model import load_model
-from .app import main
+from .app import SIZE, main
 
 
 @main.command()
@@ -23,6 +23,9 @@ from .app import main
 @click.option("--nms", default=0.45, show_default=True, type=float)
 @click.option("--letterbox/--resize", default=False,
               help="Keep the aspect ratio (-letter_box) or stretch (AlexeyAB's default).")
+@click.option("--size", type=SIZE, default=None,
+              help="Run the network at W,H instead of the cfg's width, height (multiples of 32 "
+                   "for YOLO cfgs).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Folder for annotated images.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
@@ -30,12 +33,12 @@ from .app import main
 @click.option("--batch", default=4, show_default=True, type=int, help="Images per forward.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--overwrite", is_flag=True)
-def detect(cfg, weights, images, heads_path, names, thresh, nms, letterbox, out_dir, json_path,
-           batch, device, overwrite):
+def detect(cfg, weights, images, heads_path, names, thresh, nms, letterbox, size, out_dir,
+           json_path, batch, device, overwrite):
     """Detect objects in IMAGES (files, folders, or .txt lists) like `darknet detector test`."""
     if json_path:
         check_output(json_path, [cfg, weights, *images], overwrite)
-    model = load_model(cfg, weights, inference=True, device=device)
+    model = load_model(cfg, weights, size=size, inference=True, device=device)
     heads = heads_of(model, load_heads(heads_path) if heads_path else None, names)
     show = sys.stderr.isatty()
 

@@ -11,7 +11,7 @@ from ..evaluate import evaluate_model, format_result, result_to_json
 from ..fileio import atomic_write_text, check_output
 from ..merge import load_heads
 from ..model import load_model
-from .app import main
+from .app import SIZE, main
 
 
 @main.command("eval")
@@ -27,17 +27,20 @@ from .app import main
 @click.option("--thresh", default=0.005, show_default=True, type=float)
 @click.option("--letterbox/--resize", default=None,
               help="Default: [net] letter_box of the cfg, as darknet detector map.")
+@click.option("--size", type=SIZE, default=None,
+              help="Run the network at W,H instead of the cfg's width, height (multiples of 32 "
+                   "for YOLO cfgs).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False))
 @click.option("--pr-chart", "pr_chart", type=click.Path(dir_okay=False),
               help="Precision-recall chart (.png/.svg); per head NAME_ prefixed if several.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--overwrite", is_flag=True)
-def eval_cmd(cfg, weights, data_files, heads_path, iou, points, thresh, letterbox, json_path,
-             pr_chart, device, overwrite):
+def eval_cmd(cfg, weights, data_files, heads_path, iou, points, thresh, letterbox, size,
+             json_path, pr_chart, device, overwrite):
     """mAP with `darknet detector map` semantics (per head for merged networks)."""
     if json_path:
         check_output(json_path, [cfg, weights], overwrite)
-    model = load_model(cfg, weights, inference=True, device=device)
+    model = load_model(cfg, weights, size=size, inference=True, device=device)
     heads = heads_of(model, load_heads(heads_path) if heads_path else None)
     by_head = {}
     for item in data_files:
