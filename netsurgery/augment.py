@@ -1,6 +1,6 @@
 """Training-time image preparation: Darknet's detection augmentation (AlexeyAB's
-``load_data_detection`` without mosaic), seeded, and the batches of a training run
-(:class:`TrainImages`).
+``load_data_detection``; mosaic is :mod:`netsurgery.mosaic`), seeded through the ``rng``
+the caller passes (:mod:`netsurgery.batches` makes one per sample).
 
 One bilinear resampling does what Darknet does in three steps (crop with jitter, resize to the
 network size, optional horizontal flip); colour is then shifted in HSV. Boxes follow the same
@@ -21,7 +21,9 @@ below one network pixel.
 * ``random`` (multi-scale training, read from the last ``[yolo]`` section like jitter): see
   :class:`MultiScale`.
 
-Not implemented (reported by :func:`unsupported_options`): mosaic, mixup, cutmix, blur,
+* ``mosaic``, ``mosaic_bound`` ([net]): see :mod:`netsurgery.mosaic`.
+
+Not implemented (reported by :func:`unsupported_options`): mixup, cutmix, blur,
 gaussian_noise, angle and the ``[yolo] resize`` scale. Without augmentation the image is only
 resized (or letterboxed) like at inference, at the cfg's size.
 """
@@ -32,15 +34,11 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import torch
 
 from .cfg import Cfg
-from .data import Dataset
-from .errors import DataError
-from .image import letterbox_geometry, load_image
+from .image import letterbox_geometry
 
 GREY = 0.5  # Darknet's letterbox fill
-CACHE_BYTES = 1 << 30  # decoded training images kept in memory (uint8)
 
 
 @dataclass(frozen=True)
@@ -53,6 +51,8 @@ class AugmentConfig:
     exposure: float = 1.0
     flip: bool = True
     letter_box: bool = False
+    mosaic: bool = False  # [net] mosaic=1: half of the samples are mosaics
+    mosaic_bound: bool = False  # [net] mosaic_bound=1: mosaic boxes clipped to their quadrant
 
     @classmethod
     def from_cfg(cls, cfg: Cfg) -> "AugmentConfig":
@@ -65,7 +65,9 @@ class AugmentConfig:
                    saturation=net.get_float("saturation", 1.0),
                    exposure=net.get_float("exposure", 1.0),
                    flip=bool(net.get_int("flip", 1)),
-                   letter_box=bool(net.get_int("letter_box", 0)))
+                   letter_box=bool(net.get_int("letter_box", 0)),
+                   mosaic=bool(net.get_int("mosaic", 0)),
+                   mosaic_bound=bool(net.get_int("mosaic_bound", 0)))
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ class MultiScale:
         return max(w, self.step), max(h, self.step)
 
 
-_UNSUPPORTED_NET = ("mosaic", "mixup", "cutmix", "blur", "gaussian_noise")
+_UNSUPPORTED_NET = ("mixup", "cutmix", "blur", "gaussian_noise")
 
 
 def unsupported_options(cfg: Cfg) -> list[str]:
@@ -283,86 +285,32 @@ def prepare(image: np.ndarray, boxes: np.ndarray, net_w: int, net_h: int, cfg: A
 
     Returns the network input float32 (3, net_h, net_w) in [0, 1] and the boxes relative
     to it (n', 5)."""
-    if image.dtype == np.uint8:
-        image = image.astype(np.float32) * np.float32(1 / 255)
-    image_h, image_w = image.shape[:2]
-    crop = plan_crop(image_w, image_h, net_w, net_h, cfg, rng)
+    image = as_float(image)
+    crop = plan_crop(image.shape[1], image.shape[0], net_w, net_h, cfg, rng)
+    out, moved = render(image, boxes, crop, net_w, net_h, cfg, rng)
+    return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32), moved
+
+
+def as_float(image: np.ndarray) -> np.ndarray:
+    """uint8 images (the cache's form) as float32 in [0, 1]; float images as they are."""
+    return image.astype(np.float32) * np.float32(1 / 255) if image.dtype == np.uint8 else image
+
+
+def render(image: np.ndarray, boxes: np.ndarray, crop: Crop, net_w: int, net_h: int,
+           cfg: AugmentConfig, rng: np.random.Generator | None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """The image (float (H, W, 3)) through ``crop`` with a random colour shift (none when
+    ``rng`` is None): (net_h, net_w, 3) float32 and the boxes moved with it."""
     out = warp(image, crop, net_w, net_h)
     if rng is not None:
         hue = rng.uniform(-cfg.hue, cfg.hue) if cfg.hue > 0 else 0.0
         out = shift_colours(out, hue, _rand_scale(rng, cfg.saturation),
                             _rand_scale(rng, cfg.exposure))
-    moved = move_boxes(np.asarray(boxes, dtype=np.float32).reshape(-1, 5), image_w, image_h,
-                       crop, net_w, net_h)
-    return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32), moved
+    moved = move_boxes(np.asarray(boxes, dtype=np.float32).reshape(-1, 5), image.shape[1],
+                       image.shape[0], crop, net_w, net_h)
+    return out, moved
 
 
-class TrainImages:
-    """The training images and labels, and the seeded batch order and augmentation."""
-
-    def __init__(self, dataset: Dataset, net_w: int, net_h: int, aug: AugmentConfig,
-                 augment: bool, seed: int, cache_bytes: int = CACHE_BYTES):
-        if len(dataset) == 0:
-            raise DataError(f"{dataset.list_path}: no usable training images")
-        self.paths = [item.image for item in dataset.items]
-        self.labels = [np.array([[l.class_id, l.cx, l.cy, l.w, l.h] for l in item.labels],
-                                dtype=np.float32).reshape(-1, 5) for item in dataset.items]
-        self.net_w, self.net_h = net_w, net_h
-        self.aug, self.augment, self.seed = aug, augment, seed
-        self._cache: dict[int, np.ndarray] = {}
-        self._cache_left = cache_bytes
-        self._perm: tuple[int, np.ndarray] | None = None  # (epoch, permutation)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def indices(self, iteration: int, batch: int) -> list[int]:
-        """Image indices of a batch: epochs of seeded permutations, so any iteration's batch
-        is known without replaying the earlier ones."""
-        n = len(self.paths)
-        out = []
-        for pos in range(iteration * batch, (iteration + 1) * batch):
-            epoch, k = divmod(pos, n)
-            out.append(int(self._permutation(epoch)[k]))
-        return out
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if self._perm is None or self._perm[0] != epoch:
-            order = np.random.default_rng([self.seed, 2, epoch]).permutation(len(self.paths))
-            self._perm = (epoch, order)
-        return self._perm[1]
-
-    def image(self, index: int) -> np.ndarray:
-        """(H, W, 3) uint8 RGB, kept in memory while the cache budget lasts."""
-        im = self._cache.get(index)
-        if im is None:
-            chw = load_image(self.paths[index])
-            im = np.ascontiguousarray(np.rint(chw.transpose(1, 2, 0) * 255).astype(np.uint8))
-            if im.nbytes <= self._cache_left:
-                self._cache[index] = im
-                self._cache_left -= im.nbytes
-        return im
-
-    def sample(self, iteration: int, slot: int, index: int,
-               size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """One sample at the network size, or at ``size`` = (width, height)."""
-        rng = np.random.default_rng([self.seed, 3, iteration, slot]) if self.augment else None
-        w, h = size or (self.net_w, self.net_h)
-        return prepare(self.image(index), self.labels[index], w, h, self.aug, rng)
-
-    def batch(self, iteration: int, batch: int, slots: range, device,
-              size: tuple[int, int] | None = None
-              ) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
-        """Inputs (len(slots), 3, H, W), truths and image indices for the given slots of a
-        global batch; ``size`` = (width, height) overrides the network size."""
-        order = self.indices(iteration, batch)
-        xs, truths = [], []
-        for slot in slots:
-            x, boxes = self.sample(iteration, slot, order[slot], size)
-            xs.append(torch.from_numpy(x))
-            truths.append(torch.from_numpy(boxes).to(device))
-        return torch.stack(xs).to(device), truths, [order[slot] for slot in slots]
-
-
-__all__ = ["AugmentConfig", "Crop", "MultiScale", "TrainImages", "plan_crop", "warp", "move_boxes",
+__all__ = ["AugmentConfig", "Crop", "MultiScale", "as_float", "plan_crop",
+           "render", "warp", "move_boxes",
            "shift_colours", "prepare", "unsupported_options"]

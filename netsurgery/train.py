@@ -62,7 +62,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .augment import CACHE_BYTES, AugmentConfig, MultiScale, TrainImages, unsupported_options
+from .augment import AugmentConfig, MultiScale, unsupported_options
+from .batches import CACHE_BYTES, TrainImages
 from .cfg import Cfg, Section, load_cfg
 from .data import load_data_file, load_dataset
 from .errors import NetsurgeryError, UsageError

@@ -206,10 +206,10 @@ def test_augment_config_from_cfg(yolov3_tiny):
                                                         letter_box=False)
     assert unsupported_options(cfg) == []  # random=1 is multi-scale training: implemented
     # options the trainer does not implement are named with file:line
-    text = tiny_text().replace("policy=constant", "policy=constant\nmosaic=1")
+    text = tiny_text().replace("policy=constant", "policy=constant\nmixup=1")
     text += "resize=1.5\n"
     assert unsupported_options(parse_cfg_text(text, "m.cfg")) == [
-        "m.cfg:12: [net] mosaic", "m.cfg:51: [yolo] resize"]
+        "m.cfg:12: [net] mixup", "m.cfg:51: [yolo] resize"]
 
 
 def test_multi_scale_sizes_follow_darknet(yolov3_tiny):
@@ -298,7 +298,7 @@ def test_colour_shift_scales_value_and_saturation():
 
 
 def test_batches_walk_seeded_epochs(tiny):
-    from netsurgery.augment import TrainImages
+    from netsurgery.batches import TrainImages
     from netsurgery.data import load_dataset
 
     dataset = load_dataset(Path(tiny.data).parent / "train.txt", 3)
@@ -404,9 +404,10 @@ def test_tiny_run_freezes_trunk_and_writes_outputs(tiny, tmp_path):
         tiny_train(tiny, tmp_path / "out")
 
 
-def test_multi_scale_run_resizes_and_saves_at_the_cfg_size(tiny, tmp_path):
+def test_multi_scale_mosaic_run_resizes_and_saves_at_the_cfg_size(tiny, tmp_path):
     cfg = tmp_path / "ms.cfg"
-    cfg.write_text(tiny_text().replace("policy=constant", "policy=constant\nresize_step=16") +
+    cfg.write_text(tiny_text().replace("policy=constant",
+                                       "policy=constant\nresize_step=16\nmosaic=1") +
                    "random=1\n")
     result = train(cfg, tiny.weights, tiny.data, freeze_until=1, iterations=140, batch=2,
                    lr=0.001, out_dir=tmp_path / "out", base_cfg=tiny.cfg, validate=False)
@@ -418,6 +419,7 @@ def test_multi_scale_run_resizes_and_saves_at_the_cfg_size(tiny, tmp_path):
     assert inputs[:10] == ["112x112"] * 10 and len(set(inputs)) >= 2
     assert all(math.isfinite(float(r["loss"])) for r in rows)
     assert any("multi-scale training" in m for m in result.messages)
+    assert not any("ignored" in m for m in result.messages)  # mosaic and random both done
     # the model went back to the cfg's size: the saved pair runs at 64×64
     assert load_cfg(result.cfg_path).net.get_int("width") == 64
     model = load_model(result.cfg_path, result.final_weights)
