@@ -1,8 +1,10 @@
 """Training speed of yolov3-tiny: frozen trunk (layers 0..12, run under no_grad) vs full
-training, images/s side by side; optionally the long partial-retraining run (a few hundred
-iterations on a 3-class shapes task) with its validation mAP@0.5.
+training, and the next batch prepared in a thread (prefetch) vs in place, images/s side by
+side; optionally the long partial-retraining run (a few hundred iterations on a 3-class shapes
+task) with its validation mAP@0.5.
 
     python benchmarks/bench_train.py                      # speed at 416, k=12 vs full
+    python benchmarks/bench_train.py --mosaic             # the same with [net] mosaic=1
     python benchmarks/bench_train.py --long 400           # + 400 iterations on shapes, mAP
 
 Needs ../shared (yolov3-tiny.cfg and the COCO weights). Everything is written to a temporary
@@ -21,9 +23,11 @@ CFG = SHARED / "darknet-cfg" / "yolov3-tiny.cfg"
 WEIGHTS = SHARED / "models" / "yolov3-tiny.weights"
 
 
-def task_cfg(out: Path, size: int, burn_in: int) -> Path:
-    """yolov3-tiny for 3 classes at size x size."""
-    text = CFG.read_text()
+def task_cfg(out: Path, size: int, burn_in: int, mosaic: bool = False) -> Path:
+    """yolov3-tiny for 3 classes at size x size (multi-scale off: every run at one size)."""
+    text = CFG.read_text().replace("random=1", "random=0")
+    if mosaic:
+        text = text.replace("[net]", "[net]\nmosaic=1", 1)
     for old, new in (("width=416", f"width={size}"), ("height=416", f"height={size}"),
                      ("filters=255", "filters=24"), ("classes=80", "classes=3"),
                      ("burn_in=1000", f"burn_in={burn_in}")):
@@ -39,23 +43,29 @@ def speed(args, root: Path) -> None:
 
     data = make_shapes_dataset(root / "speed", 16, seed=1, size=(args.size, args.size),
                                valid_fraction=0).data
-    cfg = task_cfg(root, args.size, burn_in=2)
+    cfg = task_cfg(root, args.size, burn_in=2, mosaic=args.mosaic)
     rates: dict[str, float] = {}
-    # alternate the two set-ups and keep each one's best run: other processes on the machine
-    # then bias both alike
+    setups = (("frozen 0..12", 12, True), ("full", -1, True),
+              ("frozen, in place", 12, False))
+    # alternate the set-ups and keep each one's best run: other processes on the machine
+    # then bias all alike
     for repeat in range(args.repeats):
-        for label, k in (("frozen 0..12", 12), ("full", -1)):
+        for label, k, prefetch in setups:
             result = train(cfg, WEIGHTS, data, freeze_until=k, iterations=args.iterations,
-                           batch=args.batch, out_dir=root / f"out{k}_{repeat}", base_cfg=CFG,
-                           augment=True, validate=False, save_every=10 ** 6)
+                           batch=args.batch, out_dir=root / f"out{k}_{prefetch}_{repeat}",
+                           base_cfg=CFG, augment=True, validate=False, save_every=10 ** 6,
+                           prefetch=prefetch)
             rates[label] = max(rates.get(label, 0.0), result.images_per_sec)
-            print(f"  run {repeat + 1}: {label:13s} {result.images_per_sec:7.2f} images/s",
+            print(f"  run {repeat + 1}: {label:17s} {result.images_per_sec:7.2f} images/s",
                   flush=True)
-    ratio = rates["frozen 0..12"] / rates["full"]
+    frozen, full, in_place = (rates[label] for label, _, _ in setups)
     print(f"yolov3-tiny {args.size}x{args.size}, batch {args.batch}, {args.iterations} "
-          f"iterations (first excluded), augmentation on, best of {args.repeats}:")
-    print(f"  frozen trunk {rates['frozen 0..12']:.2f} images/s | full {rates['full']:.2f} "
-          f"images/s | ratio {ratio:.2f}x")
+          f"iterations (first excluded), augmentation on{', mosaic' if args.mosaic else ''}, "
+          f"best of {args.repeats}:")
+    print(f"  frozen trunk {frozen:.2f} images/s | full {full:.2f} images/s | "
+          f"ratio {frozen / full:.2f}x")
+    print(f"  frozen trunk, batch prepared ahead {frozen:.2f} images/s | in place "
+          f"{in_place:.2f} images/s | ratio {frozen / in_place:.2f}x")
 
 
 def long_run(args, root: Path) -> None:
@@ -84,6 +94,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--iterations", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--mosaic", action="store_true", help="speed runs with mosaic=1")
     parser.add_argument("--long", type=int, default=0, metavar="N",
                         help="also run N iterations of partial retraining and report mAP")
     parser.add_argument("--long-size", type=int, default=128)

@@ -22,8 +22,10 @@ below one network pixel.
   :class:`MultiScale`.
 
 * ``mosaic``, ``mosaic_bound`` ([net]): see :mod:`netsurgery.mosaic`.
+* ``mixup=1`` ([net], without mosaic): half of the samples are two prepared images blended
+  half and half, with the boxes of both (:func:`blend`).
 
-Not implemented (reported by :func:`unsupported_options`): mixup, cutmix, blur,
+Not implemented (reported by :func:`unsupported_options`): cutmix, blur,
 gaussian_noise, angle and the ``[yolo] resize`` scale. Without augmentation the image is only
 resized (or letterboxed) like at inference, at the cfg's size.
 """
@@ -52,6 +54,7 @@ class AugmentConfig:
     flip: bool = True
     letter_box: bool = False
     mosaic: bool = False  # [net] mosaic=1: half of the samples are mosaics
+    mixup: bool = False  # [net] mixup=1 (without mosaic): half of the samples blend two images
     mosaic_bound: bool = False  # [net] mosaic_bound=1: mosaic boxes clipped to their quadrant
 
     @classmethod
@@ -67,6 +70,8 @@ class AugmentConfig:
                    flip=bool(net.get_int("flip", 1)),
                    letter_box=bool(net.get_int("letter_box", 0)),
                    mosaic=bool(net.get_int("mosaic", 0)),
+                   # Darknet: mosaic replaces mixup when both are set
+                   mixup=net.get_int("mixup", 0) == 1 and not net.get_int("mosaic", 0),
                    mosaic_bound=bool(net.get_int("mosaic_bound", 0)))
 
 
@@ -131,7 +136,7 @@ class MultiScale:
         return max(w, self.step), max(h, self.step)
 
 
-_UNSUPPORTED_NET = ("mixup", "cutmix", "blur", "gaussian_noise")
+_UNSUPPORTED_NET = ("cutmix", "blur", "gaussian_noise")
 
 
 def unsupported_options(cfg: Cfg) -> list[str]:
@@ -291,6 +296,14 @@ def prepare(image: np.ndarray, boxes: np.ndarray, net_w: int, net_h: int, cfg: A
     return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32), moved
 
 
+def blend(a: tuple[np.ndarray, np.ndarray],
+          b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Darknet's mixup of two prepared samples (input, boxes): the inputs weighted 0.5 each,
+    the boxes of both."""
+    return (a[0] * np.float32(0.5) + b[0] * np.float32(0.5),
+            np.concatenate([a[1], b[1]]).astype(np.float32))
+
+
 def as_float(image: np.ndarray) -> np.ndarray:
     """uint8 images (the cache's form) as float32 in [0, 1]; float images as they are."""
     return image.astype(np.float32) * np.float32(1 / 255) if image.dtype == np.uint8 else image
@@ -312,5 +325,5 @@ def render(image: np.ndarray, boxes: np.ndarray, crop: Crop, net_w: int, net_h: 
 
 
 __all__ = ["AugmentConfig", "Crop", "MultiScale", "as_float", "plan_crop",
-           "render", "warp", "move_boxes",
+           "render", "blend", "warp", "move_boxes",
            "shift_colours", "prepare", "unsupported_options"]

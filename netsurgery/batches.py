@@ -1,6 +1,6 @@
 """The training set as seeded batches: which images make iteration ``i``'s batch, and each
-sample's augmentation (:mod:`netsurgery.augment`, with ``[net] mosaic=1`` half of the samples
-as a :mod:`netsurgery.mosaic`). Every random choice is drawn from generators seeded by (seed,
+sample's augmentation (:mod:`netsurgery.augment`; with ``[net] mosaic=1`` half of the samples
+are a :mod:`netsurgery.mosaic`, with ``mixup=1`` half blend two images). Every random choice is drawn from generators seeded by (seed,
 iteration, slot), so any iteration's batch is known without replaying the earlier ones: a
 resumed or multi-process run sees the data of one uninterrupted run."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .augment import AugmentConfig, prepare
+from .augment import AugmentConfig, blend, prepare
 from .data import Dataset
 from .errors import DataError
 from .image import load_image
@@ -69,14 +69,22 @@ class TrainImages:
         w, h = size or (self.net_w, self.net_h)
         if not self.augment:
             return prepare(self.image(index), self.labels[index], w, h, self.aug, None)
-        if self.aug.mosaic:
-            pick = np.random.default_rng([self.seed, 5, iteration, slot])
-            if pick.integers(0, 2):
-                chosen = [index, *(int(i) for i in pick.integers(0, len(self.paths), size=3))]
-                return mosaic([self.image(i) for i in chosen], [self.labels[i] for i in chosen],
-                              w, h, self.aug, np.random.default_rng([self.seed, 6, iteration, slot]),
-                              self.aug.mosaic_bound)
         rng = np.random.default_rng([self.seed, 3, iteration, slot])
+        if self.aug.mosaic or self.aug.mixup:
+            pick = np.random.default_rng([self.seed, 5, iteration, slot])
+            if pick.integers(0, 2):  # Darknet: half of the time
+                others = [int(i) for i in pick.integers(0, len(self.paths),
+                                                        size=3 if self.aug.mosaic else 1)]
+                more = np.random.default_rng([self.seed, 6, iteration, slot])
+                if self.aug.mixup:
+                    other = others[0]
+                    return blend(prepare(self.image(index), self.labels[index], w, h,
+                                         self.aug, rng),
+                                 prepare(self.image(other), self.labels[other], w, h,
+                                         self.aug, more))
+                chosen = [index, *others]
+                return mosaic([self.image(i) for i in chosen], [self.labels[i] for i in chosen],
+                              w, h, self.aug, more, self.aug.mosaic_bound)
         return prepare(self.image(index), self.labels[index], w, h, self.aug, rng)
 
     def batch(self, iteration: int, batch: int, slots: range, device,

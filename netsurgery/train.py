@@ -54,6 +54,7 @@ import json
 import math
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -606,6 +607,34 @@ def write_loss_chart(path: Path, rows: Sequence[dict]) -> None:
 # --------------------------------------------------------------------------- training
 
 
+class _Prefetch:
+    """Prepares the next iteration's batch in a thread while the current one trains, as
+    Darknet loads data in its own threads: decoding and augmentation (numpy and OpenCV, which
+    release the GIL) overlap the model's work. One batch ahead, in order; the batches are
+    the same as without it (they depend on the iteration only)."""
+
+    def __init__(self, make: Callable[[int], tuple], thread: bool = True):
+        self.make = make
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="netsurgery-batches") \
+            if thread else None
+        self.pending: dict[int, Future] = {}
+
+    def get(self, iteration: int, following: int | None) -> tuple:
+        """The batch of ``iteration``; starts preparing ``following`` (None: nothing)."""
+        if self.pool is None:
+            return self.make(iteration)
+        current = self.pending.pop(iteration, None) or self.pool.submit(self.make, iteration)
+        if following is not None and following not in self.pending:
+            self.pending[following] = self.pool.submit(self.make, following)
+        return current.result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pending.clear()
+
+
+
 def train(cfg: str | os.PathLike, weights: str | os.PathLike, data: str | os.PathLike,
           freeze_until: int | None = None, iterations: int | None = None,
           batch: int | None = None, lr: float | None = None, *,
@@ -615,7 +644,8 @@ def train(cfg: str | os.PathLike, weights: str | os.PathLike, data: str | os.Pat
           base_cfg: str | os.PathLike | None = None, save_every: int = 100,
           keep_every: int = 1000, log_every: int = 10, overwrite: bool = False,
           validate: bool = True, log: Callable[[str], None] | None = None,
-          feature_cache: int = CACHE_BYTES, multi_scale: bool = True) -> TrainResult:
+          feature_cache: int = CACHE_BYTES, multi_scale: bool = True,
+          prefetch: bool = True) -> TrainResult:
     """Retrain layers ``freeze_until+1..`` of ``cfg`` (the task network) starting from the
     base ``weights``, on the dataset of the ``.data`` file ``data``; see the module
     docstring for the rules. ``freeze_until=None`` takes the cfg's ``stopbackward`` layer,
@@ -625,7 +655,8 @@ def train(cfg: str | os.PathLike, weights: str | os.PathLike, data: str | os.Pat
     total). ``progress`` is called after each iteration, ``log`` with each message (both on
     rank 0 only). ``feature_cache``: bytes of frozen-trunk outputs kept per image when
     ``augment`` is off. ``multi_scale=False`` ignores the cfg's ``random`` (multi-scale
-    needs ``augment``)."""
+    needs ``augment``). ``prefetch``: prepare the next batch in a thread while the current
+    one trains (the batches are the same either way)."""
     for name, value in (("save_every", save_every), ("keep_every", keep_every),
                         ("log_every", log_every)):
         if value < 1:
@@ -637,7 +668,7 @@ def train(cfg: str | os.PathLike, weights: str | os.PathLike, data: str | os.Pat
                   Path(out_dir), resume, augment, seed, strict,
                   Path(base_cfg) if base_cfg is not None else None, overwrite, validate,
                   feature_cache, multi_scale)
-        run.loop(save_every, keep_every, log_every)
+        run.loop(save_every, keep_every, log_every, prefetch)
         return run.finish()
     finally:
         run.close()
@@ -654,6 +685,7 @@ class _Run:
         self.dist = dist_ctx
         self.log, self.progress, self.device = log, progress, device
         self.messages: list[str] = []
+        self.prefetch: _Prefetch | None = None
 
     def note(self, text: str) -> None:
         self.messages.append(text)
@@ -664,6 +696,8 @@ class _Run:
         """Drop the DDP wrapper before the process group goes: its reducer holds gloo
         threads, and destroying it after the group aborts the process (seen as
         "terminate called without an active exception" at exit)."""
+        if self.prefetch is not None:
+            self.prefetch.close()
         self.module = None
         gc.collect()
 
@@ -835,7 +869,8 @@ class _Run:
             group["lr"] = rate
         size = self.scales.size(iteration, self.iterations, self.seed)
         self.model.resize(*size)  # nothing to do while the size stays
-        x, truths, keys = self.images.batch(iteration, self.batch, slots, self.device, size)
+        following = iteration + 1 if iteration + 1 < self.iterations else None
+        x, truths, keys = self.prefetch.get(iteration, following)
         result = self.loss_fn(self.module(x, keys), truths, size)
         # Darknet divides the summed deltas by the batch; DDP averages over processes
         (result.total * (self.dist.world / self.batch)).backward()
@@ -847,8 +882,11 @@ class _Run:
                                parts["cls"], result.count, result.avg_iou * result.count],
                               self.dist)
 
-    def loop(self, save_every: int, keep_every: int, log_every: int) -> None:
+    def loop(self, save_every: int, keep_every: int, log_every: int, prefetch: bool) -> None:
         slots = self._slots()
+        self.prefetch = _Prefetch(lambda i: self.images.batch(
+            i, self.batch, slots, self.device, self.scales.size(i, self.iterations, self.seed)),
+            thread=prefetch)
         self.net.train()
         t_run = time.perf_counter()
         self.timed_images, self.timed_seconds = 0, 0.0
@@ -879,6 +917,7 @@ class _Run:
                 self.model.save_weights(numbered, header=_header(self.model, iteration,
                                                                  self.batch))
         self.iteration = iteration
+        self.prefetch.close()
         self.model.resize(self.scales.width, self.scales.height)  # back to the cfg's size
 
     def _progress(self, iteration: int, rate: float, totals: list[float], dt: float,

@@ -1,11 +1,11 @@
 """Mosaic augmentation (netsurgery.mosaic, [net] mosaic=1): the four quadrants, the boxes
-following the pixels, and the seeded half-of-the-samples rule of the batches."""
+following the pixels, and the seeded half-of-the-samples rule of the batches; mixup=1."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from netsurgery.augment import AugmentConfig, Crop
+from netsurgery.augment import AugmentConfig, Crop, blend
 from netsurgery.mosaic import (MIN_OFFSET, Quadrant, _corner_crop, grey_shifts, mosaic,
                                quadrant, shift_boxes)
 
@@ -169,3 +169,35 @@ def test_shift_boxes_by_hand():
     np.testing.assert_allclose(shift_boxes(boxes, q, 80, 64, bound=True), [
         [2, 0.03125, 0.0546875, 0.0625, 0.109375],
         [1, 22.5 / 80, 13.5 / 64, 15 / 80, 13 / 64]], atol=1e-6)  # edges 15..30, 7..20
+
+
+def test_mixup_blends_half_and_half_with_both_box_sets():
+    a = (np.full((3, 4, 4), 0.2, np.float32), np.array([[0, .5, .5, .2, .2]], np.float32))
+    b = (np.full((3, 4, 4), 0.6, np.float32), np.array([[1, .3, .3, .1, .1]], np.float32))
+    x, boxes = blend(a, b)
+    np.testing.assert_allclose(x, 0.4, atol=1e-7)
+    np.testing.assert_array_equal(boxes, np.concatenate([a[1], b[1]]))
+
+
+def test_mixup_from_cfg_and_in_half_of_the_samples(tmp_path, monkeypatch):
+    from netsurgery import batches
+    from netsurgery.cfg import parse_cfg_text
+    from netsurgery.data import load_data_file, load_dataset
+    from netsurgery.synth import make_shapes_dataset
+
+    def net(extra: str) -> AugmentConfig:
+        return AugmentConfig.from_cfg(parse_cfg_text(
+            f"[net]\nwidth=32\nheight=32\nchannels=3\n{extra}\n[maxpool]\n", "n.cfg"))
+
+    assert net("mixup=1").mixup and not net("mixup=1").mosaic
+    assert net("mixup=1\nmosaic=1").mosaic and not net("mixup=1\nmosaic=1").mixup  # Darknet
+    paths = make_shapes_dataset(tmp_path / "ds", 8, seed=1, size=(48, 48))
+    dataset = load_dataset(load_data_file(paths.data).require("train"), 3)
+    calls = []
+    real = batches.blend
+    monkeypatch.setattr(batches, "blend", lambda *a: calls.append(1) or real(*a))
+    images = batches.TrainImages(dataset, 32, 32, net("mixup=1"), augment=True, seed=2)
+    for i in range(40):
+        x, boxes = images.sample(i, 0, images.indices(i, 1)[0])
+        assert x.shape == (3, 32, 32) and boxes.shape[1] == 5
+    assert 10 <= len(calls) <= 30

@@ -206,10 +206,10 @@ def test_augment_config_from_cfg(yolov3_tiny):
                                                         letter_box=False)
     assert unsupported_options(cfg) == []  # random=1 is multi-scale training: implemented
     # options the trainer does not implement are named with file:line
-    text = tiny_text().replace("policy=constant", "policy=constant\nmixup=1")
+    text = tiny_text().replace("policy=constant", "policy=constant\nblur=1")
     text += "resize=1.5\n"
     assert unsupported_options(parse_cfg_text(text, "m.cfg")) == [
-        "m.cfg:12: [net] mixup", "m.cfg:51: [yolo] resize"]
+        "m.cfg:12: [net] blur", "m.cfg:51: [yolo] resize"]
 
 
 def test_multi_scale_sizes_follow_darknet(yolov3_tiny):
@@ -448,6 +448,12 @@ def test_resume_continues_exactly(tiny, tmp_path):
         for name in a[i]:
             assert same_bits(b[i][name], a[i][name]), (i, name)
     assert any("resuming from" in m for m in resumed.messages)
+    # the batch prepared ahead in a thread is the batch prepared in place
+    in_place = tiny_train(tiny, tmp_path / "p", iterations=4, augment=True, validate=False,
+                          prefetch=False)
+    assert in_place.losses == straight.losses
+    c = arrays_of(in_place.final_weights, tiny.cfg)
+    assert all(same_bits(c[i][name], a[i][name]) for i in a for name in a[i])
     with pytest.raises(UsageError, match="nothing to resume"):
         tiny_train(tiny, tmp_path / "c", resume=True)
     with pytest.raises(UsageError, match="batch=4, resume asks for 2"):
