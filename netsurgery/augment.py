@@ -25,9 +25,15 @@ below one network pixel.
 * ``mixup=1`` ([net], without mosaic): half of the samples are two prepared images blended
   half and half, with the boxes of both (:func:`blend`).
 
-Not implemented (reported by :func:`unsupported_options`): cutmix, blur,
-gaussian_noise, angle and the ``[yolo] resize`` scale. Without augmentation the image is only
-resized (or letterboxed) like at inference, at the cfg's size.
+* ``resize`` (last ``[yolo]``, e.g. 1.5): the crop is also scaled, each side moving by a
+  random part of [size·(1 − s)/2, size·(1 − 1/s)/2] (one draw for left and top, one for right
+  and bottom, so the aspect ratio stays), i.e. the object scale changes by up to s either way.
+* ``gaussian_noise`` ([net], σ in 0..255 levels): with probability 1/2 noise is added after the
+  colour shift. Darknet draws it into an 8-bit image, which clips the negative half to zero,
+  so the noise only brightens; netsurgery does the same.
+
+Not implemented (reported by :func:`unsupported_options`): cutmix, blur and angle. Without
+augmentation the image is only resized (or letterboxed) like at inference, at the cfg's size.
 """
 from __future__ import annotations
 
@@ -55,14 +61,19 @@ class AugmentConfig:
     letter_box: bool = False
     mosaic: bool = False  # [net] mosaic=1: half of the samples are mosaics
     mixup: bool = False  # [net] mixup=1 (without mosaic): half of the samples blend two images
+    resize: float = 1.0  # last [yolo] resize: random scale of the crop, up to this factor
+    gaussian_noise: int = 0  # [net] gaussian_noise: σ of the (brightening) noise, 0..127
     mosaic_bound: bool = False  # [net] mosaic_bound=1: mosaic boxes clipped to their quadrant
 
     @classmethod
     def from_cfg(cls, cfg: Cfg) -> "AugmentConfig":
         net = cfg.net
         yolos = [s for s in cfg.layers if s.type == "yolo"]
-        # Darknet's train_detector takes jitter from the last layer of the network
+        # Darknet's train_detector takes jitter (and resize) from the last detection layer
         jitter = yolos[-1].get_float("jitter", 0.2) if yolos else 0.2
+        resize = yolos[-1].get_float("resize", 1.0) if yolos else 1.0
+        if not resize > 0:
+            raise yolos[-1].error(f"resize={resize}: expected a positive scale", "resize")
         return cls(jitter=jitter,
                    hue=net.get_float("hue", 0.0),
                    saturation=net.get_float("saturation", 1.0),
@@ -72,6 +83,8 @@ class AugmentConfig:
                    mosaic=bool(net.get_int("mosaic", 0)),
                    # Darknet: mosaic replaces mixup when both are set
                    mixup=net.get_int("mixup", 0) == 1 and not net.get_int("mosaic", 0),
+                   resize=resize,
+                   gaussian_noise=min(max(net.get_int("gaussian_noise", 0), 0), 127),
                    mosaic_bound=bool(net.get_int("mosaic_bound", 0)))
 
 
@@ -136,7 +149,7 @@ class MultiScale:
         return max(w, self.step), max(h, self.step)
 
 
-_UNSUPPORTED_NET = ("cutmix", "blur", "gaussian_noise")
+_UNSUPPORTED_NET = ("cutmix", "blur")
 
 
 def unsupported_options(cfg: Cfg) -> list[str]:
@@ -146,12 +159,8 @@ def unsupported_options(cfg: Cfg) -> list[str]:
         line = opt.line if opt is not None and opt.line is not None else section.line
         return f"{section.path or cfg.path}:{line}: [{section.header}] {key}"
 
-    out = [where(cfg.net, key) for key in (*_UNSUPPORTED_NET, "angle")
-           if cfg.net.get_float(key, 0) != 0]
-    for section in cfg.layers:
-        if section.type == "yolo" and section.get_float("resize", 1) != 1:
-            out.append(where(section, "resize"))
-    return out
+    return [where(cfg.net, key) for key in (*_UNSUPPORTED_NET, "angle")
+            if cfg.net.get_float(key, 0) != 0]
 
 
 @dataclass(frozen=True)
@@ -181,6 +190,14 @@ def plan_crop(image_w: int, image_h: int, net_w: int, net_h: int, cfg: AugmentCo
         dw, dh = int(image_w * cfg.jitter), int(image_h * cfg.jitter)
         pleft, pright = (int(v) for v in rng.integers(-dw, dw + 1, size=2))
         ptop, pbot = (int(v) for v in rng.integers(-dh, dh + 1, size=2))
+    if rng is not None and cfg.resize != 1:
+        r1, r2 = rng.random(2)  # r1 for left and top, r2 for right and bottom: aspect kept
+        (lo_w, hi_w), (lo_h, hi_h) = _resize_range(image_w, cfg.resize), \
+            _resize_range(image_h, cfg.resize)
+        pleft = int(pleft + lo_w + r1 * (hi_w - lo_w))  # C's int += float truncates
+        pright = int(pright + lo_w + r2 * (hi_w - lo_w))
+        ptop = int(ptop + lo_h + r1 * (hi_h - lo_h))
+        pbot = int(pbot + lo_h + r2 * (hi_h - lo_h))
     width = max(image_w - pleft - pright, 1)
     height = max(image_h - ptop - pbot, 1)
     if cfg.letter_box:
@@ -190,6 +207,17 @@ def plan_crop(image_w: int, image_h: int, net_w: int, net_h: int, cfg: AugmentCo
         dest = (0, 0, net_w, net_h)
     flip = bool(rng is not None and cfg.flip and rng.integers(0, 2))
     return Crop(float(pleft), float(ptop), float(width), float(height), *dest, flip)
+
+
+def _resize_range(size: int, scale: float) -> tuple[int, int]:
+    """Darknet's bounds for moving one side of the crop with ``[yolo] resize=scale``: down to
+    size·(1 − s)/2 (a larger crop: the object shrinks) and, for s > 1, up to size·(1 − 1/s)/2
+    (computed in float32 and truncated, like Darknet's const int: 120 at 1.5 gives −30, 19)."""
+    one, two, s = np.float32(1), np.float32(2), np.float32(scale)
+    down = one / s if s > 1 else s
+    up = s if s > 1 else one / s
+    lo = int(np.float32(size) * (one - one / down) / two)
+    return lo, (int(np.float32(size) * (one - one / up) / two) if s >= 1 else 0)
 
 
 def _axis(n_in: int, n_out: int, start: float, step: float):
@@ -319,6 +347,11 @@ def render(image: np.ndarray, boxes: np.ndarray, crop: Crop, net_w: int, net_h: 
         hue = rng.uniform(-cfg.hue, cfg.hue) if cfg.hue > 0 else 0.0
         out = shift_colours(out, hue, _rand_scale(rng, cfg.saturation),
                             _rand_scale(rng, cfg.exposure))
+        if cfg.gaussian_noise and rng.integers(0, 2):
+            # as cv::randn into an 8-bit image: rounded, negatives clipped to 0, then a
+            # saturating add
+            levels = np.clip(np.rint(rng.normal(0.0, cfg.gaussian_noise, out.shape)), 0, 255)
+            out = np.minimum(out + (levels / 255).astype(np.float32), np.float32(1))
     moved = move_boxes(np.asarray(boxes, dtype=np.float32).reshape(-1, 5), image.shape[1],
                        image.shape[0], crop, net_w, net_h)
     return out, moved

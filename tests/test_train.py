@@ -208,8 +208,8 @@ def test_augment_config_from_cfg(yolov3_tiny):
     # options the trainer does not implement are named with file:line
     text = tiny_text().replace("policy=constant", "policy=constant\nblur=1")
     text += "resize=1.5\n"
-    assert unsupported_options(parse_cfg_text(text, "m.cfg")) == [
-        "m.cfg:12: [net] blur", "m.cfg:51: [yolo] resize"]
+    assert unsupported_options(parse_cfg_text(text, "m.cfg")) == ["m.cfg:12: [net] blur"]
+    assert AugmentConfig.from_cfg(parse_cfg_text(text, "m.cfg")).resize == 1.5
 
 
 def test_multi_scale_sizes_follow_darknet(yolov3_tiny):
@@ -233,6 +233,39 @@ def test_multi_scale_sizes_follow_darknet(yolov3_tiny):
     assert off.coef == 0 and off.size(15, 100, 0) == (64, 64)
     with pytest.raises(CfgError, match=r"t\.cfg:\d+: .*random=-1"):
         MultiScale.from_cfg(parse_cfg_text(tiny_text() + "random=-1\n", "t.cfg"), 64, 64)
+
+
+def test_yolo_resize_scales_the_crop_keeping_its_aspect():
+    from netsurgery.augment import _resize_range
+
+    # Darknet's float32 bounds, truncated: 120·(1 − 1.5)/2 = −30, 120·(1 − 1/1.5)/2 = 19.99998
+    assert _resize_range(120, 1.5) == (-30, 19) and _resize_range(90, 1.5) == (-22, 14)
+    assert _resize_range(100, 0.5) == (-50, 0)  # resize < 1 only enlarges the crop
+    assert _resize_range(100, 1.0) == (0, 0)
+    cfg = AugmentConfig(jitter=0.0, flip=False, resize=1.5)
+    widths = []
+    for seed in range(300):
+        crop = plan_crop(120, 90, 64, 64, cfg, np.random.default_rng(seed))
+        assert 120 - 2 * 19 <= crop.width <= 120 + 2 * 30
+        assert abs(crop.width / 120 - crop.height / 90) < 2 / 90  # one draw per side pair
+        widths.append(crop.width)
+    assert min(widths) < 90 and max(widths) > 160  # both ways, close to the bounds
+
+
+def test_gaussian_noise_only_brightens_half_of_the_samples():
+    grey = np.full((40, 40, 3), 0.5, dtype=np.float32)
+    cfg = AugmentConfig(jitter=0.0, flip=False, gaussian_noise=20)
+    changed = 0
+    for seed in range(40):
+        x, _ = prepare(grey, np.zeros((0, 5), np.float32), 40, 40, cfg,
+                       np.random.default_rng(seed))
+        diff = x - 0.5
+        assert diff.min() >= -1e-6  # cv::randn into uint8 clips the negative half
+        if diff.max() > 0:
+            changed += 1
+            # E[max(0, N(0, 20))] = 20/sqrt(2π) = 7.98 levels
+            assert 7.0 / 255 < diff.mean() < 9.0 / 255
+    assert 10 <= changed <= 30
 
 
 def test_no_augmentation_matches_darknet_preprocessing():
