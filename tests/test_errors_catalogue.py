@@ -193,6 +193,11 @@ def _model_reverse_upsample(tmp):
     return load_model(parse_cfg_text(NET + "[upsample]\nstride=-2\n", "bad.cfg"))
 
 
+@produces("E-MODEL-RESIZE")
+def _model_resize(tmp):
+    return load_model(parse_cfg_text(NET + "[connected]\noutput=4\n", "fc.cfg")).resize(32, 32)
+
+
 @produces("E-CFG-TREE")
 def _model_region_tree(tmp):
     return load_model(parse_cfg_text(NET + "[conv]\nfilters=6\n[region]\nnum=1\nclasses=1\n"
