@@ -8,14 +8,17 @@ the raw conv outputs is exactly Darknet's ``-delta``:
 
 * Assignment: each truth goes to the anchor (among all ``num`` anchors) whose (w, h) has the
   best IoU with its (w, h); if that anchor is in this layer's ``mask``, the cell holding
-  the truth's centre, that anchor, gets the truth. Otherwise this layer ignores it.
+  the truth's centre, that anchor, gets the truth. Otherwise this layer ignores it. With
+  ``iou_thresh`` < 1 (YOLOv4: 0.213) every other anchor of the mask whose (w, h) IoU with the
+  truth exceeds it gets the truth too, in the same cell, with the same terms.
 * Box, ``iou_loss=mse`` (default), scaled by ``iou_normalizer``·(2 − w·h):
   x, y: delta = t − out with out = s·σ(z) − (s−1)/2 (s = ``scale_x_y``); the loss with that
   gradient is s·KL(q‖σ(z)), q = (t + (s−1)/2)/s (for s = 1 the logistic cross entropy
   minus its minimum). w, h: ½(t − z)² with t = log(w·net_w/anchor_w).
 * Box, ``iou_loss=iou|giou|diou|ciou``: value ``iou_normalizer``·(1 − IoU-kind) of the
   decoded box; gradient as Darknet applies it: ∂/∂x, ∂/∂y of the box go to the x, y logits
-  unchanged, ∂/∂w·exp(tw) and ∂/∂h·exp(th) to tw, th (no (2 − w·h) scale).
+  unchanged, ∂/∂w·exp(tw) and ∂/∂h·exp(th) to tw, th (no (2 − w·h) scale), each then clipped
+  to ±``max_delta`` when set (Darknet clips in this branch only, not for MSE).
 * Objectness: logistic cross entropy (delta = 1 − p at assigned cells, 0 − p elsewhere),
   times ``obj_normalizer``; a prediction whose box has IoU > ``ignore_thresh`` with some
   truth, and some class probability > 0.25 (Darknet's compare_yolo_class), gets none.
@@ -28,7 +31,7 @@ Sums run over all cells and images; the trainer divides by the batch size, as Da
 update divides the accumulated deltas by the batch.
 
 Not implemented (:func:`unsupported_keys` lists them when set): ``truth_thresh`` < 1,
-``iou_thresh`` < 1, ``objectness_smooth``, ``counters_per_class``, ``max_delta``,
+``iou_thresh_kind`` other than iou, ``objectness_smooth``, ``counters_per_class``,
 ``focal_loss``, ``new_coords``.
 """
 from __future__ import annotations
@@ -63,6 +66,8 @@ class YoloHeadConfig:
     cls_normalizer: float = 1.0
     label_smooth_eps: float = 0.0
     max_boxes: int = 200
+    iou_thresh: float = 1.0  # < 1: other anchors of the mask matching the truth's shape too
+    max_delta: float = math.inf  # clip of each box delta (IoU losses)
 
     @classmethod
     def from_spec(cls, spec: YoloSpec) -> "YoloHeadConfig":
@@ -87,7 +92,9 @@ class YoloHeadConfig:
                    obj_normalizer=s.get_float("obj_normalizer", 1.0),
                    cls_normalizer=s.get_float("cls_normalizer", 1.0),
                    label_smooth_eps=s.get_float("label_smooth_eps", 0.0),
-                   max_boxes=s.get_int("max", 200))
+                   max_boxes=s.get_int("max", 200),
+                   iou_thresh=s.get_float("iou_thresh", 1.0),
+                   max_delta=s.get_float("max_delta", math.inf))
 
 
 def unsupported_keys(spec: YoloSpec) -> list[str]:
@@ -96,14 +103,13 @@ def unsupported_keys(spec: YoloSpec) -> list[str]:
     out = []
     if s.get_float("truth_thresh", 1.0) < 1.0:
         out.append("truth_thresh")
-    if s.get_float("iou_thresh", 1.0) < 1.0:
-        out.append("iou_thresh")
+    if s.get_float("iou_thresh", 1.0) < 1.0 and s.get_str("iou_thresh_kind", "iou") != "iou":
+        out.append("iou_thresh_kind")
     for key in ("objectness_smooth", "focal_loss"):
         if s.has(key) and s.get_str(key) not in ("0", ""):
             out.append(key)
-    for key in ("counters_per_class", "max_delta"):
-        if s.has(key):
-            out.append(key)
+    if s.has("counters_per_class"):
+        out.append("counters_per_class")
     return [f"layer {spec.index} [yolo] {key}" for key in out]
 
 
@@ -264,13 +270,17 @@ def yolo_loss(raw: torch.Tensor, head: YoloHeadConfig, truths: Sequence[torch.Te
             continue
         best = box_iou_matrix(boxes[bi].reshape(-1, 4), t[:, 1:5]).amax(dim=1).view(n, h, w)
         obj_weight[bi][(best > head.ignore_thresh) & class_match[bi]] = 0
-        best_anchor = _shape_iou(t[:, 3:5], anchors_rel).argmax(dim=1).tolist()
-        for row, best_n in zip(t.tolist(), best_anchor):
-            if best_n not in mask:
-                continue  # another head's anchor
+        shape_iou = _shape_iou(t[:, 3:5], anchors_rel)
+        best_anchor = shape_iou.argmax(dim=1).tolist()
+        for row, best_n, ious in zip(t.tolist(), best_anchor, shape_iou.tolist()):
             i = min(int(row[1] * w), w - 1)
             j = min(int(row[2] * h), h - 1)
-            assigned.add(bi, mask.index(best_n), j, i, row)
+            if best_n in mask:  # else another head's anchor
+                assigned.add(bi, mask.index(best_n), j, i, row)
+            if head.iou_thresh < 1:
+                for m, anchor in enumerate(mask):
+                    if anchor != best_n and ious[anchor] > head.iou_thresh:
+                        assigned.add(bi, m, j, i, row)
 
     zero = raw.sum() * 0  # keeps the graph connected when nothing is assigned
     box_loss = cls_loss = zero
@@ -328,6 +338,8 @@ def _box_loss(z: torch.Tensor, truth: torch.Tensor, anchor_wh: torch.Tensor,
     jacobian = torch.stack([torch.ones_like(zd[:, 0]), torch.ones_like(zd[:, 0]),
                             torch.exp(zd[:, 2]), torch.exp(zd[:, 3])], dim=1)
     g = head.iou_normalizer * grad * jacobian
+    if math.isfinite(head.max_delta):
+        g = g.clamp(-head.max_delta, head.max_delta)
     surrogate = (g * z[:, :4]).sum()
     return head.iou_normalizer * value.detach().sum() + surrogate - surrogate.detach()
 

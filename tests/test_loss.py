@@ -67,6 +67,34 @@ def test_truth_goes_to_best_shape_anchor_among_all_heads():
     assert torch.allclose(g[0, :, 4], torch.full((3, 2, 2), 0.5))
 
 
+def test_iou_thresh_assigns_every_anchor_of_a_similar_shape():
+    # a 20x20 truth: shape IoU with 16x16 (anchor 1) = 256/400 = 0.64, the best; with 8x8
+    # 64/400 = 0.16; with 24x40 400/960 = 0.417. iou_thresh 0.3 adds anchor 2, not anchor 0.
+    truth = [torch.tensor([[0, 0.3, 0.7, 20 / NET, 20 / NET]])]
+    res, g = grads(raw_zeros(), head(iou_thresh=0.3), truth)
+    assert res.count == 2
+    box = g[0, :, 0:4].abs().sum(dim=1)  # (anchor, row, col)
+    assert torch.nonzero(box).tolist() == [[1, 1, 0], [2, 1, 0]]
+    # both get the objectness and class targets of an assigned cell: delta = 1 - 0.5
+    assert g[0, 1, 4, 1, 0].item() == g[0, 2, 4, 1, 0].item() == pytest.approx(-0.5)
+    assert g[0, 2, 5, 1, 0].item() == pytest.approx(-0.5)
+    # the default (1.0) keeps Darknet's single best anchor
+    res, g = grads(raw_zeros(), head(), truth)
+    assert res.count == 1 and torch.nonzero(g[0, :, 0:4].abs().sum(dim=1)).tolist() == [[1, 1, 0]]
+
+
+def test_max_delta_clips_each_iou_box_delta():
+    truth = [torch.tensor([[0, 0.4, 0.3, 0.25, 0.25]])]
+    _, free = grads(raw_zeros(), head(iou_loss="giou", iou_normalizer=50.0), truth)
+    _, clipped = grads(raw_zeros(), head(iou_loss="giou", iou_normalizer=50.0, max_delta=5.0),
+                       truth)
+    big = free[0, 1, 0:4, 0, 0]
+    assert big.abs().max() > 5  # would exceed the clip
+    np.testing.assert_allclose(clipped[0, 1, 0:4, 0, 0], big.clamp(-5, 5), rtol=1e-6)
+    # the other terms are not clipped
+    assert torch.equal(clipped[0, :, 4:], free[0, :, 4:])
+
+
 def test_tie_between_anchors_goes_to_the_first():
     anchors = ((16.0, 16.0), (16.0, 16.0), (8.0, 8.0))
     h = YoloHeadConfig(layer=1, classes=1, mask=(0, 1, 2), anchors=anchors)
@@ -370,7 +398,7 @@ max_delta=5
     assert (hc.ignore_thresh, hc.iou_loss, hc.iou_normalizer, hc.obj_normalizer,
             hc.cls_normalizer) == (0.6, "ciou", 0.07, 1.0, 2.0)
     assert hc.anchors == ((10, 14), (23, 27), (37, 58))
-    assert loss.unsupported == ["layer 1 [yolo] max_delta"]
+    assert loss.unsupported == [] and hc.max_delta == 5 and hc.iou_thresh == 1.0
     # defaults are Darknet's: iou_normalizer 0.75, ignore_thresh 0.5, MSE
     plain = YoloHeadConfig(layer=0, classes=1, mask=(0,), anchors=((1.0, 1.0),))
     assert (plain.iou_normalizer, plain.ignore_thresh, plain.iou_loss) == (0.75, 0.5, "mse")
