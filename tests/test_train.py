@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import shared_path
 from netsurgery.augment import (AugmentConfig, Crop, MultiScale, move_boxes, plan_crop,
                                 prepare, shift_colours, unsupported_options)
 from netsurgery.cfg import load_cfg, parse_cfg_text
@@ -695,3 +696,36 @@ def test_sigterm_during_checkpoint_writing_leaves_no_partial_files(yolov3_tiny, 
         if name.endswith(".weights"):  # complete: loads against the task network, no error
             wf = load_weights(out / name, network.layers, allow_partial=False)
             assert wf.complete
+
+
+def test_yolov4_tiny_trains_with_every_option_its_family_sets(tmp_path):
+    """The real yolov4-tiny cfg (grouped routes, scale_x_y 1.05, CIoU, resize=1.5) plus what
+    yolov4.cfg adds (mosaic=1, iou_thresh=0.213, max_delta=5): every option is implemented
+    (nothing reported as ignored), the trunk stays bit-identical, the tail learns."""
+    from netsurgery.surgery import retarget_heads
+    from netsurgery.weights import WeightsHeader, random_arrays, save_weights
+
+    text = shared_path("darknet-cfg", "yolov4-tiny.cfg").read_text()
+    for old, new in (("width=416", "width=96"), ("height=416", "height=96"),
+                     ("burn_in=1000", "burn_in=2\nmosaic=1"),
+                     ("iou_loss=ciou", "iou_loss=ciou\niou_thresh=0.213\nmax_delta=5")):
+        assert old in text
+        text = text.replace(old, new)
+    base_cfg = tmp_path / "base.cfg"
+    base_cfg.write_text(text)
+    network = build_network(base_cfg)
+    save_weights(tmp_path / "base.weights", WeightsHeader(0, 2, 5, 0), network.layers,
+                 random_arrays(network.layers, seed=0))
+    task = tmp_path / "task.cfg"
+    retarget_heads(load_cfg(base_cfg), 3).save(task)
+    assert AugmentConfig.from_cfg(load_cfg(task)).resize == 1.5
+    paths = make_shapes_dataset(tmp_path / "ds", 12, seed=1, size=(96, 96))
+    result = train(task, tmp_path / "base.weights", paths.data, freeze_until=20, iterations=6,
+                   batch=4, lr=0.001, out_dir=tmp_path / "out", base_cfg=base_cfg,
+                   validate=False)
+    assert not [m for m in result.messages if "ignored" in m]
+    assert result.trunk_verified
+    assert all(math.isfinite(loss) for _, loss in result.losses)
+    saved = arrays_of(result.final_weights, task)
+    assert not np.array_equal(saved[21]["weights"], arrays_of(tmp_path / "base.weights",
+                                                              base_cfg)[21]["weights"])
