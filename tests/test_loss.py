@@ -372,21 +372,26 @@ def test_gradient_equals_darknet_delta_on_random_predictions(seed):
 # --------------------------------------------------------------------------- from a cfg
 
 
-def test_head_config_from_cfg_and_unsupported_options():
-    text = """[net]
+# one conv (stride 8) and a one-class [yolo] head with three anchors
+ONE_HEAD = """[net]
 width=64
 height=64
 channels=3
 [convolutional]
 filters=18
 size=1
+stride=8
 activation=linear
 [yolo]
 mask=0,1,2
 anchors=10,14, 23,27, 37,58
 classes=1
 num=3
-ignore_thresh=.6
+"""
+
+
+def test_head_config_from_cfg_and_unsupported_options():
+    text = ONE_HEAD + """ignore_thresh=.6
 iou_loss=ciou
 iou_normalizer=0.07
 cls_normalizer=2
@@ -407,22 +412,7 @@ max_delta=5
 def test_loss_at_another_input_size_uses_that_size_for_anchors():
     """Multi-scale training runs the cfg at other sizes: the anchors (pixels) are relative to
     the actual input, as Darknet's yolo layer uses the resized net.w / net.h."""
-    text = """[net]
-width=64
-height=64
-channels=3
-[convolutional]
-filters=18
-size=1
-stride=8
-activation=linear
-[yolo]
-mask=0,1,2
-anchors=10,14, 23,27, 37,58
-classes=1
-num=3
-"""
-    cfg = parse_cfg_text(text, "t.cfg")
+    cfg = parse_cfg_text(ONE_HEAD, "t.cfg")
     at_cfg_size = DetectionLoss(build_network(cfg))
     built_at_size = DetectionLoss(build_network(cfg, size=(96, 128)))
     raw = torch.randn(2, 18, 16, 12, generator=torch.Generator().manual_seed(0))
