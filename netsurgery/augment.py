@@ -32,8 +32,14 @@ below one network pixel.
   colour shift. Darknet draws it into an 8-bit image, which clips the negative half to zero,
   so the noise only brightens; netsurgery does the same.
 
-Not implemented (reported by :func:`unsupported_options`): cutmix, blur and angle. Without
-augmentation the image is only resized (or letterboxed) like at inference, at the cfg's size.
+* ``blur`` ([net]): per image one of three, equally likely: no blur; the background blurred
+  (17×17 Gaussian) with the boxes kept sharp; or, for ``blur`` > 1, the whole image blurred
+  with a (blur/2·2+1)² kernel, the level lowered to the smallest box side / 8 so that small
+  objects stay visible (``blur=1``: the background again). See :func:`blur_image`.
+
+Not implemented (reported by :func:`unsupported_options`): cutmix (Darknet refuses it for
+detectors too) and angle. Without augmentation the image is only resized (or letterboxed)
+like at inference, at the cfg's size.
 """
 from __future__ import annotations
 
@@ -63,6 +69,7 @@ class AugmentConfig:
     mixup: bool = False  # [net] mixup=1 (without mosaic): half of the samples blend two images
     resize: float = 1.0  # last [yolo] resize: random scale of the crop, up to this factor
     gaussian_noise: int = 0  # [net] gaussian_noise: σ of the (brightening) noise, 0..127
+    blur: int = 0  # [net] blur: 1 background blur; > 1 also whole-image blur of that level
     mosaic_bound: bool = False  # [net] mosaic_bound=1: mosaic boxes clipped to their quadrant
 
     @classmethod
@@ -85,6 +92,7 @@ class AugmentConfig:
                    mixup=net.get_int("mixup", 0) == 1 and not net.get_int("mosaic", 0),
                    resize=resize,
                    gaussian_noise=min(max(net.get_int("gaussian_noise", 0), 0), 127),
+                   blur=max(net.get_int("blur", 0), 0),
                    mosaic_bound=bool(net.get_int("mosaic_bound", 0)))
 
 
@@ -149,7 +157,7 @@ class MultiScale:
         return max(w, self.step), max(h, self.step)
 
 
-_UNSUPPORTED_NET = ("cutmix", "blur")
+_UNSUPPORTED_NET = ("cutmix",)
 
 
 def unsupported_options(cfg: Cfg) -> list[str]:
@@ -340,23 +348,60 @@ def as_float(image: np.ndarray) -> np.ndarray:
 def render(image: np.ndarray, boxes: np.ndarray, crop: Crop, net_w: int, net_h: int,
            cfg: AugmentConfig, rng: np.random.Generator | None
            ) -> tuple[np.ndarray, np.ndarray]:
-    """The image (float (H, W, 3)) through ``crop`` with a random colour shift (none when
-    ``rng`` is None): (net_h, net_w, 3) float32 and the boxes moved with it."""
+    """The image (float (H, W, 3)) through ``crop`` with a random colour shift, blur and noise
+    (none when ``rng`` is None): (net_h, net_w, 3) float32 and the boxes moved with it."""
     out = warp(image, crop, net_w, net_h)
+    moved = move_boxes(np.asarray(boxes, dtype=np.float32).reshape(-1, 5), image.shape[1],
+                       image.shape[0], crop, net_w, net_h)
     if rng is not None:
         hue = rng.uniform(-cfg.hue, cfg.hue) if cfg.hue > 0 else 0.0
         out = shift_colours(out, hue, _rand_scale(rng, cfg.saturation),
                             _rand_scale(rng, cfg.exposure))
+        if cfg.blur:
+            level = blur_level(int(rng.integers(0, 3)), cfg.blur, moved, net_w, net_h)
+            out = blur_image(out, level, moved)
         if cfg.gaussian_noise and rng.integers(0, 2):
             # as cv::randn into an 8-bit image: rounded, negatives clipped to 0, then a
             # saturating add
             levels = np.clip(np.rint(rng.normal(0.0, cfg.gaussian_noise, out.shape)), 0, 255)
             out = np.minimum(out + (levels / 255).astype(np.float32), np.float32(1))
-    moved = move_boxes(np.asarray(boxes, dtype=np.float32).reshape(-1, 5), image.shape[1],
-                       image.shape[0], crop, net_w, net_h)
     return out, moved
 
 
+def blur_level(choice: int, blur: int, boxes: np.ndarray, net_w: int, net_h: int) -> int:
+    """Darknet's per-image blur level: ``choice`` 0 none, 1 background (level 1), 2 the cfg's
+    ``blur``, lowered to the smallest box side (network pixels, truncated) // 8 when that is
+    smaller — so without boxes there is no whole-image blur."""
+    if choice == 0:
+        return 0
+    level = 1 if choice == 1 else blur
+    if level > 1:
+        sides = np.minimum(boxes[:, 3] * net_w, boxes[:, 4] * net_h)
+        smallest = int(sides.min()) if len(sides) else 0
+        level = min(level, smallest // 8)
+    return level
+
+
+def blur_image(image: np.ndarray, level: int, boxes: np.ndarray) -> np.ndarray:
+    """``level`` 1: a 17×17 Gaussian blur outside the boxes (class, cx, cy, w, h relative),
+    the boxes' pixels kept; > 1: the whole image blurred with a (level/2·2+1)² kernel; 0:
+    unchanged (Darknet's image_data_augmentation)."""
+    if level <= 0:
+        return image
+    if level > 1:
+        k = level // 2 * 2 + 1
+        return cv2.GaussianBlur(image, (k, k), 0)
+    out = cv2.GaussianBlur(image, (17, 17), 0)
+    h, w = image.shape[:2]
+    for _, cx, cy, bw, bh in boxes.tolist():
+        left, top = int((cx - bw / 2) * w), int((cy - bh / 2) * h)  # C's truncation
+        right, bottom = left + int(bw * w), top + int(bh * h)
+        x0, y0, x1, y1 = max(left, 0), max(top, 0), min(right, w), min(bottom, h)
+        if x1 > x0 and y1 > y0:
+            out[y0:y1, x0:x1] = image[y0:y1, x0:x1]
+    return out
+
+
 __all__ = ["AugmentConfig", "Crop", "MultiScale", "as_float", "plan_crop",
-           "render", "blend", "warp", "move_boxes",
+           "render", "blend", "blur_image", "blur_level", "warp", "move_boxes",
            "shift_colours", "prepare", "unsupported_options"]

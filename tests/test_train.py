@@ -207,9 +207,9 @@ def test_augment_config_from_cfg(yolov3_tiny):
                                                         letter_box=False)
     assert unsupported_options(cfg) == []  # random=1 is multi-scale training: implemented
     # options the trainer does not implement are named with file:line
-    text = tiny_text().replace("policy=constant", "policy=constant\nblur=1")
+    text = tiny_text().replace("policy=constant", "policy=constant\ncutmix=1")
     text += "resize=1.5\n"
-    assert unsupported_options(parse_cfg_text(text, "m.cfg")) == ["m.cfg:12: [net] blur"]
+    assert unsupported_options(parse_cfg_text(text, "m.cfg")) == ["m.cfg:12: [net] cutmix"]
     assert AugmentConfig.from_cfg(parse_cfg_text(text, "m.cfg")).resize == 1.5
 
 
@@ -251,6 +251,28 @@ def test_yolo_resize_scales_the_crop_keeping_its_aspect():
         assert abs(crop.width / 120 - crop.height / 90) < 2 / 90  # one draw per side pair
         widths.append(crop.width)
     assert min(widths) < 90 and max(widths) > 160  # both ways, close to the bounds
+
+
+def test_blur_levels_and_images_by_hand():
+    import cv2
+
+    from netsurgery.augment import blur_image, blur_level
+
+    boxes = np.array([[0, 0.5, 0.5, 40 / 64, 1.0]], dtype=np.float32)  # 40 x 64 pixels
+    assert [blur_level(c, 9, boxes, 64, 64) for c in (0, 1, 2)] == [0, 1, 5]  # 40 // 8
+    assert blur_level(2, 3, boxes, 64, 64) == 3 and blur_level(2, 1, boxes, 64, 64) == 1
+    assert blur_level(2, 9, boxes[:0], 64, 64) == 0  # no box: no whole-image blur
+    checker = (np.indices((64, 64)).sum(0) % 2).astype(np.float32)
+    image = np.repeat(checker[:, :, None], 3, axis=2)
+    np.testing.assert_array_equal(blur_image(image, 5, boxes), cv2.GaussianBlur(image, (5, 5), 0))
+    np.testing.assert_array_equal(blur_image(image, 4, boxes), cv2.GaussianBlur(image, (5, 5), 0))
+    background = blur_image(image, 1, np.array([[0, 0.5, 0.5, 0.25, 0.25]], np.float32))
+    np.testing.assert_array_equal(background[24:40, 24:40], image[24:40, 24:40])  # box kept
+    outside = np.ones((64, 64), bool)
+    outside[24:40, 24:40] = False
+    np.testing.assert_array_equal(background[outside],
+                                  cv2.GaussianBlur(image, (17, 17), 0)[outside])
+    assert blur_image(image, 0, boxes) is image
 
 
 def test_gaussian_noise_only_brightens_half_of_the_samples():
