@@ -10,14 +10,9 @@ import csv
 import io
 import json
 import os
-import statistics
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
-
-import numpy as np
-import torch
 
 from .cost import share_cost
 from .errors import UsageError
@@ -44,43 +39,28 @@ class SweepPoint:
     weights: str
 
 
-def _time_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
-
-
 def time_merged_vs_separate(base_cfg, base_weights, task_cfg, task_weights, k: int,
                             repeats: int = 5, work_dir=None) -> tuple[float, float]:
-    """Median inference time (ms, batch 1) of the merged network against base + task run
-    separately."""
+    """Median inference time (ms, batch 1) of base + task merged at ``k`` against the two
+    run separately (each head of the merged network alone: the same layers as its own
+    network; see :mod:`netsurgery.timing`)."""
     from .merge import TaskInput, merge
     from .model import load_model
-    from .multihead import MergedModel
     from .surgery import load_graph
+    from .timing import time_merged
 
     base = load_graph(base_cfg, base_weights)
     task = load_graph(task_cfg, task_weights)
     merged, heads = merge(base, [TaskInput("task", task, k)])
     work = Path(work_dir) if work_dir else Path(os.path.dirname(str(task_weights)))
     mcfg, mweights = work / "timing_merged.cfg", work / "timing_merged.weights"
-    merged.save(mcfg, mweights)
-    mm = MergedModel(load_model(mcfg, mweights, inference=True), heads)
-    m_base = load_model(base_cfg, base_weights, inference=True)
-    m_task = load_model(task_cfg, task_weights, inference=True)
-    net = m_base.network.net
-    x = torch.rand((1, net.channels, net.height, net.width),
-                   generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        merged_ms = _time_ms(lambda: mm(x), repeats)
-        separate_ms = _time_ms(lambda: (m_base(x), m_task(x)), repeats)
-    for p in (mcfg, mweights):
-        p.unlink(missing_ok=True)
-    return merged_ms, separate_ms
+    try:
+        merged.save(mcfg, mweights)
+        timing = time_merged(load_model(mcfg, mweights, inference=True), heads, repeats)
+    finally:
+        for p in (mcfg, mweights):
+            p.unlink(missing_ok=True)
+    return timing.merged.median_ms, timing.separate_ms
 
 
 def run_sweep(base_cfg: str, base_weights: str, task_cfg: str, data: str, ks: Sequence[int],

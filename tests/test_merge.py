@@ -280,3 +280,32 @@ def test_info_on_merged_network_shows_savings(tiny_setup, capsys):
     assert merged.params == base_params + tail
     assert f"separate (sum)     {base_params + logo.params:,}" in text
     assert f"merged             {merged.params:,}" in text
+
+
+def test_time_merged_against_each_head_alone(tiny_setup, capsys):
+    """Timing values themselves are not asserted (benchmarks do that): the rounds, the sum,
+    the FLOP ratio shown beside the time, and the command's output."""
+    from netsurgery.merge import merge_savings
+    from netsurgery.timing import time_merged, time_model
+
+    root, base_files, files = tiny_setup
+    out = str(root / "merged_time")
+    merge_files(*base_files, [f"logo={files[('logo', 8)][0]}:{files[('logo', 8)][1]}"], out,
+                share_until=8)
+    heads = load_heads(f"{out}.heads.json")
+    model = load_model(f"{out}.cfg", f"{out}.weights", inference=True)
+    timing = time_merged(model, heads, repeat=3)
+    assert [t.name for t in timing.heads] == [heads.base.name, "logo"]
+    assert all(len(t.runs_ms) == 3 and min(t.runs_ms) > 0 for t in [*timing.heads,
+                                                                    timing.merged])
+    assert timing.separate_ms == sum(t.median_ms for t in timing.heads)
+    flops = merge_savings(model.network, heads).bflops_ratio
+    assert timing.bflops_ratio == flops and 0.5 < flops < 1
+    assert len(time_model(model, repeat=2).runs_ms) == 2
+    assert run(["time", f"{out}.cfg", f"{out}.weights", "--heads", f"{out}.heads.json",
+                "--repeat", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "logo alone" in text and "merged, all heads" in text
+    assert f"FLOPs {flops:.3f}" in text
+    assert run(["time", f"{out}.cfg", f"{out}.weights", "--repeat", "0"]) == 2
+    assert "repeat=0" in capsys.readouterr().err
