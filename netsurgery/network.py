@@ -82,7 +82,16 @@ def build_network(cfg: Cfg | str | os.PathLike, size: tuple[int, int] | None = N
             raise CfgError(cfg.path, section.line,
                            f"layer {index} [{section.header}]: this layer type is read by "
                            "Darknet but not supported by netsurgery")
-        spec = cls.parse(index, section, ctx)
+        try:
+            spec = cls.parse(index, section, ctx)
+        except CfgError as exc:
+            own = net_input(cfg)
+            if size is None or (own.width, own.height) == tuple(size):
+                raise
+            # the cfg is fine at its own size: say which size broke it
+            raise CfgError(exc.path, exc.line, f"{exc.message} (with the input at "
+                           f"{size[0]}x{size[1]}, not the cfg's {own.width}x{own.height}; "
+                           "YOLO networks need multiples of 32)") from None
         ctx.specs.append(spec)
     return Network(cfg, ctx.net, ctx.specs)
 

@@ -244,3 +244,13 @@ def test_resize_refuses_size_dependent_weights():
                                               r"64x64 input; it cannot run at 96x96"):
         model.resize(96, 96)
     assert model.network.net.width == 64  # refused: nothing changed
+
+
+def test_a_size_that_breaks_the_shapes_is_named(tiny64):
+    from netsurgery.errors import CfgError
+
+    model, _ = tiny64
+    with pytest.raises(CfgError, match=r"route needs equal sizes \(with the input at 100x100, "
+                                       r"not the cfg's 416x416; YOLO networks need multiples"):
+        model.resize(100, 100)
+    assert model.network.net.width == 64  # refused: the model keeps its size
