@@ -248,20 +248,30 @@ def _sampling(left: float, size: float, dest: int, dest_size: int) -> tuple[floa
 
 
 def warp(image: np.ndarray, crop: Crop, net_w: int, net_h: int) -> np.ndarray:
-    """Crop + bilinear resize (+ flip) of a float32 (H, W, 3) image to (net_h, net_w, 3).
+    """Crop + bilinear resize (+ flip) of an (H, W, 3) image (uint8, or float in [0, 1]) to
+    float32 (net_h, net_w, 3).
 
     Sample positions follow Darknet's resize_image (corners aligned), so without jitter the
     result equals resize_image / letterbox_image to float rounding; outside the source
     rectangle's image part the value is grey 0.5. (OpenCV's warpAffine would quantise the
     positions to 1/32 pixel.)"""
     h, w = image.shape[:2]
-    padded = np.pad(image, ((1, 1), (1, 1), (0, 0)), constant_values=GREY)
     start_x, step_x = _sampling(crop.left, crop.width, crop.dest_x, crop.dest_w)
     start_y, step_y = _sampling(crop.top, crop.height, crop.dest_y, crop.dest_h)
     x0, x1, fx = _axis(w, net_w, start_x, step_x)
     y0, y1, fy = _axis(h, net_h, start_y, step_y)
-    rows = padded[:, x0] * (1 - fx[None, :, None]) + padded[:, x1] * fx[None, :, None]
-    out = rows[y0] * (1 - fy[:, None, None]) + rows[y1] * fy[:, None, None]
+    # Only the source rows the output samples are converted, padded and resampled (at most
+    # 2·net_h of them): a large photo is not copied whole. Indices are into the image padded
+    # by one grey pixel per side.
+    needed, inverse = np.unique(np.concatenate([y0, y1]), return_inverse=True)
+    src = as_float(image[np.clip(needed - 1, 0, h - 1)])
+    lines = np.empty((len(needed), w + 2, 3), dtype=src.dtype)
+    lines[:, 1:-1] = src
+    lines[:, 0] = lines[:, -1] = GREY
+    lines[(needed == 0) | (needed == h + 1)] = GREY
+    rows = lines[:, x0] * (1 - fx[None, :, None]) + lines[:, x1] * fx[None, :, None]
+    r0, r1 = inverse[:net_h], inverse[net_h:]
+    out = rows[r0] * (1 - fy[:, None, None]) + rows[r1] * fy[:, None, None]
     # the letterbox bars are grey whatever the crop holds there
     mask = np.zeros((net_h, net_w), dtype=bool)
     mask[crop.dest_y:crop.dest_y + crop.dest_h, crop.dest_x:crop.dest_x + crop.dest_w] = True
@@ -326,7 +336,6 @@ def prepare(image: np.ndarray, boxes: np.ndarray, net_w: int, net_h: int, cfg: A
 
     Returns the network input float32 (3, net_h, net_w) in [0, 1] and the boxes relative
     to it (n', 5)."""
-    image = as_float(image)
     crop = plan_crop(image.shape[1], image.shape[0], net_w, net_h, cfg, rng)
     out, moved = render(image, boxes, crop, net_w, net_h, cfg, rng)
     return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32), moved
@@ -348,8 +357,9 @@ def as_float(image: np.ndarray) -> np.ndarray:
 def render(image: np.ndarray, boxes: np.ndarray, crop: Crop, net_w: int, net_h: int,
            cfg: AugmentConfig, rng: np.random.Generator | None
            ) -> tuple[np.ndarray, np.ndarray]:
-    """The image (float (H, W, 3)) through ``crop`` with a random colour shift, blur and noise
-    (none when ``rng`` is None): (net_h, net_w, 3) float32 and the boxes moved with it."""
+    """The image ((H, W, 3) uint8 or float) through ``crop`` with a random colour shift, blur
+    and noise (none when ``rng`` is None): (net_h, net_w, 3) float32 and the boxes moved
+    with it."""
     out = warp(image, crop, net_w, net_h)
     moved = move_boxes(np.asarray(boxes, dtype=np.float32).reshape(-1, 5), image.shape[1],
                        image.shape[0], crop, net_w, net_h)

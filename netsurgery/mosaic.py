@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .augment import AugmentConfig, Crop, as_float, plan_crop, render
+from .augment import AugmentConfig, Crop, plan_crop, render
 
 MIN_OFFSET = 0.2  # Darknet keeps the cut point 20 % away from the borders
 
@@ -143,7 +143,6 @@ def mosaic(images: list[np.ndarray], labels: list[np.ndarray], net_w: int, net_h
     out = np.empty((net_h, net_w, 3), dtype=np.float32)
     boxes = []
     for index, (image, truth) in enumerate(zip(images, labels)):
-        image = as_float(image)
         image_h, image_w = image.shape[:2]
         crop = plan_crop(image_w, image_h, net_w, net_h, cfg, rng)
         if rng.integers(0, 2) == 0:
