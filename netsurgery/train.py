@@ -634,7 +634,6 @@ class _Prefetch:
         self.pending.clear()
 
 
-
 def train(cfg: str | os.PathLike, weights: str | os.PathLike, data: str | os.PathLike,
           freeze_until: int | None = None, iterations: int | None = None,
           batch: int | None = None, lr: float | None = None, *,
