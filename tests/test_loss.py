@@ -3,6 +3,7 @@ forward_yolo_layer), on hand-made tiny predictions."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -315,40 +316,51 @@ def darknet_deltas(raw: np.ndarray, h: YoloHeadConfig, truths, net_w: int, net_h
                         ignored += 1
         for t in truths[b]:
             cls, tx, ty, tw, th = t
+            i, j = int(tx * W), int(ty * H)
+
+            def assign(anchor: int) -> None:
+                a = h.mask.index(anchor)
+                aw, ah = h.anchors[anchor]
+                scale = (2 - tw * th) * h.iou_normalizer
+                targets = (tx * W - i, ty * H - j, math.log(tw * net_w / aw),
+                           math.log(th * net_h / ah))
+                for k in range(4):
+                    value = out[b, a, k, j, i] if k < 2 else x[b, a, k, j, i]
+                    delta[b, a, k, j, i] += scale * (targets[k] - value)
+                delta[b, a, 4, j, i] = h.obj_normalizer * (1 - out[b, a, 4, j, i])
+                c = int(cls)
+                if delta[b, a, 5 + c, j, i]:
+                    delta[b, a, 5 + c, j, i] = 1 - out[b, a, 5 + c, j, i]
+                else:
+                    for k in range(C):
+                        delta[b, a, 5 + k, j, i] = (k == c) - out[b, a, 5 + k, j, i]
+
             best_iou, best_n = 0.0, 0
             for k, (aw, ah) in enumerate(h.anchors):
                 iou = _iou((0, 0, aw / net_w, ah / net_h), (0, 0, tw, th))
                 if iou > best_iou:
                     best_iou, best_n = iou, k
-            if best_n not in h.mask:
-                continue
-            a = h.mask.index(best_n)
-            i, j = int(tx * W), int(ty * H)
-            aw, ah = h.anchors[best_n]
-            scale = (2 - tw * th) * h.iou_normalizer
-            targets = (tx * W - i, ty * H - j, math.log(tw * net_w / aw), math.log(th * net_h / ah))
-            for k in range(4):
-                value = out[b, a, k, j, i] if k < 2 else x[b, a, k, j, i]
-                delta[b, a, k, j, i] += scale * (targets[k] - value)
-            delta[b, a, 4, j, i] = h.obj_normalizer * (1 - out[b, a, 4, j, i])
-            c = int(cls)
-            if delta[b, a, 5 + c, j, i]:
-                delta[b, a, 5 + c, j, i] = 1 - out[b, a, 5 + c, j, i]
-            else:
-                for k in range(C):
-                    delta[b, a, 5 + k, j, i] = (k == c) - out[b, a, 5 + k, j, i]
+            if best_n in h.mask:
+                assign(best_n)
+            # the iou_thresh loop: every other anchor of this layer with a similar shape
+            for n_anchor in range(len(h.anchors)):
+                if n_anchor in h.mask and n_anchor != best_n and h.iou_thresh < 1:
+                    aw, ah = h.anchors[n_anchor]
+                    if _iou((0, 0, aw / net_w, ah / net_h), (0, 0, tw, th)) > h.iou_thresh:
+                        assign(n_anchor)
     return delta, ignored
 
 
+@pytest.mark.parametrize("iou_thresh", [1.0, 0.25], ids=["best-anchor", "iou_thresh"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_gradient_equals_darknet_delta_on_random_predictions(seed):
+def test_gradient_equals_darknet_delta_on_random_predictions(seed, iou_thresh):
     rng = np.random.default_rng(seed)
     B, grid, C = 2, 4, 3
     anchors = ((10.0, 14.0), (23.0, 27.0), (37.0, 58.0), (81.0, 82.0), (135.0, 169.0),
                (344.0, 319.0))
     h = YoloHeadConfig(layer=1, classes=C, mask=(0, 1, 2), anchors=anchors,
                        ignore_thresh=0.3, iou_normalizer=0.75, obj_normalizer=1.5,
-                       scale_x_y=1.05)
+                       scale_x_y=1.05, iou_thresh=iou_thresh)
     net = 128
     raw = rng.normal(0, 1, (B, 3 * (5 + C), grid, grid)).astype(np.float32)
     truths = []
@@ -366,6 +378,10 @@ def test_gradient_equals_darknet_delta_on_random_predictions(seed):
     res.total.backward()
     grad = t.grad.numpy().reshape(delta.shape)
     assert ignored > 0 and res.count > 0  # both rules were exercised
+    if iou_thresh < 1:  # extra anchors were assigned
+        best_only = yolo_loss(torch.tensor(raw), replace(h, iou_thresh=1.0),
+                              [torch.tensor(b, dtype=torch.float32) for b in truths], net, net)
+        assert res.count > best_only.count
     np.testing.assert_allclose(grad, -delta, atol=2e-5)
 
 
