@@ -30,6 +30,12 @@ the raw conv outputs is exactly Darknet's ``-delta``:
 Sums run over all cells and images; the trainer divides by the batch size, as Darknet's
 update divides the accumulated deltas by the batch.
 
+Known differences from later AlexeyAB versions (not checkable against SPEC's commit here): those
+divide the summed box deltas of a cell holding truths of several classes by that number of
+classes (``averages_yolo_deltas``), and scale an assigned cell's objectness delta by
+``cls_normalizer`` instead of ``obj_normalizer``. Stock cfgs (both normalizers 1, rarely two
+classes in one cell and anchor) give the same result either way.
+
 Not implemented (:func:`unsupported_keys` lists them when set): ``truth_thresh`` < 1,
 ``iou_thresh_kind`` other than iou, ``objectness_smooth``, ``counters_per_class``,
 ``focal_loss``, ``new_coords``.
