@@ -30,11 +30,9 @@ the raw conv outputs is exactly Darknet's ``-delta``:
 Sums run over all cells and images; the trainer divides by the batch size, as Darknet's
 update divides the accumulated deltas by the batch.
 
-Known differences from later AlexeyAB versions (not checkable against SPEC's commit here): those
-divide the summed box deltas of a cell holding truths of several classes by that number of
-classes (``averages_yolo_deltas``), and scale an assigned cell's objectness delta by
-``cls_normalizer`` instead of ``obj_normalizer``. Stock cfgs (both normalizers 1, rarely two
-classes in one cell and anchor) give the same result either way.
+Several truths in one cell and anchor add their box terms; with ``iou_thresh`` < 1 Darknet
+then divides that cell's box deltas by the number of classes whose delta is positive there
+(``averages_yolo_deltas``, called only in that case), and so does this loss.
 
 Not implemented (:func:`unsupported_keys` lists them when set): ``truth_thresh`` < 1,
 ``iou_thresh_kind`` other than iou, ``objectness_smooth``, ``counters_per_class``,
@@ -299,13 +297,23 @@ def yolo_loss(raw: torch.Tensor, head: YoloHeadConfig, truths: Sequence[torch.Te
         truth = torch.tensor(assigned.truth, dtype=f32, device=dev)  # (K, 5)
         z = p[bi, ai, :, jj, ii].float()  # (K, nf) raw outputs of the assigned cells
         anchor_wh = mask_rel[ai]
-        box_loss = _box_loss(z, truth, anchor_wh, ii, jj, w, h, head)
+        slot = ((bi * n + ai) * h + jj) * w + ii
+        targets = _class_targets(slot, truth[:, 0].long(), head)
+        weight = torch.ones(count, dtype=f32, device=dev)
+        if head.iou_thresh < 1 and head.classes:
+            with torch.no_grad():  # averages_yolo_deltas: / classes with a positive delta
+                unique, inverse, target = targets
+                probs = torch.sigmoid(p[unique // (n * h * w), (unique // (h * w)) % n, 5:,
+                                        (unique // w) % h, unique % w].float())
+                positive = ((target - probs) > 0).sum(dim=1).clamp(min=1).to(f32)
+                weight = 1 / positive[inverse]
+        box_loss = _box_loss(z, truth, anchor_wh, ii, jj, w, h, head, weight)
         with torch.no_grad():
             ious = iou_kind(boxes[bi, ai, jj, ii], truth[:, 1:5], "iou")
             iou_sum, recall = float(ious.sum()), int((ious > 0.5).sum())
         obj_target[bi, ai, jj, ii] = 1
         obj_weight[bi, ai, jj, ii] = head.obj_normalizer
-        cls_loss = _class_loss(p, bi, ai, jj, ii, truth[:, 0].long(), head, n, h, w)
+        cls_loss = _class_loss(p, targets, head, n, h, w)
     obj_terms = F.binary_cross_entropy_with_logits(p[:, :, 4].float(), obj_target,
                                                    reduction="none")
     obj_loss = (obj_weight * obj_terms).sum()
@@ -316,10 +324,11 @@ def yolo_loss(raw: torch.Tensor, head: YoloHeadConfig, truths: Sequence[torch.Te
 
 def _box_loss(z: torch.Tensor, truth: torch.Tensor, anchor_wh: torch.Tensor,
               col: torch.Tensor, row: torch.Tensor, w: int, h: int,
-              head: YoloHeadConfig) -> torch.Tensor:
+              head: YoloHeadConfig, weight: torch.Tensor) -> torch.Tensor:
+    """Box terms of the K assignments, each scaled by ``weight`` (K,)."""
     s, off = head.scale_x_y, 0.5 * (head.scale_x_y - 1)
     if head.iou_loss == "mse":
-        scale = head.iou_normalizer * (2 - truth[:, 3] * truth[:, 4])
+        scale = head.iou_normalizer * (2 - truth[:, 3] * truth[:, 4]) * weight
         loss = z.new_zeros(())
         for k, (cells, pos) in enumerate(((w, col), (h, row))):
             target = truth[:, 1 + k] * cells - pos  # position inside the cell, [0, 1)
@@ -345,22 +354,30 @@ def _box_loss(z: torch.Tensor, truth: torch.Tensor, anchor_wh: torch.Tensor,
                             torch.exp(zd[:, 2]), torch.exp(zd[:, 3])], dim=1)
     g = head.iou_normalizer * grad * jacobian
     if math.isfinite(head.max_delta):
-        g = g.clamp(-head.max_delta, head.max_delta)
+        g = g.clamp(-head.max_delta, head.max_delta)  # per truth, before accumulating
+    g = g * weight[:, None]
     surrogate = (g * z[:, :4]).sum()
-    return head.iou_normalizer * value.detach().sum() + surrogate - surrogate.detach()
+    return head.iou_normalizer * (weight * value.detach()).sum() + surrogate - \
+        surrogate.detach()
 
 
-def _class_loss(p: torch.Tensor, bi, ai, jj, ii, classes: torch.Tensor, head: YoloHeadConfig,
-                n: int, h: int, w: int) -> torch.Tensor:
-    """Multi-hot one-vs-all targets per assigned cell (several truths may share one)."""
-    if head.classes == 0:
-        return p.sum() * 0
-    slot = ((bi * n + ai) * h + jj) * w + ii
+def _class_targets(slot: torch.Tensor, classes: torch.Tensor, head: YoloHeadConfig):
+    """The assigned cells (flat slot indices, unique), each assignment's cell, and the
+    multi-hot one-vs-all targets per cell (several truths may share one)."""
     unique, inverse = torch.unique(slot, return_inverse=True)
-    target = torch.zeros((len(unique), head.classes), dtype=torch.float32, device=p.device)
+    target = torch.zeros((len(unique), head.classes), dtype=torch.float32, device=slot.device)
     target[inverse, classes] = 1
     if head.label_smooth_eps:
         target = target * (1 - head.label_smooth_eps) + 0.5 * head.label_smooth_eps
+    return unique, inverse, target
+
+
+def _class_loss(p: torch.Tensor, targets, head: YoloHeadConfig, n: int, h: int,
+                w: int) -> torch.Tensor:
+    """One-vs-all logistic cross entropy of the assigned cells against their targets."""
+    if head.classes == 0:
+        return p.sum() * 0
+    unique, _, target = targets
     ub = unique // (n * h * w)
     ua = (unique // (h * w)) % n
     uj = (unique // w) % h

@@ -348,6 +348,14 @@ def darknet_deltas(raw: np.ndarray, h: YoloHeadConfig, truths, net_w: int, net_h
                     aw, ah = h.anchors[n_anchor]
                     if _iou((0, 0, aw / net_w, ah / net_h), (0, 0, tw, th)) > h.iou_thresh:
                         assign(n_anchor)
+        if h.iou_thresh < 1:  # averages_yolo_deltas, only in that case
+            for j in range(H):
+                for i in range(W):
+                    for a in range(n):
+                        if delta[b, a, 4, j, i] != 0:
+                            positive = sum(delta[b, a, 5 + c, j, i] > 0 for c in range(C))
+                            if positive > 0:
+                                delta[b, a, 0:4, j, i] /= positive
     return delta, ignored
 
 
