@@ -24,8 +24,9 @@ the raw conv outputs is exactly Darknet's ``-delta``:
   truth, and some class probability > 0.25 (Darknet's compare_yolo_class), gets none.
 * Classes: one-vs-all logistic cross entropy at assigned cells; several truths in one cell
   give a multi-hot target (Darknet's delta_yolo_class); ``label_smooth_eps`` as Darknet.
-  ``cls_normalizer`` scales these terms. (AlexeyAB only applies it together with
-  ``counters_per_class``; stock cfgs use 1.0, where both agree.)
+  ``cls_normalizer`` does not scale them: AlexeyAB's delta_yolo_class applies it only
+  together with ``counters_per_class`` (not implemented here, and reported), so a cfg's
+  cls_normalizer changes nothing, in Darknet or here.
 
 Sums run over all cells and images; the trainer divides by the batch size, as Darknet's
 update divides the accumulated deltas by the batch.
@@ -384,7 +385,7 @@ def _class_loss(p: torch.Tensor, targets, head: YoloHeadConfig, n: int, h: int,
     ui = unique % w
     z = p[ub, ua, 5:, uj, ui].float()  # (U, classes)
     bce = F.binary_cross_entropy_with_logits(z, target, reduction="none")
-    return head.cls_normalizer * bce.sum()
+    return bce.sum()  # no cls_normalizer: see the module docstring
 
 
 class DetectionLoss:

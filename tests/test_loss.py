@@ -205,6 +205,10 @@ def test_objectness_and_class_gradient_signs():
     assert g[0, :, 5:].abs().sum().item() == pytest.approx(1.0)
     assert res.obj == pytest.approx(2.0 * 12 * math.log(2), rel=1e-6)
     assert res.cls == pytest.approx(2 * math.log(2), rel=1e-6)
+    # cls_normalizer changes nothing without counters_per_class (AlexeyAB's delta_yolo_class)
+    _, g2 = grads(raw_zeros(classes=2), head(classes=2, obj_normalizer=2.0, cls_normalizer=3.0),
+                  [truth])
+    assert torch.equal(g2, g)
 
 
 def _ignore_setup(class_logit: float):
