@@ -24,9 +24,13 @@ the raw conv outputs is exactly Darknet's ``-delta``:
   truth, and some class probability > 0.25 (Darknet's compare_yolo_class), gets none.
 * Classes: one-vs-all logistic cross entropy at assigned cells; several truths in one cell
   give a multi-hot target (Darknet's delta_yolo_class); ``label_smooth_eps`` as Darknet.
-  ``cls_normalizer`` does not scale them: AlexeyAB's delta_yolo_class applies it only
-  together with ``counters_per_class`` (not implemented here, and reported), so a cfg's
-  cls_normalizer changes nothing, in Darknet or here.
+  ``cls_normalizer`` does not scale them on its own: AlexeyAB's delta_yolo_class applies it
+  only together with ``counters_per_class``.
+* ``counters_per_class`` (objects per class): multipliers max/count (capped at
+  ``max_delta``) scale, for each truth, its box terms (inside the normaliser, before the
+  clip), its cell's objectness (the last truth written to a cell sets it) and its class term
+  — times ``cls_normalizer`` for the first truth in a cell, without it for later ones, as
+  delta_yolo_class does.
 
 Sums run over all cells and images; the trainer divides by the batch size, as Darknet's
 update divides the accumulated deltas by the batch.
@@ -36,8 +40,7 @@ then divides that cell's box deltas by the number of classes whose delta is posi
 (``averages_yolo_deltas``, called only in that case), and so does this loss.
 
 Not implemented (:func:`unsupported_keys` lists them when set): ``truth_thresh`` < 1,
-``iou_thresh_kind`` other than iou, ``objectness_smooth``, ``counters_per_class``,
-``focal_loss``, ``new_coords``.
+``iou_thresh_kind`` other than iou, ``objectness_smooth``, ``focal_loss``, ``new_coords``.
 """
 from __future__ import annotations
 
@@ -73,6 +76,7 @@ class YoloHeadConfig:
     max_boxes: int = 200
     iou_thresh: float = 1.0  # < 1: other anchors of the mask matching the truth's shape too
     max_delta: float = math.inf  # clip of each box delta (IoU losses)
+    class_multipliers: tuple[float, ...] | None = None  # from counters_per_class
 
     @classmethod
     def from_spec(cls, spec: YoloSpec) -> "YoloHeadConfig":
@@ -99,7 +103,23 @@ class YoloHeadConfig:
                    label_smooth_eps=s.get_float("label_smooth_eps", 0.0),
                    max_boxes=s.get_int("max", 200),
                    iou_thresh=s.get_float("iou_thresh", 1.0),
-                   max_delta=s.get_float("max_delta", math.inf))
+                   max_delta=s.get_float("max_delta", math.inf),
+                   class_multipliers=_class_multipliers(spec))
+
+
+def _class_multipliers(spec: YoloSpec) -> tuple[float, ...] | None:
+    """``counters_per_class`` (objects per class in the training set) as Darknet's
+    classes_multipliers: the largest count over each count (counts below 1 taken as 1),
+    capped at ``max_delta``."""
+    s = spec.section
+    if not s.has("counters_per_class"):
+        return None
+    counts = [max(c, 1) for c in s.get_ints("counters_per_class")]
+    if len(counts) != spec.classes:
+        raise spec.error(f"counters_per_class has {len(counts)} values: expected one per class "
+                         f"(classes={spec.classes})", "counters_per_class")
+    cap = s.get_float("max_delta", math.inf)
+    return tuple(min(max(counts) / c, cap) for c in counts)
 
 
 def unsupported_keys(spec: YoloSpec) -> list[str]:
@@ -113,8 +133,6 @@ def unsupported_keys(spec: YoloSpec) -> list[str]:
     for key in ("objectness_smooth", "focal_loss"):
         if s.has(key) and s.get_str(key) not in ("0", ""):
             out.append(key)
-    if s.has("counters_per_class"):
-        out.append("counters_per_class")
     return [f"layer {spec.index} [yolo] {key}" for key in out]
 
 
@@ -308,13 +326,24 @@ def yolo_loss(raw: torch.Tensor, head: YoloHeadConfig, truths: Sequence[torch.Te
                                         (unique // w) % h, unique % w].float())
                 positive = ((target - probs) > 0).sum(dim=1).clamp(min=1).to(f32)
                 weight = 1 / positive[inverse]
-        box_loss = _box_loss(z, truth, anchor_wh, ii, jj, w, h, head, weight)
+        mult = torch.ones(count, dtype=f32, device=dev)
+        if head.class_multipliers is not None:
+            mult = torch.tensor([head.class_multipliers[int(c)] for c in assigned_classes(
+                assigned)], dtype=f32, device=dev)
+        box_loss = _box_loss(z, truth, anchor_wh, ii, jj, w, h, head, mult, weight)
         with torch.no_grad():
             ious = iou_kind(boxes[bi, ai, jj, ii], truth[:, 1:5], "iou")
             iou_sum, recall = float(ious.sum()), int((ious > 0.5).sum())
-        obj_target[bi, ai, jj, ii] = 1
-        obj_weight[bi, ai, jj, ii] = head.obj_normalizer
-        cls_loss = _class_loss(p, targets, head, n, h, w)
+        unique, inverse, _ = targets
+        # a cell's objectness delta is written by each truth assigned to it: the last one's
+        # multiplier stays (Darknet's order: truth by truth, best anchor before the others)
+        last = torch.full((len(unique),), -1, dtype=torch.long, device=dev).scatter_reduce(
+            0, inverse, torch.arange(count, device=dev), "amax")
+        cells = (unique // (n * h * w), (unique // (h * w)) % n, (unique // w) % h, unique % w)
+        obj_target[cells] = 1
+        obj_weight[cells] = head.obj_normalizer * mult[last]
+        cls_loss = _class_loss(p, targets, head, n, h, w,
+                               _class_weights(targets, assigned_classes(assigned), head))
     obj_terms = F.binary_cross_entropy_with_logits(p[:, :, 4].float(), obj_target,
                                                    reduction="none")
     obj_loss = (obj_weight * obj_terms).sum()
@@ -324,12 +353,13 @@ def yolo_loss(raw: torch.Tensor, head: YoloHeadConfig, truths: Sequence[torch.Te
 
 
 def _box_loss(z: torch.Tensor, truth: torch.Tensor, anchor_wh: torch.Tensor,
-              col: torch.Tensor, row: torch.Tensor, w: int, h: int,
-              head: YoloHeadConfig, weight: torch.Tensor) -> torch.Tensor:
-    """Box terms of the K assignments, each scaled by ``weight`` (K,)."""
+              col: torch.Tensor, row: torch.Tensor, w: int, h: int, head: YoloHeadConfig,
+              mult: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Box terms of the K assignments: ``mult`` (K,) scales the normaliser (the class
+    multiplier, before the max_delta clip), ``weight`` (K,) the result (the averaging)."""
     s, off = head.scale_x_y, 0.5 * (head.scale_x_y - 1)
     if head.iou_loss == "mse":
-        scale = head.iou_normalizer * (2 - truth[:, 3] * truth[:, 4]) * weight
+        scale = head.iou_normalizer * (2 - truth[:, 3] * truth[:, 4]) * mult * weight
         loss = z.new_zeros(())
         for k, (cells, pos) in enumerate(((w, col), (h, row))):
             target = truth[:, 1 + k] * cells - pos  # position inside the cell, [0, 1)
@@ -353,12 +383,12 @@ def _box_loss(z: torch.Tensor, truth: torch.Tensor, anchor_wh: torch.Tensor,
     grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
     jacobian = torch.stack([torch.ones_like(zd[:, 0]), torch.ones_like(zd[:, 0]),
                             torch.exp(zd[:, 2]), torch.exp(zd[:, 3])], dim=1)
-    g = head.iou_normalizer * grad * jacobian
+    g = head.iou_normalizer * mult[:, None] * grad * jacobian
     if math.isfinite(head.max_delta):
         g = g.clamp(-head.max_delta, head.max_delta)  # per truth, before accumulating
     g = g * weight[:, None]
     surrogate = (g * z[:, :4]).sum()
-    return head.iou_normalizer * (weight * value.detach()).sum() + surrogate - \
+    return head.iou_normalizer * (mult * weight * value.detach()).sum() + surrogate - \
         surrogate.detach()
 
 
@@ -373,9 +403,31 @@ def _class_targets(slot: torch.Tensor, classes: torch.Tensor, head: YoloHeadConf
     return unique, inverse, target
 
 
-def _class_loss(p: torch.Tensor, targets, head: YoloHeadConfig, n: int, h: int,
-                w: int) -> torch.Tensor:
-    """One-vs-all logistic cross entropy of the assigned cells against their targets."""
+def assigned_classes(assigned: _Assignment) -> list[int]:
+    return [int(t[0]) for t in assigned.truth]
+
+
+def _class_weights(targets, classes: list[int], head: YoloHeadConfig) -> torch.Tensor | None:
+    """Per (cell, class) scale of the class terms with ``counters_per_class``, replaying
+    Darknet's delta_yolo_class truth by truth: the first truth in a cell scales its class by
+    multiplier·cls_normalizer; a later one rewrites only its own class, scaled by the
+    multiplier alone. None without multipliers (all 1)."""
+    if head.class_multipliers is None:
+        return None
+    unique, inverse, target = targets
+    weights = torch.ones_like(target)
+    seen: set[int] = set()
+    for u, c in zip(inverse.tolist(), classes):
+        m = head.class_multipliers[c]
+        weights[u, c] = m if u in seen else m * head.cls_normalizer
+        seen.add(u)
+    return weights
+
+
+def _class_loss(p: torch.Tensor, targets, head: YoloHeadConfig, n: int, h: int, w: int,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
+    """One-vs-all logistic cross entropy of the assigned cells against their targets, each
+    term scaled by ``weights`` (U, classes) when given."""
     if head.classes == 0:
         return p.sum() * 0
     unique, _, target = targets
@@ -385,7 +437,9 @@ def _class_loss(p: torch.Tensor, targets, head: YoloHeadConfig, n: int, h: int,
     ui = unique % w
     z = p[ub, ua, 5:, uj, ui].float()  # (U, classes)
     bce = F.binary_cross_entropy_with_logits(z, target, reduction="none")
-    return bce.sum()  # no cls_normalizer: see the module docstring
+    if weights is not None:
+        bce = bce * weights
+    return bce.sum()  # cls_normalizer only through the weights: see the module docstring
 
 
 class DetectionLoss:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from netsurgery.cfg import parse_cfg_text
+from netsurgery.errors import CfgError
 from netsurgery.loss import DetectionLoss, YoloHeadConfig, iou_kind, yolo_loss
 from netsurgery.network import build_network
 
@@ -325,19 +326,26 @@ def darknet_deltas(raw: np.ndarray, h: YoloHeadConfig, truths, net_w: int, net_h
             def assign(anchor: int) -> None:
                 a = h.mask.index(anchor)
                 aw, ah = h.anchors[anchor]
-                scale = (2 - tw * th) * h.iou_normalizer
+                c = int(cls)
+                multipliers = h.class_multipliers
+                mult = multipliers[c] if multipliers else 1.0
+                scale = (2 - tw * th) * h.iou_normalizer * mult
                 targets = (tx * W - i, ty * H - j, math.log(tw * net_w / aw),
                            math.log(th * net_h / ah))
                 for k in range(4):
                     value = out[b, a, k, j, i] if k < 2 else x[b, a, k, j, i]
                     delta[b, a, k, j, i] += scale * (targets[k] - value)
-                delta[b, a, 4, j, i] = h.obj_normalizer * (1 - out[b, a, 4, j, i])
-                c = int(cls)
+                delta[b, a, 4, j, i] = mult * h.obj_normalizer * (1 - out[b, a, 4, j, i])
+                # delta_yolo_class
                 if delta[b, a, 5 + c, j, i]:
                     delta[b, a, 5 + c, j, i] = 1 - out[b, a, 5 + c, j, i]
+                    if multipliers:
+                        delta[b, a, 5 + c, j, i] *= mult
                 else:
                     for k in range(C):
                         delta[b, a, 5 + k, j, i] = (k == c) - out[b, a, 5 + k, j, i]
+                        if multipliers and k == c:
+                            delta[b, a, 5 + k, j, i] *= mult * h.cls_normalizer
 
             best_iou, best_n = 0.0, 0
             for k, (aw, ah) in enumerate(h.anchors):
@@ -363,16 +371,18 @@ def darknet_deltas(raw: np.ndarray, h: YoloHeadConfig, truths, net_w: int, net_h
     return delta, ignored
 
 
+@pytest.mark.parametrize("multipliers", [None, (10.0, 1.0, 2.5)], ids=["", "counters"])
 @pytest.mark.parametrize("iou_thresh", [1.0, 0.25], ids=["best-anchor", "iou_thresh"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_gradient_equals_darknet_delta_on_random_predictions(seed, iou_thresh):
+def test_gradient_equals_darknet_delta_on_random_predictions(seed, iou_thresh, multipliers):
     rng = np.random.default_rng(seed)
     B, grid, C = 2, 4, 3
     anchors = ((10.0, 14.0), (23.0, 27.0), (37.0, 58.0), (81.0, 82.0), (135.0, 169.0),
                (344.0, 319.0))
     h = YoloHeadConfig(layer=1, classes=C, mask=(0, 1, 2), anchors=anchors,
                        ignore_thresh=0.3, iou_normalizer=0.75, obj_normalizer=1.5,
-                       scale_x_y=1.05, iou_thresh=iou_thresh)
+                       scale_x_y=1.05, iou_thresh=iou_thresh, cls_normalizer=0.5,
+                       class_multipliers=multipliers)
     net = 128
     raw = rng.normal(0, 1, (B, 3 * (5 + C), grid, grid)).astype(np.float32)
     truths = []
@@ -384,6 +394,9 @@ def test_gradient_equals_darknet_delta_on_random_predictions(seed, iou_thresh):
     # two truths in one cell, one of them another class
     truths[0].append((float((int(truths[0][0][0]) + 1) % C), truths[0][0][1] + 0.01,
                       truths[0][0][2], truths[0][0][3], truths[0][0][4]))
+    # and two of the same class in one cell (Darknet rewrites that class's delta)
+    truths[1].append((truths[1][0][0], truths[1][0][1] + 0.01, truths[1][0][2],
+                      truths[1][0][3], truths[1][0][4]))
     delta, ignored = darknet_deltas(raw, h, truths, net, net)
     t = torch.tensor(raw, requires_grad=True)
     res = yolo_loss(t, h, [torch.tensor(b, dtype=torch.float32) for b in truths], net, net)
@@ -432,6 +445,7 @@ max_delta=5
             hc.cls_normalizer) == (0.6, "ciou", 0.07, 1.0, 2.0)
     assert hc.anchors == ((10, 14), (23, 27), (37, 58))
     assert loss.unsupported == [] and hc.max_delta == 5 and hc.iou_thresh == 1.0
+    assert hc.class_multipliers is None
     # defaults are Darknet's: iou_normalizer 0.75, ignore_thresh 0.5, MSE
     plain = YoloHeadConfig(layer=0, classes=1, mask=(0,), anchors=((1.0, 1.0),))
     assert (plain.iou_normalizer, plain.ignore_thresh, plain.iou_loss) == (0.75, 0.5, "mse")
@@ -448,3 +462,17 @@ def test_loss_at_another_input_size_uses_that_size_for_anchors():
     want = built_at_size([raw], truths).total
     assert float(at_cfg_size([raw], truths, (96, 128)).total) == float(want)
     assert abs(float(at_cfg_size([raw], truths).total) - float(want)) > 1e-3  # size matters
+
+
+def test_counters_per_class_become_darknet_multipliers():
+    def head_of(extra: str) -> YoloHeadConfig:
+        text = ONE_HEAD.replace("classes=1", "classes=3").replace("filters=18", "filters=24")
+        return DetectionLoss(build_network(parse_cfg_text(text + extra, "t.cfg"))).heads[0]
+
+    # counts below 1 count as 1; multiplier = largest count / count, capped at max_delta
+    assert head_of("counters_per_class=100, 2000, 0\n").class_multipliers == (20.0, 1.0, 2000.0)
+    assert head_of("counters_per_class=100, 2000, 0\nmax_delta=5\n").class_multipliers == \
+        (5.0, 1.0, 5.0)
+    with pytest.raises(CfgError, match=r"t\.cfg:\d+: .*counters_per_class has 2 values: "
+                                       r"expected one per class \(classes=3\)"):
+        head_of("counters_per_class=1,2\n")
