@@ -6,6 +6,7 @@ task) with its validation mAP@0.5.
     python benchmarks/bench_train.py                      # speed at 416, k=12 vs full
     python benchmarks/bench_train.py --mosaic             # the same with [net] mosaic=1
     python benchmarks/bench_train.py --long 400           # + 400 iterations on shapes, mAP
+    python benchmarks/bench_train.py --skip-speed --long 300 --images 64 [--mosaic | --multi-scale]
 
 Needs ../shared (yolov3-tiny.cfg and the COCO weights). Everything is written to a temporary
 folder that is removed at the end.
@@ -23,9 +24,13 @@ CFG = SHARED / "darknet-cfg" / "yolov3-tiny.cfg"
 WEIGHTS = SHARED / "models" / "yolov3-tiny.weights"
 
 
-def task_cfg(out: Path, size: int, burn_in: int, mosaic: bool = False) -> Path:
-    """yolov3-tiny for 3 classes at size x size (multi-scale off: every run at one size)."""
-    text = CFG.read_text().replace("random=1", "random=0")
+def task_cfg(out: Path, size: int, burn_in: int, mosaic: bool = False,
+             multi_scale: bool = False) -> Path:
+    """yolov3-tiny for 3 classes at size x size (multi-scale off unless asked for: the speed
+    runs then all have one size)."""
+    text = CFG.read_text()
+    if not multi_scale:
+        text = text.replace("random=1", "random=0")
     if mosaic:
         text = text.replace("[net]", "[net]\nmosaic=1", 1)
     for old, new in (("width=416", f"width={size}"), ("height=416", f"height={size}"),
@@ -74,7 +79,8 @@ def long_run(args, root: Path) -> None:
 
     data = make_shapes_dataset(root / "shapes", args.images, seed=7, size=(160, 160),
                                valid_fraction=0.25).data
-    cfg = task_cfg(root, args.long_size, burn_in=20)
+    cfg = task_cfg(root, args.long_size, burn_in=20, mosaic=args.mosaic,
+                   multi_scale=args.multi_scale)
     t0 = time.perf_counter()
     result = train(cfg, WEIGHTS, data, freeze_until=12, iterations=args.long, batch=8,
                    out_dir=root / "long", base_cfg=CFG, augment=not args.no_augment,
@@ -84,7 +90,8 @@ def long_run(args, root: Path) -> None:
     seconds = time.perf_counter() - t0
     print(f"long run: yolov3-tiny {args.long_size}x{args.long_size}, k=12, {args.long} "
           f"iterations x 8, {args.images} images (25 % validation), augmentation "
-          f"{'off' if args.no_augment else 'on'}: loss {result.first_loss:.2f} -> "
+          f"{'off' if args.no_augment else 'on'}{', mosaic' if args.mosaic else ''}"
+          f"{', multi-scale' if args.multi_scale else ''}: loss {result.first_loss:.2f} -> "
           f"{result.final_loss:.3f}, mAP@0.5 {result.map50:.4f}, {seconds:.0f} s")
 
 
@@ -94,7 +101,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--iterations", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--mosaic", action="store_true", help="speed runs with mosaic=1")
+    parser.add_argument("--mosaic", action="store_true", help="runs with mosaic=1")
+    parser.add_argument("--multi-scale", action="store_true",
+                        help="the long run with random=1 (multi-scale training)")
     parser.add_argument("--long", type=int, default=0, metavar="N",
                         help="also run N iterations of partial retraining and report mAP")
     parser.add_argument("--long-size", type=int, default=128)
