@@ -198,6 +198,35 @@ def _model_resize(tmp):
     return load_model(parse_cfg_text(NET + "[connected]\noutput=4\n", "fc.cfg")).resize(32, 32)
 
 
+_ONE_YOLO = NET + ("[convolutional]\nfilters=18\nsize=1\nactivation=linear\n[yolo]\n"
+                   "mask=0,1,2\nanchors=1,1,2,2,3,3\nclasses=1\nnum=3\n")
+
+
+@produces("E-TRAIN-RANDOM")
+def _train_random(tmp):
+    from netsurgery.augment import MultiScale
+    return MultiScale.from_cfg(parse_cfg_text(_ONE_YOLO + "random=-1\n", "t.cfg"), 16, 16)
+
+
+@produces("E-TRAIN-RESIZE-STEP")
+def _train_resize_step(tmp):
+    from netsurgery.augment import MultiScale
+    text = _ONE_YOLO.replace("channels=3", "channels=3\nresize_step=0") + "random=1\n"
+    return MultiScale.from_cfg(parse_cfg_text(text, "t.cfg"), 16, 16)
+
+
+@produces("E-TRAIN-YOLO-RESIZE")
+def _train_yolo_resize(tmp):
+    from netsurgery.augment import AugmentConfig
+    return AugmentConfig.from_cfg(parse_cfg_text(_ONE_YOLO + "resize=0\n", "t.cfg"))
+
+
+@produces("E-TRAIN-COUNTERS")
+def _train_counters(tmp):
+    from netsurgery.loss import DetectionLoss
+    return DetectionLoss(build(_ONE_YOLO + "counters_per_class=1,2\n"))
+
+
 @produces("E-CFG-TREE")
 def _model_region_tree(tmp):
     return load_model(parse_cfg_text(NET + "[conv]\nfilters=6\n[region]\nnum=1\nclasses=1\n"
