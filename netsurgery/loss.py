@@ -1,4 +1,4 @@
-"""The YOLOv3 training loss with Darknet's semantics (AlexeyAB, yolo_layer.c:
+"""The YOLO training loss with Darknet's semantics (AlexeyAB, yolo_layer.c:
 ``forward_yolo_layer`` / ``delta_yolo_box`` / ``delta_yolo_class``).
 
 Darknet does not compute a loss and differentiate it: it writes ``delta`` (the negative
@@ -39,8 +39,21 @@ Several truths in one cell and anchor add their box terms; with ``iou_thresh`` <
 then divides that cell's box deltas by the number of classes whose delta is positive there
 (``averages_yolo_deltas``, called only in that case), and so does this loss.
 
+``objectness_smooth=1``: an ignored prediction gets obj_normalizer·(IoU − out) instead of no
+delta (the best IoU with a truth as a soft target), and an assigned cell's objectness is
+written only where its delta is still exactly 0 — as forward_yolo_layer does, so in practice
+assigned cells keep that soft or background delta.
+
+``new_coords=1`` (Scaled-YOLOv4): the conv before ``[yolo]`` applies the logistic itself and
+``[yolo]`` activates nothing, so ``raw`` already holds probabilities and the box is
+((i + s·x − (s−1)/2)/W, …, (2·w)²·anchor). Objectness and classes become ½(out − target)²
+(gradient out − target, Darknet's −delta; the logistic's own derivative is autograd's, as
+Darknet's conv backward applies it); MSE boxes target x, y on the scaled output without
+the factor s in the gradient and w, h = sqrt(w/4·anchor); IoU boxes pass ∂/∂(x, y, w, h) to
+the outputs unchanged.
+
 Not implemented (:func:`unsupported_keys` lists them when set): ``truth_thresh`` < 1,
-``iou_thresh_kind`` other than iou, ``objectness_smooth``, ``focal_loss``, ``new_coords``.
+``iou_thresh_kind`` other than iou, ``focal_loss``.
 """
 from __future__ import annotations
 
@@ -77,13 +90,12 @@ class YoloHeadConfig:
     iou_thresh: float = 1.0  # < 1: other anchors of the mask matching the truth's shape too
     max_delta: float = math.inf  # clip of each box delta (IoU losses)
     class_multipliers: tuple[float, ...] | None = None  # from counters_per_class
+    new_coords: bool = False  # the conv before is logistic already; w = (2·out)²·anchor
+    objectness_smooth: bool = False  # soft objectness targets (see the module docstring)
 
     @classmethod
     def from_spec(cls, spec: YoloSpec) -> "YoloHeadConfig":
         s = spec.section
-        if spec.new_coords:
-            raise spec.error("new_coords=1 is not supported by netsurgery's trainer",
-                             "new_coords")
         iou_loss = s.get_str("iou_loss", "mse")
         if iou_loss not in IOU_KINDS:
             iou_loss = "iou"  # Darknet: any other name means plain IoU
@@ -104,7 +116,9 @@ class YoloHeadConfig:
                    max_boxes=s.get_int("max", 200),
                    iou_thresh=s.get_float("iou_thresh", 1.0),
                    max_delta=s.get_float("max_delta", math.inf),
-                   class_multipliers=_class_multipliers(spec))
+                   class_multipliers=_class_multipliers(spec),
+                   new_coords=bool(spec.new_coords),
+                   objectness_smooth=s.get_float("objectness_smooth", 0) != 0)
 
 
 def _class_multipliers(spec: YoloSpec) -> tuple[float, ...] | None:
@@ -130,9 +144,8 @@ def unsupported_keys(spec: YoloSpec) -> list[str]:
         out.append("truth_thresh")
     if s.get_float("iou_thresh", 1.0) < 1.0 and s.get_str("iou_thresh_kind", "iou") != "iou":
         out.append("iou_thresh_kind")
-    for key in ("objectness_smooth", "focal_loss"):
-        if s.has(key) and s.get_str(key) not in ("0", ""):
-            out.append(key)
+    if s.has("focal_loss") and s.get_str("focal_loss") not in ("0", ""):
+        out.append("focal_loss")
     return [f"layer {spec.index} [yolo] {key}" for key in out]
 
 
@@ -226,6 +239,26 @@ def _shape_iou(wh: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     return inter / union
 
 
+def _activated(pd: torch.Tensor, head: YoloHeadConfig) -> torch.Tensor:
+    """What the [yolo] layer makes of its input (b, n, 5+C, h, w): x, y in cell units with
+    scale_x_y, w, h as multiples of the anchor, objectness and classes as probabilities.
+    With new_coords the conv before already applied the logistic."""
+    s, off = head.scale_x_y, 0.5 * (head.scale_x_y - 1)
+    out = pd.clone() if head.new_coords else torch.sigmoid(pd)
+    out[:, :, 0:2] = out[:, :, 0:2] * s - off
+    out[:, :, 2:4] = pd[:, :, 2:4] ** 2 * 4 if head.new_coords else torch.exp(pd[:, :, 2:4])
+    return out
+
+
+def _logistic_terms(z: torch.Tensor, target: torch.Tensor, head: YoloHeadConfig) -> torch.Tensor:
+    """Per-element terms whose gradient with respect to ``z`` is Darknet's −delta
+    = out − target: the logistic cross entropy of logits, or, with new_coords (``z`` is the
+    probability already, its logistic lies in the conv before), ½(z − target)²."""
+    if head.new_coords:
+        return 0.5 * (z - target) ** 2
+    return F.binary_cross_entropy_with_logits(z, target, reduction="none")
+
+
 def _entropy(q: torch.Tensor) -> torch.Tensor:
     q = q.clamp(0, 1)
     return -(torch.special.xlogy(q, q) + torch.special.xlogy(1 - q, 1 - q))
@@ -276,12 +309,11 @@ def yolo_loss(raw: torch.Tensor, head: YoloHeadConfig, truths: Sequence[torch.Te
         pd = p.detach().float()
         gx = torch.arange(w, device=dev, dtype=f32).view(1, 1, 1, w)
         gy = torch.arange(h, device=dev, dtype=f32).view(1, 1, h, 1)
-        boxes = torch.stack([
-            (gx + torch.sigmoid(pd[:, :, 0]) * s - off) / w,
-            (gy + torch.sigmoid(pd[:, :, 1]) * s - off) / h,
-            torch.exp(pd[:, :, 2]) * mask_rel[:, 0].view(1, n, 1, 1),
-            torch.exp(pd[:, :, 3]) * mask_rel[:, 1].view(1, n, 1, 1)], dim=-1)  # (b,n,h,w,4)
-        class_match = torch.sigmoid(pd[:, :, 5:]).amax(dim=2) > CLASS_MATCH_THRESH
+        act = _activated(pd, head)  # x, y scaled; objectness and classes as probabilities
+        boxes = torch.stack([(gx + act[:, :, 0]) / w, (gy + act[:, :, 1]) / h,
+                             act[:, :, 2] * mask_rel[:, 0].view(1, n, 1, 1),
+                             act[:, :, 3] * mask_rel[:, 1].view(1, n, 1, 1)], dim=-1)
+        class_match = act[:, :, 5:].amax(dim=2) > CLASS_MATCH_THRESH
 
     obj_weight = torch.full((b, n, h, w), head.obj_normalizer, dtype=f32, device=dev)
     obj_target = torch.zeros((b, n, h, w), dtype=f32, device=dev)
@@ -292,7 +324,11 @@ def yolo_loss(raw: torch.Tensor, head: YoloHeadConfig, truths: Sequence[torch.Te
         if len(t) == 0:
             continue
         best = box_iou_matrix(boxes[bi].reshape(-1, 4), t[:, 1:5]).amax(dim=1).view(n, h, w)
-        obj_weight[bi][(best > head.ignore_thresh) & class_match[bi]] = 0
+        ignored = (best > head.ignore_thresh) & class_match[bi]
+        if head.objectness_smooth:  # obj_normalizer·(IoU − out) instead of no delta
+            obj_target[bi][ignored] = best[ignored]
+        else:
+            obj_weight[bi][ignored] = 0
         shape_iou = _shape_iou(t[:, 3:5], anchors_rel)
         best_anchor = shape_iou.argmax(dim=1).tolist()
         for row, best_n, ious in zip(t.tolist(), best_anchor, shape_iou.tolist()):
@@ -322,8 +358,8 @@ def yolo_loss(raw: torch.Tensor, head: YoloHeadConfig, truths: Sequence[torch.Te
         if head.iou_thresh < 1 and head.classes:
             with torch.no_grad():  # averages_yolo_deltas: / classes with a positive delta
                 unique, inverse, target = targets
-                probs = torch.sigmoid(p[unique // (n * h * w), (unique // (h * w)) % n, 5:,
-                                        (unique // w) % h, unique % w].float())
+                probs = act[unique // (n * h * w), (unique // (h * w)) % n, 5:,
+                            (unique // w) % h, unique % w]
                 positive = ((target - probs) > 0).sum(dim=1).clamp(min=1).to(f32)
                 weight = 1 / positive[inverse]
         mult = torch.ones(count, dtype=f32, device=dev)
@@ -335,18 +371,27 @@ def yolo_loss(raw: torch.Tensor, head: YoloHeadConfig, truths: Sequence[torch.Te
             ious = iou_kind(boxes[bi, ai, jj, ii], truth[:, 1:5], "iou")
             iou_sum, recall = float(ious.sum()), int((ious > 0.5).sum())
         unique, inverse, _ = targets
-        # a cell's objectness delta is written by each truth assigned to it: the last one's
-        # multiplier stays (Darknet's order: truth by truth, best anchor before the others)
-        last = torch.full((len(unique),), -1, dtype=torch.long, device=dev).scatter_reduce(
-            0, inverse, torch.arange(count, device=dev), "amax")
         cells = (unique // (n * h * w), (unique // (h * w)) % n, (unique // w) % h, unique % w)
+        order = torch.arange(count, device=dev)
+        if head.objectness_smooth:
+            # Darknet writes an assigned cell's objectness only where its delta is still
+            # exactly 0, so the first such truth's multiplier stays
+            first = torch.full((len(unique),), count, dtype=torch.long,
+                               device=dev).scatter_reduce(0, inverse, order, "amin")
+            delta = obj_weight[cells] * (obj_target[cells] - act[:, :, 4][cells])
+            write = delta == 0
+            cells = tuple(c[write] for c in cells)
+            chosen = first[write]
+        else:
+            # each truth assigned to a cell writes its objectness delta: the last one's
+            # multiplier stays (Darknet's order: truth by truth, best anchor first)
+            chosen = torch.full((len(unique),), -1, dtype=torch.long,
+                                device=dev).scatter_reduce(0, inverse, order, "amax")
         obj_target[cells] = 1
-        obj_weight[cells] = head.obj_normalizer * mult[last]
+        obj_weight[cells] = head.obj_normalizer * mult[chosen]
         cls_loss = _class_loss(p, targets, head, n, h, w,
                                _class_weights(targets, assigned_classes(assigned), head))
-    obj_terms = F.binary_cross_entropy_with_logits(p[:, :, 4].float(), obj_target,
-                                                   reduction="none")
-    obj_loss = (obj_weight * obj_terms).sum()
+    obj_loss = (obj_weight * _logistic_terms(p[:, :, 4].float(), obj_target, head)).sum()
     total = box_loss + obj_loss + cls_loss
     return HeadLoss(total, float(box_loss.detach()), float(obj_loss.detach()),
                     float(cls_loss.detach()), count, iou_sum, recall)
@@ -358,6 +403,22 @@ def _box_loss(z: torch.Tensor, truth: torch.Tensor, anchor_wh: torch.Tensor,
     """Box terms of the K assignments: ``mult`` (K,) scales the normaliser (the class
     multiplier, before the max_delta clip), ``weight`` (K,) the result (the averaging)."""
     s, off = head.scale_x_y, 0.5 * (head.scale_x_y - 1)
+    if head.iou_loss == "mse" and head.new_coords:
+        # Darknet: delta on the scaled x, y passed to the conv as is (no factor s); w, h
+        # target sqrt(w / 4·anchor) on the conv's output
+        scale = head.iou_normalizer * (2 - truth[:, 3] * truth[:, 4]) * mult * weight
+        loss = z.new_zeros(())
+        for k, (cells, pos) in enumerate(((w, col), (h, row))):
+            target = truth[:, 1 + k] * cells - pos
+            out = z[:, k] * s - off
+            value = 0.5 * scale * (target - out.detach()) ** 2
+            g = -(scale * (target - out)).detach()
+            surrogate = (g * z[:, k]).sum()
+            loss = loss + value.sum() + surrogate - surrogate.detach()
+        for k in (2, 3):
+            target = torch.sqrt(truth[:, 1 + k] / (4 * anchor_wh[:, k - 2]))
+            loss = loss + (0.5 * scale * (target - z[:, k]) ** 2).sum()
+        return loss
     if head.iou_loss == "mse":
         scale = head.iou_normalizer * (2 - truth[:, 3] * truth[:, 4]) * mult * weight
         loss = z.new_zeros(())
@@ -372,17 +433,24 @@ def _box_loss(z: torch.Tensor, truth: torch.Tensor, anchor_wh: torch.Tensor,
         return loss
     # IoU kinds: the value of 1 - IoU, the gradient Darknet applies (see module docstring)
     zd = z[:, :4].detach()
+    if head.new_coords:  # x, y: the scaled conv output; w = (2·out)²·anchor
+        xy = zd[:, 0:2] * s - off
+        wh = zd[:, 2:4] ** 2 * 4
+    else:
+        xy = torch.sigmoid(zd[:, 0:2]) * s - off
+        wh = torch.exp(zd[:, 2:4])
     with torch.enable_grad():
-        pred = torch.stack([
-            (col.float() + torch.sigmoid(zd[:, 0]) * s - off) / w,
-            (row.float() + torch.sigmoid(zd[:, 1]) * s - off) / h,
-            torch.exp(zd[:, 2]) * anchor_wh[:, 0],
-            torch.exp(zd[:, 3]) * anchor_wh[:, 1]], dim=1).requires_grad_(True)
+        pred = torch.stack([(col.float() + xy[:, 0]) / w, (row.float() + xy[:, 1]) / h,
+                            wh[:, 0] * anchor_wh[:, 0], wh[:, 1] * anchor_wh[:, 1]],
+                           dim=1).requires_grad_(True)
         value = 1 - iou_kind(pred, truth[:, 1:5], head.iou_loss)
         (grad,) = torch.autograd.grad(value.sum(), pred)
     grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-    jacobian = torch.stack([torch.ones_like(zd[:, 0]), torch.ones_like(zd[:, 0]),
-                            torch.exp(zd[:, 2]), torch.exp(zd[:, 3])], dim=1)
+    # Darknet passes ∂/∂x, ∂/∂y of the box to the outputs unchanged, and ∂/∂w·exp(tw) to tw
+    # (with new_coords ∂/∂w unchanged too)
+    jacobian = torch.ones_like(zd)
+    if not head.new_coords:
+        jacobian[:, 2:4] = wh
     g = head.iou_normalizer * mult[:, None] * grad * jacobian
     if math.isfinite(head.max_delta):
         g = g.clamp(-head.max_delta, head.max_delta)  # per truth, before accumulating
@@ -436,7 +504,7 @@ def _class_loss(p: torch.Tensor, targets, head: YoloHeadConfig, n: int, h: int, 
     uj = (unique // w) % h
     ui = unique % w
     z = p[ub, ua, 5:, uj, ui].float()  # (U, classes)
-    bce = F.binary_cross_entropy_with_logits(z, target, reduction="none")
+    bce = _logistic_terms(z, target, head)
     if weights is not None:
         bce = bce * weights
     return bce.sum()  # cls_normalizer only through the weights: see the module docstring

@@ -170,6 +170,30 @@ def test_giou_value_and_darknet_jacobian():
     assert abs(g[0, 1, 0, 0, 0].item()) > 0.1
 
 
+def test_new_coords_iou_gradient_goes_to_the_outputs_unchanged():
+    """new_coords: the box is ((i + out_x)/W, ..., (2·out_w)²·anchor); Darknet passes the IoU
+    derivative with respect to the box straight to the outputs (no exp, no (2·out)² chain)."""
+    truth = torch.tensor([[0, 0.4, 0.3, 0.25, 0.25]])
+    h = head(iou_loss="giou", iou_normalizer=0.5, new_coords=True)
+    raw = torch.full((1, 18, 2, 2), 0.5)
+    raw[0, 1 * 6 + 2] = 0.6  # anchor 1's w output: w = 0.6²·4 = 1.44 anchors
+    raw.requires_grad_(True)
+    res, g = grads(raw, h, [truth])
+    box = [0.25, 0.25, 1.44 * 16 / NET, 0.25]  # anchor 1 is 16x16 at NET 64
+
+    def giou_at(b):
+        return iou_kind(torch.tensor([b], dtype=torch.float64), truth[:, 1:5].double(),
+                        "giou").item()
+    eps = 1e-6
+    for k in range(4):
+        up, down = list(box), list(box)
+        up[k] += eps
+        down[k] -= eps
+        d = (giou_at(up) - giou_at(down)) / (2 * eps)
+        assert g[0, 1, k, 0, 0].item() == pytest.approx(-0.5 * d, abs=1e-5)
+    assert res.box == pytest.approx(0.5 * (1 - giou_at(box)), rel=1e-5)
+
+
 def test_ciou_and_diou_values():
     pred = torch.tensor([[0.5, 0.5, 0.2, 0.4]], dtype=torch.float64)
     truth = torch.tensor([[0.6, 0.5, 0.4, 0.4]], dtype=torch.float64)
@@ -301,8 +325,14 @@ def darknet_deltas(raw: np.ndarray, h: YoloHeadConfig, truths, net_w: int, net_h
     x = raw.reshape(B, n, 5 + C, H, W).astype(np.float64)
     out = x.copy()
     s = h.scale_x_y
-    out[:, :, 0:2] = 1 / (1 + np.exp(-x[:, :, 0:2])) * s - 0.5 * (s - 1)
-    out[:, :, 4:] = 1 / (1 + np.exp(-x[:, :, 4:]))
+    if h.new_coords:  # [yolo] activates nothing, only scales x, y
+        out[:, :, 0:2] = x[:, :, 0:2] * s - 0.5 * (s - 1)
+    else:
+        out[:, :, 0:2] = 1 / (1 + np.exp(-x[:, :, 0:2])) * s - 0.5 * (s - 1)
+        out[:, :, 4:] = 1 / (1 + np.exp(-x[:, :, 4:]))
+
+    def box_w(value: float) -> float:  # multiple of the anchor
+        return value * value * 4 if h.new_coords else math.exp(value)
     delta = np.zeros_like(out)
     ignored = 0
     for b in range(B):
@@ -311,13 +341,18 @@ def darknet_deltas(raw: np.ndarray, h: YoloHeadConfig, truths, net_w: int, net_h
                 for a in range(n):
                     aw, ah = h.anchors[h.mask[a]]
                     pred = ((i + out[b, a, 0, j, i]) / W, (j + out[b, a, 1, j, i]) / H,
-                            math.exp(x[b, a, 2, j, i]) * aw / net_w,
-                            math.exp(x[b, a, 3, j, i]) * ah / net_h)
+                            box_w(x[b, a, 2, j, i]) * aw / net_w,
+                            box_w(x[b, a, 3, j, i]) * ah / net_h)
                     match = any(out[b, a, 5 + c, j, i] > 0.25 for c in range(C))
                     best = max((_iou(pred, t[1:]) for t in truths[b]), default=0.0)
                     delta[b, a, 4, j, i] = h.obj_normalizer * (0 - out[b, a, 4, j, i])
                     if match and best > h.ignore_thresh:
-                        delta[b, a, 4, j, i] = 0
+                        if h.objectness_smooth:
+                            smooth = h.obj_normalizer * (best - out[b, a, 4, j, i])
+                            if smooth > delta[b, a, 4, j, i]:
+                                delta[b, a, 4, j, i] = smooth
+                        else:
+                            delta[b, a, 4, j, i] = 0
                         ignored += 1
         for t in truths[b]:
             cls, tx, ty, tw, th = t
@@ -330,12 +365,18 @@ def darknet_deltas(raw: np.ndarray, h: YoloHeadConfig, truths, net_w: int, net_h
                 multipliers = h.class_multipliers
                 mult = multipliers[c] if multipliers else 1.0
                 scale = (2 - tw * th) * h.iou_normalizer * mult
-                targets = (tx * W - i, ty * H - j, math.log(tw * net_w / aw),
-                           math.log(th * net_h / ah))
+                if h.new_coords:
+                    targets = (tx * W - i, ty * H - j, math.sqrt(tw * net_w / (4 * aw)),
+                               math.sqrt(th * net_h / (4 * ah)))
+                else:
+                    targets = (tx * W - i, ty * H - j, math.log(tw * net_w / aw),
+                               math.log(th * net_h / ah))
                 for k in range(4):
                     value = out[b, a, k, j, i] if k < 2 else x[b, a, k, j, i]
                     delta[b, a, k, j, i] += scale * (targets[k] - value)
-                delta[b, a, 4, j, i] = mult * h.obj_normalizer * (1 - out[b, a, 4, j, i])
+                obj = mult * h.obj_normalizer * (1 - out[b, a, 4, j, i])
+                if not h.objectness_smooth or delta[b, a, 4, j, i] == 0:
+                    delta[b, a, 4, j, i] = obj
                 # delta_yolo_class
                 if delta[b, a, 5 + c, j, i]:
                     delta[b, a, 5 + c, j, i] = 1 - out[b, a, 5 + c, j, i]
@@ -371,10 +412,12 @@ def darknet_deltas(raw: np.ndarray, h: YoloHeadConfig, truths, net_w: int, net_h
     return delta, ignored
 
 
+@pytest.mark.parametrize("variant", ["", "new_coords", "smooth", "new_coords+smooth"])
 @pytest.mark.parametrize("multipliers", [None, (10.0, 1.0, 2.5)], ids=["", "counters"])
 @pytest.mark.parametrize("iou_thresh", [1.0, 0.25], ids=["best-anchor", "iou_thresh"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_gradient_equals_darknet_delta_on_random_predictions(seed, iou_thresh, multipliers):
+def test_gradient_equals_darknet_delta_on_random_predictions(seed, iou_thresh, multipliers,
+                                                             variant):
     rng = np.random.default_rng(seed)
     B, grid, C = 2, 4, 3
     anchors = ((10.0, 14.0), (23.0, 27.0), (37.0, 58.0), (81.0, 82.0), (135.0, 169.0),
@@ -382,9 +425,12 @@ def test_gradient_equals_darknet_delta_on_random_predictions(seed, iou_thresh, m
     h = YoloHeadConfig(layer=1, classes=C, mask=(0, 1, 2), anchors=anchors,
                        ignore_thresh=0.3, iou_normalizer=0.75, obj_normalizer=1.5,
                        scale_x_y=1.05, iou_thresh=iou_thresh, cls_normalizer=0.5,
-                       class_multipliers=multipliers)
+                       class_multipliers=multipliers, new_coords="new_coords" in variant,
+                       objectness_smooth="smooth" in variant)
     net = 128
     raw = rng.normal(0, 1, (B, 3 * (5 + C), grid, grid)).astype(np.float32)
+    if h.new_coords:  # the conv before [yolo] is logistic: its outputs lie in (0, 1)
+        raw = (1 / (1 + np.exp(-raw))).astype(np.float32)
     truths = []
     for _ in range(B):
         k = 4

@@ -751,3 +751,19 @@ def test_yolov4_tiny_trains_with_every_option_its_family_sets(tmp_path):
     saved = arrays_of(result.final_weights, task)
     assert not np.array_equal(saved[21]["weights"], arrays_of(tmp_path / "base.weights",
                                                               base_cfg)[21]["weights"])
+
+
+def test_scaled_yolov4_heads_train(tiny, tmp_path):
+    """A YOLOv4-CSP style head: logistic conv, [yolo] new_coords=1 with scale_x_y=2,
+    objectness_smooth, CIoU, iou_thresh and max_delta — trained, nothing ignored."""
+    text = tiny_text().replace("activation=linear", "activation=logistic") + (
+        "new_coords=1\nscale_x_y=2.0\nobjectness_smooth=1\niou_loss=ciou\niou_normalizer=0.05\n"
+        "iou_thresh=0.2\nmax_delta=5\n")
+    cfg = tmp_path / "csp.cfg"
+    cfg.write_text(text)
+    result = train(cfg, tiny.weights, tiny.data, freeze_until=1, iterations=6, batch=4,
+                   lr=0.001, out_dir=tmp_path / "out", base_cfg=tiny.cfg, validate=False)
+    assert not [m for m in result.messages if "ignored" in m]
+    assert result.trunk_verified and all(math.isfinite(v) for _, v in result.losses)
+    saved = arrays_of(result.final_weights, cfg)
+    assert not np.array_equal(saved[3]["weights"], arrays_of(tiny.weights, tiny.cfg)[3]["weights"])
