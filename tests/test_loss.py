@@ -144,6 +144,23 @@ def test_scale_x_y_gradient_is_output_minus_target():
     assert g[0, 1, 0, 1, 0].item() == pytest.approx((2 - 0.075) * (out - 0.6), abs=1e-6)
 
 
+def giou_at(box, truth) -> float:
+    return iou_kind(torch.tensor([box], dtype=torch.float64), truth[:, 1:5].double(),
+                    "giou").item()
+
+
+def assert_box_grad_is_giou_derivative(g_box, box, truth, normalizer: float) -> None:
+    """Each of the 4 box gradients equals −normalizer·∂GIoU/∂(box coordinate), by central
+    finite differences in box coordinates."""
+    eps = 1e-6
+    for k in range(4):
+        up, down = list(box), list(box)
+        up[k] += eps
+        down[k] -= eps
+        d = (giou_at(up, truth) - giou_at(down, truth)) / (2 * eps)
+        assert g_box[k].item() == pytest.approx(-normalizer * d, abs=1e-5), k
+
+
 def test_giou_value_and_darknet_jacobian():
     # predicted box of anchor 1 at cell (0, 0) with raw 0: centre (0.25, 0.25), 0.25 x 0.25
     truth = torch.tensor([[0, 0.4, 0.3, 0.25, 0.25]])
@@ -154,18 +171,8 @@ def test_giou_value_and_darknet_jacobian():
     giou = 0.02 / 0.105 - 0.015 / 0.12
     assert res.box == pytest.approx(0.5 * (1 - giou), rel=1e-5)
     # Darknet's gradient: dGIoU/dx of the box goes to the x logit unchanged, dGIoU/dw·exp(tw)
-    # to tw; check against finite differences of GIoU in box coordinates
-    def giou_at(box):
-        return iou_kind(torch.tensor([box], dtype=torch.float64),
-                        truth[:, 1:5].double(), "giou").item()
-    box = [0.25, 0.25, 0.25, 0.25]
-    eps = 1e-6
-    for k in range(4):
-        up, down = list(box), list(box)
-        up[k] += eps
-        down[k] -= eps
-        d = (giou_at(up) - giou_at(down)) / (2 * eps)
-        assert g[0, 1, k, 0, 0].item() == pytest.approx(-0.5 * d, abs=1e-5)
+    # to tw (exp(0) = 1 here); check against finite differences of GIoU in box coordinates
+    assert_box_grad_is_giou_derivative(g[0, 1, 0:4, 0, 0], [0.25, 0.25, 0.25, 0.25], truth, 0.5)
     # no (2 - w·h) scale with IoU losses, and x is not scaled by sigmoid' or 1/grid
     assert abs(g[0, 1, 0, 0, 0].item()) > 0.1
 
@@ -180,18 +187,8 @@ def test_new_coords_iou_gradient_goes_to_the_outputs_unchanged():
     raw.requires_grad_(True)
     res, g = grads(raw, h, [truth])
     box = [0.25, 0.25, 1.44 * 16 / NET, 0.25]  # anchor 1 is 16x16 at NET 64
-
-    def giou_at(b):
-        return iou_kind(torch.tensor([b], dtype=torch.float64), truth[:, 1:5].double(),
-                        "giou").item()
-    eps = 1e-6
-    for k in range(4):
-        up, down = list(box), list(box)
-        up[k] += eps
-        down[k] -= eps
-        d = (giou_at(up) - giou_at(down)) / (2 * eps)
-        assert g[0, 1, k, 0, 0].item() == pytest.approx(-0.5 * d, abs=1e-5)
-    assert res.box == pytest.approx(0.5 * (1 - giou_at(box)), rel=1e-5)
+    assert_box_grad_is_giou_derivative(g[0, 1, 0:4, 0, 0], box, truth, 0.5)
+    assert res.box == pytest.approx(0.5 * (1 - giou_at(box, truth)), rel=1e-5)
 
 
 def test_ciou_and_diou_values():
