@@ -1,8 +1,9 @@
 """The training set as seeded batches: which images make iteration ``i``'s batch, and each
 sample's augmentation (:mod:`netsurgery.augment`; with ``[net] mosaic=1`` half of the samples
-are a :mod:`netsurgery.mosaic`, with ``mixup=1`` half blend two images). Every random choice is drawn from generators seeded by (seed,
-iteration, slot), so any iteration's batch is known without replaying the earlier ones: a
-resumed or multi-process run sees the data of one uninterrupted run."""
+are a :mod:`netsurgery.mosaic`, with ``mixup=1`` half blend two images). Every random choice
+is drawn from generators seeded by (seed, iteration, slot), so any iteration's batch is known
+without replaying the earlier ones: a resumed or multi-process run sees the data of one
+uninterrupted run."""
 from __future__ import annotations
 
 import numpy as np

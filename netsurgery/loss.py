@@ -31,6 +31,9 @@ the raw conv outputs is exactly Darknet's ``-delta``:
   clip), its cell's objectness (the last truth written to a cell sets it) and its class term
   — times ``cls_normalizer`` for the first truth in a cell, without it for later ones, as
   delta_yolo_class does.
+* ``focal_loss=1``: the first truth in a cell scales all its class terms by Darknet's focal
+  factor α·(−(1 − pt)(2·pt·ln pt + pt − 1)), α = 0.5, pt its class's probability (see
+  :func:`_class_plan`).
 
 Sums run over all cells and images; the trainer divides by the batch size, as Darknet's
 update divides the accumulated deltas by the batch.
@@ -52,8 +55,8 @@ Darknet's conv backward applies it); MSE boxes target x, y on the scaled output 
 the factor s in the gradient and w, h = sqrt(w/4·anchor); IoU boxes pass ∂/∂(x, y, w, h) to
 the outputs unchanged.
 
-Not implemented (:func:`unsupported_keys` lists them when set): ``truth_thresh`` < 1,
-``iou_thresh_kind`` other than iou, ``focal_loss``.
+Not implemented (:func:`unsupported_keys` lists them when set): ``truth_thresh`` < 1 and
+``iou_thresh_kind`` other than iou.
 """
 from __future__ import annotations
 
@@ -90,6 +93,7 @@ class YoloHeadConfig:
     iou_thresh: float = 1.0  # < 1: other anchors of the mask matching the truth's shape too
     max_delta: float = math.inf  # clip of each box delta (IoU losses)
     class_multipliers: tuple[float, ...] | None = None  # from counters_per_class
+    focal_loss: bool = False  # focal scaling of the class terms (see _class_plan)
     new_coords: bool = False  # the conv before is logistic already; w = (2·out)²·anchor
     objectness_smooth: bool = False  # soft objectness targets (see the module docstring)
 
@@ -117,6 +121,7 @@ class YoloHeadConfig:
                    iou_thresh=s.get_float("iou_thresh", 1.0),
                    max_delta=s.get_float("max_delta", math.inf),
                    class_multipliers=_class_multipliers(spec),
+                   focal_loss=s.get_float("focal_loss", 0) != 0,
                    new_coords=bool(spec.new_coords),
                    objectness_smooth=s.get_float("objectness_smooth", 0) != 0)
 
@@ -144,8 +149,6 @@ def unsupported_keys(spec: YoloSpec) -> list[str]:
         out.append("truth_thresh")
     if s.get_float("iou_thresh", 1.0) < 1.0 and s.get_str("iou_thresh_kind", "iou") != "iou":
         out.append("iou_thresh_kind")
-    if s.has("focal_loss") and s.get_str("focal_loss") not in ("0", ""):
-        out.append("focal_loss")
     return [f"layer {spec.index} [yolo] {key}" for key in out]
 
 
@@ -353,15 +356,16 @@ def yolo_loss(raw: torch.Tensor, head: YoloHeadConfig, truths: Sequence[torch.Te
         z = p[bi, ai, :, jj, ii].float()  # (K, nf) raw outputs of the assigned cells
         anchor_wh = mask_rel[ai]
         slot = ((bi * n + ai) * h + jj) * w + ii
-        targets = _class_targets(slot, truth[:, 0].long(), head)
+        unique, inverse = torch.unique(slot, return_inverse=True)
+        cells = (unique // (n * h * w), (unique // (h * w)) % n, (unique // w) % h, unique % w)
+        probs = act[cells[0], cells[1], 5:, cells[2], cells[3]]  # (U, classes), no grad
+        target, cls_weights = _class_plan(inverse.tolist(), assigned_classes(assigned), head,
+                                          probs)
         weight = torch.ones(count, dtype=f32, device=dev)
         if head.iou_thresh < 1 and head.classes:
-            with torch.no_grad():  # averages_yolo_deltas: / classes with a positive delta
-                unique, inverse, target = targets
-                probs = act[unique // (n * h * w), (unique // (h * w)) % n, 5:,
-                            (unique // w) % h, unique % w]
-                positive = ((target - probs) > 0).sum(dim=1).clamp(min=1).to(f32)
-                weight = 1 / positive[inverse]
+            # averages_yolo_deltas: / the classes with a positive delta in the cell
+            positive = ((target - probs) > 0).sum(dim=1).clamp(min=1).to(f32)
+            weight = 1 / positive[inverse]
         mult = torch.ones(count, dtype=f32, device=dev)
         if head.class_multipliers is not None:
             mult = torch.tensor([head.class_multipliers[int(c)] for c in assigned_classes(
@@ -370,9 +374,8 @@ def yolo_loss(raw: torch.Tensor, head: YoloHeadConfig, truths: Sequence[torch.Te
         with torch.no_grad():
             ious = iou_kind(boxes[bi, ai, jj, ii], truth[:, 1:5], "iou")
             iou_sum, recall = float(ious.sum()), int((ious > 0.5).sum())
-        unique, inverse, _ = targets
-        cells = (unique // (n * h * w), (unique // (h * w)) % n, (unique // w) % h, unique % w)
         order = torch.arange(count, device=dev)
+        obj_cells = cells
         if head.objectness_smooth:
             # Darknet writes an assigned cell's objectness only where its delta is still
             # exactly 0, so the first such truth's multiplier stays
@@ -380,17 +383,18 @@ def yolo_loss(raw: torch.Tensor, head: YoloHeadConfig, truths: Sequence[torch.Te
                                device=dev).scatter_reduce(0, inverse, order, "amin")
             delta = obj_weight[cells] * (obj_target[cells] - act[:, :, 4][cells])
             write = delta == 0
-            cells = tuple(c[write] for c in cells)
+            obj_cells = tuple(c[write] for c in cells)
             chosen = first[write]
         else:
             # each truth assigned to a cell writes its objectness delta: the last one's
             # multiplier stays (Darknet's order: truth by truth, best anchor first)
             chosen = torch.full((len(unique),), -1, dtype=torch.long,
                                 device=dev).scatter_reduce(0, inverse, order, "amax")
-        obj_target[cells] = 1
-        obj_weight[cells] = head.obj_normalizer * mult[chosen]
-        cls_loss = _class_loss(p, targets, head, n, h, w,
-                               _class_weights(targets, assigned_classes(assigned), head))
+        if head.classes:
+            z_cls = p[cells[0], cells[1], 5:, cells[2], cells[3]].float()  # (U, classes)
+            cls_loss = (cls_weights * _logistic_terms(z_cls, target, head)).sum()
+        obj_target[obj_cells] = 1
+        obj_weight[obj_cells] = head.obj_normalizer * mult[chosen]
     obj_loss = (obj_weight * _logistic_terms(p[:, :, 4].float(), obj_target, head)).sum()
     total = box_loss + obj_loss + cls_loss
     return HeadLoss(total, float(box_loss.detach()), float(obj_loss.detach()),
@@ -460,54 +464,48 @@ def _box_loss(z: torch.Tensor, truth: torch.Tensor, anchor_wh: torch.Tensor,
         surrogate.detach()
 
 
-def _class_targets(slot: torch.Tensor, classes: torch.Tensor, head: YoloHeadConfig):
-    """The assigned cells (flat slot indices, unique), each assignment's cell, and the
-    multi-hot one-vs-all targets per cell (several truths may share one)."""
-    unique, inverse = torch.unique(slot, return_inverse=True)
-    target = torch.zeros((len(unique), head.classes), dtype=torch.float32, device=slot.device)
-    target[inverse, classes] = 1
-    if head.label_smooth_eps:
-        target = target * (1 - head.label_smooth_eps) + 0.5 * head.label_smooth_eps
-    return unique, inverse, target
-
-
 def assigned_classes(assigned: _Assignment) -> list[int]:
     return [int(t[0]) for t in assigned.truth]
 
 
-def _class_weights(targets, classes: list[int], head: YoloHeadConfig) -> torch.Tensor | None:
-    """Per (cell, class) scale of the class terms with ``counters_per_class``, replaying
-    Darknet's delta_yolo_class truth by truth: the first truth in a cell scales its class by
-    multiplier·cls_normalizer; a later one rewrites only its own class, scaled by the
-    multiplier alone. None without multipliers (all 1)."""
-    if head.class_multipliers is None:
-        return None
-    unique, inverse, target = targets
+FOCAL_ALPHA = 0.5  # AlexeyAB's delta_yolo_class
+
+
+def _class_plan(inverse: list[int], classes: list[int], head: YoloHeadConfig,
+                probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets and per-term weights (U cells, classes) of the class terms, replaying
+    Darknet's delta_yolo_class truth by truth (``inverse[k]``: the cell of truth k):
+
+    * the first truth in a cell sets every class of it: target 1 for its class, 0 for the
+      others (smoothed by ``label_smooth_eps``); with ``counters_per_class`` its class is
+      scaled by multiplier·cls_normalizer; with ``focal_loss`` the whole row is scaled by
+      α·(−(1 − pt)(2·pt·ln pt + pt − 1)), pt = its class probability, and not smoothed;
+    * a later truth in the same cell rewrites only its own class: target 1 (smoothed), scaled
+      by its multiplier alone.
+
+    ``probs`` (U, classes) are the current class probabilities (for focal's pt)."""
+    eps = head.label_smooth_eps
+    hi, lo = 1 - 0.5 * eps, 0.5 * eps  # Darknet's y·(1 − eps) + 0.5·eps
+    target = torch.full(probs.shape, lo, dtype=torch.float32, device=probs.device)
     weights = torch.ones_like(target)
+    multipliers = head.class_multipliers
     seen: set[int] = set()
-    for u, c in zip(inverse.tolist(), classes):
-        m = head.class_multipliers[c]
-        weights[u, c] = m if u in seen else m * head.cls_normalizer
+    for u, c in zip(inverse, classes):
+        m = multipliers[c] if multipliers else 1.0
+        if u in seen:
+            target[u, c] = hi
+            weights[u, c] = m
+            continue
         seen.add(u)
-    return weights
-
-
-def _class_loss(p: torch.Tensor, targets, head: YoloHeadConfig, n: int, h: int, w: int,
-                weights: torch.Tensor | None = None) -> torch.Tensor:
-    """One-vs-all logistic cross entropy of the assigned cells against their targets, each
-    term scaled by ``weights`` (U, classes) when given."""
-    if head.classes == 0:
-        return p.sum() * 0
-    unique, _, target = targets
-    ub = unique // (n * h * w)
-    ua = (unique // (h * w)) % n
-    uj = (unique // w) % h
-    ui = unique % w
-    z = p[ub, ua, 5:, uj, ui].float()  # (U, classes)
-    bce = _logistic_terms(z, target, head)
-    if weights is not None:
-        bce = bce * weights
-    return bce.sum()  # cls_normalizer only through the weights: see the module docstring
+        if head.focal_loss:
+            pt = float(probs[u, c]) + 1e-15
+            target[u] = 0
+            target[u, c] = 1
+            weights[u] = FOCAL_ALPHA * -(1 - pt) * (2 * pt * math.log(pt) + pt - 1)
+        else:
+            target[u, c] = hi
+            weights[u, c] = m * head.cls_normalizer if multipliers else 1.0
+    return target, weights
 
 
 class DetectionLoss:

@@ -379,6 +379,11 @@ def darknet_deltas(raw: np.ndarray, h: YoloHeadConfig, truths, net_w: int, net_h
                     delta[b, a, 5 + c, j, i] = 1 - out[b, a, 5 + c, j, i]
                     if multipliers:
                         delta[b, a, 5 + c, j, i] *= mult
+                elif h.focal_loss:
+                    pt = out[b, a, 5 + c, j, i] + 1e-15
+                    grad = -(1 - pt) * (2 * pt * math.log(pt) + pt - 1)
+                    for k in range(C):
+                        delta[b, a, 5 + k, j, i] = ((k == c) - out[b, a, 5 + k, j, i]) * 0.5 * grad
                 else:
                     for k in range(C):
                         delta[b, a, 5 + k, j, i] = (k == c) - out[b, a, 5 + k, j, i]
@@ -409,7 +414,8 @@ def darknet_deltas(raw: np.ndarray, h: YoloHeadConfig, truths, net_w: int, net_h
     return delta, ignored
 
 
-@pytest.mark.parametrize("variant", ["", "new_coords", "smooth", "new_coords+smooth"])
+@pytest.mark.parametrize("variant", ["", "new_coords", "smooth", "new_coords+smooth", "focal",
+                                     "new_coords+focal"])
 @pytest.mark.parametrize("multipliers", [None, (10.0, 1.0, 2.5)], ids=["", "counters"])
 @pytest.mark.parametrize("iou_thresh", [1.0, 0.25], ids=["best-anchor", "iou_thresh"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -423,7 +429,7 @@ def test_gradient_equals_darknet_delta_on_random_predictions(seed, iou_thresh, m
                        ignore_thresh=0.3, iou_normalizer=0.75, obj_normalizer=1.5,
                        scale_x_y=1.05, iou_thresh=iou_thresh, cls_normalizer=0.5,
                        class_multipliers=multipliers, new_coords="new_coords" in variant,
-                       objectness_smooth="smooth" in variant)
+                       objectness_smooth="smooth" in variant, focal_loss="focal" in variant)
     net = 128
     raw = rng.normal(0, 1, (B, 3 * (5 + C), grid, grid)).astype(np.float32)
     if h.new_coords:  # the conv before [yolo] is logistic: its outputs lie in (0, 1)

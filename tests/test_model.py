@@ -215,7 +215,8 @@ def test_shortcut_from_fewer_channels_by_hand(extra, weights, w_prev, w_from):
 
 
 @pytest.mark.parametrize("inference", [False, True], ids=["exact", "inference"])
-@pytest.mark.parametrize("case,other", [("cov-det-96", (160, 128)), ("yolov4-tiny-160", (96, 224))])
+@pytest.mark.parametrize("case,other", [("cov-det-96", (160, 128)),
+                                        ("yolov4-tiny-160", (96, 224))])
 def test_resize_equals_a_model_built_at_that_size(case, other, inference):
     """Darknet's resize_network: same weights, shapes of the other size (reorg, odd maxpool
     padding, groups routes and sam included), and back again without a trace."""
@@ -229,7 +230,8 @@ def test_resize_equals_a_model_built_at_that_size(case, other, inference):
         assert (model.network.net.width, model.network.net.height) == other
         for i, (a, b) in enumerate(zip(model.layer_outputs(x), built.layer_outputs(x))):
             assert a.shape == b.shape and torch.equal(a, b), f"layer {i}"
-        with pytest.raises(NetsurgeryError, match=rf"expected \(batch, 3, {other[1]}, {other[0]}\)"):
+        wrong = rf"expected \(batch, 3, {other[1]}, {other[0]}\)"
+        with pytest.raises(NetsurgeryError, match=wrong):
             model.layer_outputs(torch.from_numpy(x0))
         model.resize(x0.shape[3], x0.shape[2])
         after = model.layer_outputs(torch.from_numpy(x0))
