@@ -55,8 +55,13 @@ Darknet's conv backward applies it); MSE boxes target x, y on the scaled output 
 the factor s in the gradient and w, h = sqrt(w/4·anchor); IoU boxes pass ∂/∂(x, y, w, h) to
 the outputs unchanged.
 
-Not implemented (:func:`unsupported_keys` lists them when set): ``truth_thresh`` < 1 and
-``iou_thresh_kind`` other than iou.
+``truth_thresh`` < 1: before the truth loop, every prediction whose box overlaps a truth by
+more than it also learns that truth in its own cell — objectness target 1 (IoU² with
+objectness_smooth), the truth's class, its box — as forward_yolo_layer's per-prediction
+stage does; statistics (count, IoU, recall) count the truth loop only, like Darknet's.
+
+Not implemented (:func:`unsupported_keys` lists it when set): ``iou_thresh_kind`` other than
+iou.
 """
 from __future__ import annotations
 
@@ -91,6 +96,7 @@ class YoloHeadConfig:
     label_smooth_eps: float = 0.0
     max_boxes: int = 200
     iou_thresh: float = 1.0  # < 1: other anchors of the mask matching the truth's shape too
+    truth_thresh: float = 1.0  # < 1: predictions overlapping a truth that much learn it too
     max_delta: float = math.inf  # clip of each box delta (IoU losses)
     class_multipliers: tuple[float, ...] | None = None  # from counters_per_class
     focal_loss: bool = False  # focal scaling of the class terms (see _class_plan)
@@ -119,6 +125,7 @@ class YoloHeadConfig:
                    label_smooth_eps=s.get_float("label_smooth_eps", 0.0),
                    max_boxes=s.get_int("max", 200),
                    iou_thresh=s.get_float("iou_thresh", 1.0),
+                   truth_thresh=s.get_float("truth_thresh", 1.0),
                    max_delta=s.get_float("max_delta", math.inf),
                    class_multipliers=_class_multipliers(spec),
                    focal_loss=s.get_float("focal_loss", 0) != 0,
@@ -145,8 +152,6 @@ def unsupported_keys(spec: YoloSpec) -> list[str]:
     """Loss options set in a [yolo] section that this loss does not implement."""
     s = spec.section
     out = []
-    if s.get_float("truth_thresh", 1.0) < 1.0:
-        out.append("truth_thresh")
     if s.get_float("iou_thresh", 1.0) < 1.0 and s.get_str("iou_thresh_kind", "iou") != "iou":
         out.append("iou_thresh_kind")
     return [f"layer {spec.index} [yolo] {key}" for key in out]
@@ -277,13 +282,18 @@ class _Assignment:
     row: list[int] = field(default_factory=list)
     col: list[int] = field(default_factory=list)
     truth: list[list[float]] = field(default_factory=list)  # class, x, y, w, h
+    # None: assigned by the truth loop; else the prediction's IoU² with the truth it matched
+    # above truth_thresh (the per-prediction stage, which Darknet runs first)
+    iou_multiplier: list[float | None] = field(default_factory=list)
 
-    def add(self, b: int, a: int, j: int, i: int, truth: list[float]) -> None:
+    def add(self, b: int, a: int, j: int, i: int, truth: list[float],
+            iou_multiplier: float | None = None) -> None:
         self.image.append(b)
         self.anchor.append(a)
         self.row.append(j)
         self.col.append(i)
         self.truth.append(truth)
+        self.iou_multiplier.append(iou_multiplier)
 
 
 def yolo_loss(raw: torch.Tensor, head: YoloHeadConfig, truths: Sequence[torch.Tensor],
@@ -326,12 +336,18 @@ def yolo_loss(raw: torch.Tensor, head: YoloHeadConfig, truths: Sequence[torch.Te
         t = t[(t[:, 0] >= 0) & (t[:, 0] < head.classes)]  # Darknet skips such labels
         if len(t) == 0:
             continue
-        best = box_iou_matrix(boxes[bi].reshape(-1, 4), t[:, 1:5]).amax(dim=1).view(n, h, w)
+        best, best_t = box_iou_matrix(boxes[bi].reshape(-1, 4), t[:, 1:5]).max(dim=1)
+        best, best_t = best.view(n, h, w), best_t.view(n, h, w)
         ignored = (best > head.ignore_thresh) & class_match[bi]
         if head.objectness_smooth:  # obj_normalizer·(IoU − out) instead of no delta
             obj_target[bi][ignored] = best[ignored]
         else:
             obj_weight[bi][ignored] = 0
+        if head.truth_thresh < 1:
+            rows = t.tolist()
+            for a, j, i in (best > head.truth_thresh).nonzero().tolist():
+                assigned.add(bi, a, j, i, rows[int(best_t[a, j, i])],
+                             float(best[a, j, i]) ** 2)
         shape_iou = _shape_iou(t[:, 3:5], anchors_rel)
         best_anchor = shape_iou.argmax(dim=1).tolist()
         for row, best_n, ious in zip(t.tolist(), best_anchor, shape_iou.tolist()):
@@ -360,7 +376,7 @@ def yolo_loss(raw: torch.Tensor, head: YoloHeadConfig, truths: Sequence[torch.Te
         cells = (unique // (n * h * w), (unique // (h * w)) % n, (unique // w) % h, unique % w)
         probs = act[cells[0], cells[1], 5:, cells[2], cells[3]]  # (U, classes), no grad
         target, cls_weights = _class_plan(inverse.tolist(), assigned_classes(assigned), head,
-                                          probs)
+                                          probs, assigned.iou_multiplier)
         weight = torch.ones(count, dtype=f32, device=dev)
         if head.iou_thresh < 1 and head.classes:
             # averages_yolo_deltas: / the classes with a positive delta in the cell
@@ -371,34 +387,42 @@ def yolo_loss(raw: torch.Tensor, head: YoloHeadConfig, truths: Sequence[torch.Te
             mult = torch.tensor([head.class_multipliers[int(c)] for c in assigned_classes(
                 assigned)], dtype=f32, device=dev)
         box_loss = _box_loss(z, truth, anchor_wh, ii, jj, w, h, head, mult, weight)
-        with torch.no_grad():
-            ious = iou_kind(boxes[bi, ai, jj, ii], truth[:, 1:5], "iou")
+        from_truths = torch.tensor([m is None for m in assigned.iou_multiplier], device=dev)
+        with torch.no_grad():  # Darknet's statistics count the truth loop's assignments
+            ious = iou_kind(boxes[bi, ai, jj, ii], truth[:, 1:5], "iou")[from_truths]
             iou_sum, recall = float(ious.sum()), int((ious > 0.5).sum())
+        if not bool(from_truths.all()):  # the truth_thresh stage comes first, per prediction
+            stage = ~from_truths
+            iou_mult = torch.tensor([m or 0.0 for m in assigned.iou_multiplier], device=dev)
+            first_cells = (bi[stage], ai[stage], jj[stage], ii[stage])
+            obj_target[first_cells] = iou_mult[stage] if head.objectness_smooth else 1.0
+            obj_weight[first_cells] = head.obj_normalizer
+        # the truth loop's objectness: each truth assigned to a cell writes it, so the last
+        # one's multiplier stays (Darknet's order: truth by truth, best anchor first); with
+        # objectness_smooth only where the cell's delta is still exactly 0, so the first's
         order = torch.arange(count, device=dev)
-        obj_cells = cells
         if head.objectness_smooth:
-            # Darknet writes an assigned cell's objectness only where its delta is still
-            # exactly 0, so the first such truth's multiplier stays
-            first = torch.full((len(unique),), count, dtype=torch.long,
-                               device=dev).scatter_reduce(0, inverse, order, "amin")
+            key = torch.where(from_truths, order, count)
+            pick = torch.full((len(unique),), count, dtype=torch.long,
+                              device=dev).scatter_reduce(0, inverse, key, "amin")
             delta = obj_weight[cells] * (obj_target[cells] - act[:, :, 4][cells])
-            write = delta == 0
-            obj_cells = tuple(c[write] for c in cells)
-            chosen = first[write]
+            write = (pick < count) & (delta == 0)
         else:
-            # each truth assigned to a cell writes its objectness delta: the last one's
-            # multiplier stays (Darknet's order: truth by truth, best anchor first)
-            chosen = torch.full((len(unique),), -1, dtype=torch.long,
-                                device=dev).scatter_reduce(0, inverse, order, "amax")
+            key = torch.where(from_truths, order, -1)
+            pick = torch.full((len(unique),), -1, dtype=torch.long,
+                              device=dev).scatter_reduce(0, inverse, key, "amax")
+            write = pick >= 0
         if head.classes:
             z_cls = p[cells[0], cells[1], 5:, cells[2], cells[3]].float()  # (U, classes)
             cls_loss = (cls_weights * _logistic_terms(z_cls, target, head)).sum()
+        obj_cells = tuple(c[write] for c in cells)
         obj_target[obj_cells] = 1
-        obj_weight[obj_cells] = head.obj_normalizer * mult[chosen]
+        obj_weight[obj_cells] = head.obj_normalizer * mult[pick[write]]
     obj_loss = (obj_weight * _logistic_terms(p[:, :, 4].float(), obj_target, head)).sum()
     total = box_loss + obj_loss + cls_loss
+    from_loop = sum(m is None for m in assigned.iou_multiplier)  # Darknet's count
     return HeadLoss(total, float(box_loss.detach()), float(obj_loss.detach()),
-                    float(cls_loss.detach()), count, iou_sum, recall)
+                    float(cls_loss.detach()), from_loop, iou_sum, recall)
 
 
 def _box_loss(z: torch.Tensor, truth: torch.Tensor, anchor_wh: torch.Tensor,
@@ -472,7 +496,8 @@ FOCAL_ALPHA = 0.5  # AlexeyAB's delta_yolo_class
 
 
 def _class_plan(inverse: list[int], classes: list[int], head: YoloHeadConfig,
-                probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                probs: torch.Tensor, iou_multipliers: Sequence[float | None] = ()
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Targets and per-term weights (U cells, classes) of the class terms, replaying
     Darknet's delta_yolo_class truth by truth (``inverse[k]``: the cell of truth k):
 
@@ -483,6 +508,10 @@ def _class_plan(inverse: list[int], classes: list[int], head: YoloHeadConfig,
     * a later truth in the same cell rewrites only its own class: target 1 (smoothed), scaled
       by its multiplier alone.
 
+    A truth matched by a prediction above ``truth_thresh`` (``iou_multipliers[k]`` not
+    None) is handled like a first truth; with ``objectness_smooth`` its class then gets the
+    soft target IoU², scaled by its multiplier alone.
+
     ``probs`` (U, classes) are the current class probabilities (for focal's pt)."""
     eps = head.label_smooth_eps
     hi, lo = 1 - 0.5 * eps, 0.5 * eps  # Darknet's y·(1 − eps) + 0.5·eps
@@ -490,7 +519,8 @@ def _class_plan(inverse: list[int], classes: list[int], head: YoloHeadConfig,
     weights = torch.ones_like(target)
     multipliers = head.class_multipliers
     seen: set[int] = set()
-    for u, c in zip(inverse, classes):
+    iou_multipliers = list(iou_multipliers) or [None] * len(classes)
+    for u, c, soft in zip(inverse, classes, iou_multipliers):
         m = multipliers[c] if multipliers else 1.0
         if u in seen:
             target[u, c] = hi
@@ -505,6 +535,9 @@ def _class_plan(inverse: list[int], classes: list[int], head: YoloHeadConfig,
         else:
             target[u, c] = hi
             weights[u, c] = m * head.cls_normalizer if multipliers else 1.0
+        if soft is not None and head.objectness_smooth:
+            target[u, c] = soft
+            weights[u, c] = m
     return target, weights
 
 

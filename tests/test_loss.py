@@ -316,7 +316,7 @@ def _iou(a, b) -> float:
 
 
 def darknet_deltas(raw: np.ndarray, h: YoloHeadConfig, truths, net_w: int, net_h: int):
-    """Literal loops of forward_yolo_layer (MSE box loss) -> delta, float64."""
+    """Literal loops of forward_yolo_layer / process_batch (MSE box loss) -> delta, float64."""
     B, _, H, W = raw.shape
     n, C = len(h.mask), h.classes
     x = raw.reshape(B, n, 5 + C, H, W).astype(np.float64)
@@ -327,9 +327,41 @@ def darknet_deltas(raw: np.ndarray, h: YoloHeadConfig, truths, net_w: int, net_h
     else:
         out[:, :, 0:2] = 1 / (1 + np.exp(-x[:, :, 0:2])) * s - 0.5 * (s - 1)
         out[:, :, 4:] = 1 / (1 + np.exp(-x[:, :, 4:]))
+    multipliers = h.class_multipliers
 
     def box_w(value: float) -> float:  # multiple of the anchor
         return value * value * 4 if h.new_coords else math.exp(value)
+
+    def delta_yolo_box(b, a, j, i, t, anchor, mult):
+        _, tx, ty, tw, th = t
+        aw, ah = h.anchors[anchor]
+        scale = (2 - tw * th) * h.iou_normalizer * mult
+        if h.new_coords:
+            targets = (tx * W - i, ty * H - j, math.sqrt(tw * net_w / (4 * aw)),
+                       math.sqrt(th * net_h / (4 * ah)))
+        else:
+            targets = (tx * W - i, ty * H - j, math.log(tw * net_w / aw),
+                       math.log(th * net_h / ah))
+        for k in range(4):
+            value = out[b, a, k, j, i] if k < 2 else x[b, a, k, j, i]
+            delta[b, a, k, j, i] += scale * (targets[k] - value)
+
+    def delta_yolo_class(b, a, j, i, c):
+        if delta[b, a, 5 + c, j, i]:
+            delta[b, a, 5 + c, j, i] = 1 - out[b, a, 5 + c, j, i]
+            if multipliers:
+                delta[b, a, 5 + c, j, i] *= multipliers[c]
+        elif h.focal_loss:
+            pt = out[b, a, 5 + c, j, i] + 1e-15
+            grad = -(1 - pt) * (2 * pt * math.log(pt) + pt - 1)
+            for k in range(C):
+                delta[b, a, 5 + k, j, i] = ((k == c) - out[b, a, 5 + k, j, i]) * 0.5 * grad
+        else:
+            for k in range(C):
+                delta[b, a, 5 + k, j, i] = (k == c) - out[b, a, 5 + k, j, i]
+                if multipliers and k == c:
+                    delta[b, a, 5 + k, j, i] *= multipliers[c] * h.cls_normalizer
+
     delta = np.zeros_like(out)
     ignored = 0
     for b in range(B):
@@ -341,7 +373,11 @@ def darknet_deltas(raw: np.ndarray, h: YoloHeadConfig, truths, net_w: int, net_h
                             box_w(x[b, a, 2, j, i]) * aw / net_w,
                             box_w(x[b, a, 3, j, i]) * ah / net_h)
                     match = any(out[b, a, 5 + c, j, i] > 0.25 for c in range(C))
-                    best = max((_iou(pred, t[1:]) for t in truths[b]), default=0.0)
+                    best, best_t = 0.0, 0
+                    for k, t in enumerate(truths[b]):
+                        iou = _iou(pred, t[1:])
+                        if iou > best:
+                            best, best_t = iou, k
                     delta[b, a, 4, j, i] = h.obj_normalizer * (0 - out[b, a, 4, j, i])
                     if match and best > h.ignore_thresh:
                         if h.objectness_smooth:
@@ -351,44 +387,31 @@ def darknet_deltas(raw: np.ndarray, h: YoloHeadConfig, truths, net_w: int, net_h
                         else:
                             delta[b, a, 4, j, i] = 0
                         ignored += 1
+                    if best > h.truth_thresh:
+                        iou_multiplier = best * best
+                        target = iou_multiplier if h.objectness_smooth else 1.0
+                        delta[b, a, 4, j, i] = h.obj_normalizer * (target - out[b, a, 4, j, i])
+                        t = truths[b][best_t]
+                        c = int(t[0])
+                        delta_yolo_class(b, a, j, i, c)
+                        mult = multipliers[c] if multipliers else 1.0
+                        if h.objectness_smooth:
+                            delta[b, a, 5 + c, j, i] = mult * (iou_multiplier
+                                                               - out[b, a, 5 + c, j, i])
+                        delta_yolo_box(b, a, j, i, t, h.mask[a], mult)
         for t in truths[b]:
             cls, tx, ty, tw, th = t
             i, j = int(tx * W), int(ty * H)
 
             def assign(anchor: int) -> None:
                 a = h.mask.index(anchor)
-                aw, ah = h.anchors[anchor]
                 c = int(cls)
-                multipliers = h.class_multipliers
                 mult = multipliers[c] if multipliers else 1.0
-                scale = (2 - tw * th) * h.iou_normalizer * mult
-                if h.new_coords:
-                    targets = (tx * W - i, ty * H - j, math.sqrt(tw * net_w / (4 * aw)),
-                               math.sqrt(th * net_h / (4 * ah)))
-                else:
-                    targets = (tx * W - i, ty * H - j, math.log(tw * net_w / aw),
-                               math.log(th * net_h / ah))
-                for k in range(4):
-                    value = out[b, a, k, j, i] if k < 2 else x[b, a, k, j, i]
-                    delta[b, a, k, j, i] += scale * (targets[k] - value)
+                delta_yolo_box(b, a, j, i, t, anchor, mult)
                 obj = mult * h.obj_normalizer * (1 - out[b, a, 4, j, i])
                 if not h.objectness_smooth or delta[b, a, 4, j, i] == 0:
                     delta[b, a, 4, j, i] = obj
-                # delta_yolo_class
-                if delta[b, a, 5 + c, j, i]:
-                    delta[b, a, 5 + c, j, i] = 1 - out[b, a, 5 + c, j, i]
-                    if multipliers:
-                        delta[b, a, 5 + c, j, i] *= mult
-                elif h.focal_loss:
-                    pt = out[b, a, 5 + c, j, i] + 1e-15
-                    grad = -(1 - pt) * (2 * pt * math.log(pt) + pt - 1)
-                    for k in range(C):
-                        delta[b, a, 5 + k, j, i] = ((k == c) - out[b, a, 5 + k, j, i]) * 0.5 * grad
-                else:
-                    for k in range(C):
-                        delta[b, a, 5 + k, j, i] = (k == c) - out[b, a, 5 + k, j, i]
-                        if multipliers and k == c:
-                            delta[b, a, 5 + k, j, i] *= mult * h.cls_normalizer
+                delta_yolo_class(b, a, j, i, c)
 
             best_iou, best_n = 0.0, 0
             for k, (aw, ah) in enumerate(h.anchors):
@@ -415,7 +438,8 @@ def darknet_deltas(raw: np.ndarray, h: YoloHeadConfig, truths, net_w: int, net_h
 
 
 @pytest.mark.parametrize("variant", ["", "new_coords", "smooth", "new_coords+smooth", "focal",
-                                     "new_coords+focal"])
+                                     "new_coords+focal", "truth", "truth+smooth",
+                                     "truth+new_coords+smooth+focal"])
 @pytest.mark.parametrize("multipliers", [None, (10.0, 1.0, 2.5)], ids=["", "counters"])
 @pytest.mark.parametrize("iou_thresh", [1.0, 0.25], ids=["best-anchor", "iou_thresh"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -429,7 +453,8 @@ def test_gradient_equals_darknet_delta_on_random_predictions(seed, iou_thresh, m
                        ignore_thresh=0.3, iou_normalizer=0.75, obj_normalizer=1.5,
                        scale_x_y=1.05, iou_thresh=iou_thresh, cls_normalizer=0.5,
                        class_multipliers=multipliers, new_coords="new_coords" in variant,
-                       objectness_smooth="smooth" in variant, focal_loss="focal" in variant)
+                       objectness_smooth="smooth" in variant, focal_loss="focal" in variant,
+                       truth_thresh=0.3 if "truth" in variant else 1.0)
     net = 128
     raw = rng.normal(0, 1, (B, 3 * (5 + C), grid, grid)).astype(np.float32)
     if h.new_coords:  # the conv before [yolo] is logistic: its outputs lie in (0, 1)
@@ -452,6 +477,10 @@ def test_gradient_equals_darknet_delta_on_random_predictions(seed, iou_thresh, m
     res.total.backward()
     grad = t.grad.numpy().reshape(delta.shape)
     assert ignored > 0 and res.count > 0  # both rules were exercised
+    if h.truth_thresh < 1:  # predictions above truth_thresh learned their truths too
+        plain = yolo_loss(torch.tensor(raw), replace(h, truth_thresh=1.0),
+                          [torch.tensor(b, dtype=torch.float32) for b in truths], net, net)
+        assert float(plain.total.detach()) != pytest.approx(float(res.total.detach()), rel=1e-4)
     if iou_thresh < 1:  # extra anchors were assigned
         best_only = yolo_loss(torch.tensor(raw), replace(h, iou_thresh=1.0),
                               [torch.tensor(b, dtype=torch.float32) for b in truths], net, net)
