@@ -60,8 +60,7 @@ more than it also learns that truth in its own cell — objectness target 1 (IoU
 objectness_smooth), the truth's class, its box — as forward_yolo_layer's per-prediction
 stage does; statistics (count, IoU, recall) count the truth loop only, like Darknet's.
 
-Not implemented (:func:`unsupported_keys` lists it when set): ``iou_thresh_kind`` other than
-iou.
+Every loss option of AlexeyAB's ``[yolo]`` is implemented.
 """
 from __future__ import annotations
 
@@ -96,6 +95,7 @@ class YoloHeadConfig:
     label_smooth_eps: float = 0.0
     max_boxes: int = 200
     iou_thresh: float = 1.0  # < 1: other anchors of the mask matching the truth's shape too
+    iou_thresh_kind: str = "iou"  # how that shape match is measured: iou, giou, diou, ciou
     truth_thresh: float = 1.0  # < 1: predictions overlapping a truth that much learn it too
     max_delta: float = math.inf  # clip of each box delta (IoU losses)
     class_multipliers: tuple[float, ...] | None = None  # from counters_per_class
@@ -125,6 +125,9 @@ class YoloHeadConfig:
                    label_smooth_eps=s.get_float("label_smooth_eps", 0.0),
                    max_boxes=s.get_int("max", 200),
                    iou_thresh=s.get_float("iou_thresh", 1.0),
+                   # Darknet's get_IoU: any other name (mse too) means plain IoU
+                   iou_thresh_kind=kind if (kind := s.get_str("iou_thresh_kind", "iou"))
+                   in ("giou", "diou", "ciou") else "iou",
                    truth_thresh=s.get_float("truth_thresh", 1.0),
                    max_delta=s.get_float("max_delta", math.inf),
                    class_multipliers=_class_multipliers(spec),
@@ -146,15 +149,6 @@ def _class_multipliers(spec: YoloSpec) -> tuple[float, ...] | None:
                          f"(classes={spec.classes})", "counters_per_class")
     cap = s.get_float("max_delta", math.inf)
     return tuple(min(max(counts) / c, cap) for c in counts)
-
-
-def unsupported_keys(spec: YoloSpec) -> list[str]:
-    """Loss options set in a [yolo] section that this loss does not implement."""
-    s = spec.section
-    out = []
-    if s.get_float("iou_thresh", 1.0) < 1.0 and s.get_str("iou_thresh_kind", "iou") != "iou":
-        out.append("iou_thresh_kind")
-    return [f"layer {spec.index} [yolo] {key}" for key in out]
 
 
 @dataclass
@@ -245,6 +239,16 @@ def _shape_iou(wh: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         torch.minimum(wh[:, None, 1], anchors[None, :, 1])
     union = wh[:, None, 0] * wh[:, None, 1] + anchors[None, :, 0] * anchors[None, :, 1] - inter
     return inter / union
+
+
+def _shape_iou_kind(wh: torch.Tensor, anchors: torch.Tensor, kind: str) -> torch.Tensor:
+    """Like :func:`_shape_iou` (boxes at one centre), in IoU kind ``kind`` (GIoU, DIoU,
+    CIoU): the iou_thresh test of Darknet's box_iou_kind. (K, A)."""
+    k, a = len(wh), len(anchors)
+    zeros = torch.zeros((k * a, 2), dtype=wh.dtype, device=wh.device)
+    truth = torch.cat([zeros, wh.repeat_interleave(a, dim=0)], dim=1)
+    anchor = torch.cat([zeros, anchors.repeat(k, 1)], dim=1)
+    return iou_kind(anchor, truth, kind).view(k, a)
 
 
 def _activated(pd: torch.Tensor, head: YoloHeadConfig) -> torch.Tensor:
@@ -350,6 +354,8 @@ def yolo_loss(raw: torch.Tensor, head: YoloHeadConfig, truths: Sequence[torch.Te
                              float(best[a, j, i]) ** 2)
         shape_iou = _shape_iou(t[:, 3:5], anchors_rel)
         best_anchor = shape_iou.argmax(dim=1).tolist()
+        if head.iou_thresh < 1 and head.iou_thresh_kind != "iou":
+            shape_iou = _shape_iou_kind(t[:, 3:5], anchors_rel, head.iou_thresh_kind)
         for row, best_n, ious in zip(t.tolist(), best_anchor, shape_iou.tolist()):
             i = min(int(row[1] * w), w - 1)
             j = min(int(row[2] * h), h - 1)
@@ -549,14 +555,12 @@ class DetectionLoss:
 
     def __init__(self, network: Network):
         self.heads: list[YoloHeadConfig] = []
-        self.unsupported: list[str] = []
         for index in network.heads():
             spec = network.layers[index]
             if not isinstance(spec, YoloSpec):
                 raise spec.error("only [yolo] heads can be trained by netsurgery "
                                  f"(this is [{spec.section.header}])")
             self.heads.append(YoloHeadConfig.from_spec(spec))
-            self.unsupported += unsupported_keys(spec)
         if not self.heads:
             raise network.cfg.net.error("no [yolo] layer: nothing to train a detector with")
         self.inputs = [head.layer - 1 for head in self.heads]

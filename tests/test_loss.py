@@ -85,6 +85,29 @@ def test_iou_thresh_assigns_every_anchor_of_a_similar_shape():
     assert res.count == 1 and torch.nonzero(g[0, :, 0:4].abs().sum(dim=1)).tolist() == [[1, 1, 0]]
 
 
+@pytest.mark.parametrize("kind,extra", [("iou", 2), ("giou", 1), ("diou", 2), ("ciou", 1),
+                                        ("mse", 2)])
+def test_iou_thresh_kind_measures_the_shape_match(kind, extra):
+    # a 30x10 truth; anchors 30x10 (the best), 10x30 and 8x8, all at one centre:
+    # 10x30: IoU 100/500 = 0.2, GIoU 0.2 − 400/900 = −0.244, DIoU 0.2, CIoU 0.2 − α·v = 0.094
+    # 8x8:   IoU 64/300 = 0.213 = GIoU = DIoU, CIoU 0.205 (Darknet's mse kind means IoU)
+    anchors = ((30.0, 10.0), (10.0, 30.0), (8.0, 8.0))
+    h = YoloHeadConfig(layer=1, classes=1, mask=(0, 1, 2), anchors=anchors, iou_thresh=0.15,
+                       iou_thresh_kind="iou" if kind == "mse" else kind)
+    res, _ = grads(raw_zeros(), h, [torch.tensor([[0, 0.3, 0.3, 30 / NET, 10 / NET]])])
+    assert res.count == 1 + extra
+    if kind in ("giou", "ciou"):
+        from netsurgery.loss import _shape_iou_kind
+        values = _shape_iou_kind(torch.tensor([[30 / NET, 10 / NET]]),
+                                 torch.tensor(anchors) / NET, kind)[0].tolist()
+        v = 4 / math.pi ** 2 * (math.atan(3) - math.atan(1 / 3)) ** 2
+        expected = {"giou": [1.0, 0.2 - 400 / 900, 64 / 300],
+                    "ciou": [1.0, 0.2 - v / (1 - 0.2 + v) * v, None]}[kind]
+        for got, want in zip(values, expected):
+            if want is not None:
+                assert got == pytest.approx(want, abs=1e-6)
+
+
 def test_max_delta_clips_each_iou_box_delta():
     truth = [torch.tensor([[0, 0.4, 0.3, 0.25, 0.25]])]
     _, free = grads(raw_zeros(), head(iou_loss="giou", iou_normalizer=50.0), truth)
@@ -522,7 +545,7 @@ max_delta=5
     assert (hc.ignore_thresh, hc.iou_loss, hc.iou_normalizer, hc.obj_normalizer,
             hc.cls_normalizer) == (0.6, "ciou", 0.07, 1.0, 2.0)
     assert hc.anchors == ((10, 14), (23, 27), (37, 58))
-    assert loss.unsupported == [] and hc.max_delta == 5 and hc.iou_thresh == 1.0
+    assert hc.max_delta == 5 and hc.iou_thresh == 1.0 and hc.iou_thresh_kind == "iou"
     assert hc.class_multipliers is None
     # defaults are Darknet's: iou_normalizer 0.75, ignore_thresh 0.5, MSE
     plain = YoloHeadConfig(layer=0, classes=1, mask=(0,), anchors=((1.0, 1.0),))
@@ -542,7 +565,7 @@ def test_loss_at_another_input_size_uses_that_size_for_anchors():
     assert abs(float(at_cfg_size([raw], truths).total) - float(want)) > 1e-3  # size matters
 
 
-def test_counters_per_class_become_darknet_multipliers():
+def test_counters_per_class_and_iou_thresh_kind_from_the_cfg():
     def head_of(extra: str) -> YoloHeadConfig:
         text = ONE_HEAD.replace("classes=1", "classes=3").replace("filters=18", "filters=24")
         return DetectionLoss(build_network(parse_cfg_text(text + extra, "t.cfg"))).heads[0]
@@ -551,6 +574,8 @@ def test_counters_per_class_become_darknet_multipliers():
     assert head_of("counters_per_class=100, 2000, 0\n").class_multipliers == (20.0, 1.0, 2000.0)
     assert head_of("counters_per_class=100, 2000, 0\nmax_delta=5\n").class_multipliers == \
         (5.0, 1.0, 5.0)
+    assert head_of("iou_thresh_kind=giou\n").iou_thresh_kind == "giou"
+    assert head_of("iou_thresh_kind=mse\n").iou_thresh_kind == "iou"  # Darknet's get_IoU
     with pytest.raises(CfgError, match=r"t\.cfg:\d+: .*counters_per_class has 2 values: "
                                        r"expected one per class \(classes=3\)"):
         head_of("counters_per_class=1,2\n")
