@@ -60,7 +60,9 @@ more than it also learns that truth in its own cell — objectness target 1 (IoU
 objectness_smooth), the truth's class, its box — as forward_yolo_layer's per-prediction
 stage does; statistics (count, IoU, recall) count the truth loop only, like Darknet's.
 
-Every loss option of AlexeyAB's ``[yolo]`` is implemented.
+Not implemented (:func:`unsupported_keys` lists them when set): ``map`` (the YOLO9000 class
+remapping file) and ``delta_normalizer`` ≠ 1 (Darknet's GPU build scales every delta by it,
+its CPU build ignores it). No reference cfg sets either.
 """
 from __future__ import annotations
 
@@ -134,6 +136,15 @@ class YoloHeadConfig:
                    focal_loss=s.get_float("focal_loss", 0) != 0,
                    new_coords=bool(spec.new_coords),
                    objectness_smooth=s.get_float("objectness_smooth", 0) != 0)
+
+
+def unsupported_keys(spec: YoloSpec) -> list[str]:
+    """Loss options set in a [yolo] section that this loss does not implement."""
+    s = spec.section
+    out = ["map"] if s.has("map") else []
+    if s.get_float("delta_normalizer", 1.0) != 1.0:
+        out.append("delta_normalizer")
+    return [f"layer {spec.index} [yolo] {key}" for key in out]
 
 
 def _class_multipliers(spec: YoloSpec) -> tuple[float, ...] | None:
@@ -555,12 +566,14 @@ class DetectionLoss:
 
     def __init__(self, network: Network):
         self.heads: list[YoloHeadConfig] = []
+        self.unsupported: list[str] = []
         for index in network.heads():
             spec = network.layers[index]
             if not isinstance(spec, YoloSpec):
                 raise spec.error("only [yolo] heads can be trained by netsurgery "
                                  f"(this is [{spec.section.header}])")
             self.heads.append(YoloHeadConfig.from_spec(spec))
+            self.unsupported += unsupported_keys(spec)
         if not self.heads:
             raise network.cfg.net.error("no [yolo] layer: nothing to train a detector with")
         self.inputs = [head.layer - 1 for head in self.heads]

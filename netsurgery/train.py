@@ -819,7 +819,7 @@ class _Run:
             model.load_weights(wf)
             self.start = self.state["iteration"]
             self.note(f"resuming from {paths.last} at iteration {self.start}")
-        for text in unsupported_options(self.cfg):
+        for text in self.loss_fn.unsupported + unsupported_options(self.cfg):
             self.note(f"ignored by netsurgery's trainer: {text}")
         model.to(self.device)
         model.unfold_batchnorm()

@@ -546,6 +546,10 @@ max_delta=5
             hc.cls_normalizer) == (0.6, "ciou", 0.07, 1.0, 2.0)
     assert hc.anchors == ((10, 14), (23, 27), (37, 58))
     assert hc.max_delta == 5 and hc.iou_thresh == 1.0 and hc.iou_thresh_kind == "iou"
+    assert loss.unsupported == []
+    odd = DetectionLoss(build_network(parse_cfg_text(text + "map=9k.map\ndelta_normalizer=2\n",
+                                                     "t.cfg")))
+    assert odd.unsupported == ["layer 1 [yolo] map", "layer 1 [yolo] delta_normalizer"]
     assert hc.class_multipliers is None
     # defaults are Darknet's: iou_normalizer 0.75, ignore_thresh 0.5, MSE
     plain = YoloHeadConfig(layer=0, classes=1, mask=(0,), anchors=((1.0, 1.0),))
