@@ -9,8 +9,9 @@ the raw conv outputs is exactly Darknet's ``-delta``:
 * Assignment: each truth goes to the anchor (among all ``num`` anchors) whose (w, h) has the
   best IoU with its (w, h); if that anchor is in this layer's ``mask``, the cell holding
   the truth's centre, that anchor, gets the truth. Otherwise this layer ignores it. With
-  ``iou_thresh`` < 1 (YOLOv4: 0.213) every other anchor of the mask whose (w, h) IoU with the
-  truth exceeds it gets the truth too, in the same cell, with the same terms.
+  ``iou_thresh`` < 1 (YOLOv4: 0.213) every other anchor of the mask whose (w, h) match with
+  the truth (``iou_thresh_kind``: IoU, GIoU, DIoU or CIoU of the boxes at one centre) exceeds
+  it gets the truth too, in the same cell, with the same terms.
 * Box, ``iou_loss=mse`` (default), scaled by ``iou_normalizer``·(2 − w·h):
   x, y: delta = t − out with out = s·σ(z) − (s−1)/2 (s = ``scale_x_y``); the loss with that
   gradient is s·KL(q‖σ(z)), q = (t + (s−1)/2)/s (for s = 1 the logistic cross entropy
