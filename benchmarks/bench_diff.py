@@ -26,9 +26,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from netsurgery.diff import diff_weights  # noqa: E402
-from netsurgery.network import build_network  # noqa: E402
-from netsurgery.weights import WeightsHeader, file_layout, save_weights  # noqa: E402
+from netsurgery.analysis.diff import diff_weights  # noqa: E402
+from netsurgery.darknet.network import build_network  # noqa: E402
+from netsurgery.darknet.weights import WeightsHeader, file_layout, save_weights  # noqa: E402
 
 CFG = ROOT.parent / "shared" / "darknet-cfg" / "yolov3.cfg"
 

@@ -18,11 +18,11 @@ import argparse
 import os
 import time
 
+import common
 import numpy as np
 import torch
 
-import common
-from netsurgery.model import load_model
+from netsurgery.darknet.model import load_model
 
 
 def candidates(cfg, weights, x: torch.Tensor, context: bool, compile_too: bool) -> dict:
@@ -67,7 +67,7 @@ def layers(repeat: int) -> None:
     packed kernel with leaky fused; and 2×2/2 max pooling NCHW vs channels_last."""
     import torch.nn.functional as F
 
-    from netsurgery.layers.fastconv import pack_conv
+    from netsurgery.darknet.layers.fastconv import pack_conv
 
     g = torch.Generator().manual_seed(0)
     with torch.inference_mode():

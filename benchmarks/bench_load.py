@@ -44,8 +44,8 @@ def child(mode: str, cfg: str, weights: str) -> None:
     import torch.nn.functional as F
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from netsurgery.layers.fastconv import pack_conv
-    from netsurgery.model import load_model
+    from netsurgery.darknet.layers.fastconv import pack_conv
+    from netsurgery.darknet.model import load_model
 
     torch.set_num_threads(2)
     if mode == "opencv":  # imported before the baseline, and only here: see docs

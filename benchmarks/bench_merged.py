@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import argparse
 
+import common
 import numpy as np
 import torch
 
-import common
-from netsurgery.merge import TaskInput, load_heads, merge, merge_savings
-from netsurgery.model import load_model
-from netsurgery.multihead import MergedModel
-from netsurgery.surgery import load_graph
+from netsurgery.darknet.model import load_model
+from netsurgery.surgery.editing import load_graph
+from netsurgery.surgery.merge import TaskInput, load_heads, merge, merge_savings
+from netsurgery.surgery.multihead import MergedModel
 
 
 def task_graph(base, k: int, seed: int):

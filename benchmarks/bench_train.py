@@ -43,8 +43,8 @@ def task_cfg(out: Path, size: int, burn_in: int, mosaic: bool = False,
 
 
 def speed(args, root: Path) -> None:
-    from netsurgery.synth import make_shapes_dataset
-    from netsurgery.train import train
+    from netsurgery.training.synth import make_shapes_dataset
+    from netsurgery.training.train import train
 
     data = make_shapes_dataset(root / "speed", 16, seed=1, size=(args.size, args.size),
                                valid_fraction=0).data
@@ -74,8 +74,8 @@ def speed(args, root: Path) -> None:
 
 
 def long_run(args, root: Path) -> None:
-    from netsurgery.synth import make_shapes_dataset
-    from netsurgery.train import train
+    from netsurgery.training.synth import make_shapes_dataset
+    from netsurgery.training.train import train
 
     data = make_shapes_dataset(root / "shapes", args.images, seed=7, size=(160, 160),
                                valid_fraction=0.25).data

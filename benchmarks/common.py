@@ -25,10 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from netsurgery.cfg import load_cfg  # noqa: E402
-from netsurgery.network import build_network  # noqa: E402
-from netsurgery.weights import WeightsHeader, save_weights  # noqa: E402
-from netsurgery.weights import random_arrays as _random_arrays  # noqa: E402
+from netsurgery.darknet.cfg import load_cfg  # noqa: E402
+from netsurgery.darknet.network import build_network  # noqa: E402
+from netsurgery.darknet.weights import WeightsHeader, save_weights  # noqa: E402
+from netsurgery.darknet.weights import random_arrays as _random_arrays  # noqa: E402
 
 THREADS = 2
 SEED = 1234
@@ -175,7 +175,7 @@ def cfg_at_size(src: Path, size: int, dest: Path) -> Path:
 
 
 def random_arrays(network, seed: int = SEED) -> dict[int, dict[str, np.ndarray]]:
-    """Seeded plausible weights for ``network`` (netsurgery.weights.random_arrays)."""
+    """Seeded plausible weights for ``network`` (netsurgery.darknet.weights.random_arrays)."""
     return _random_arrays(network.layers, seed)
 
 

@@ -7,11 +7,11 @@ Python API (layer indices are Darknet's everywhere: 0-based, ``[net]`` not count
     outs = model.layer_outputs(x)       # every layer, index = Darknet layer index
     model.save_weights("copy.weights")  # byte-identical to the input after a load
 """
-from .cfg import Cfg, Option, Section, load_cfg, parse_cfg_text
-from .errors import CfgError, DataError, NetsurgeryError, UsageError, WeightsError
-from .model import DarknetModel, load_model
-from .network import Network, build_network
-from .weights import WeightsFile, WeightsHeader, load_weights, save_weights
+from netsurgery.darknet.cfg import Cfg, Option, Section, load_cfg, parse_cfg_text
+from netsurgery.darknet.model import DarknetModel, load_model
+from netsurgery.darknet.network import Network, build_network
+from netsurgery.darknet.weights import WeightsFile, WeightsHeader, load_weights, save_weights
+from netsurgery.errors import CfgError, DataError, NetsurgeryError, UsageError, WeightsError
 
 __version__ = "0.1.0"
 

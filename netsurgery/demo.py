@@ -79,7 +79,7 @@ def _text_task_cfg(base_cfg: Path, dataset, out: Path, settings: DemoSettings,
                    iterations: int) -> Path:
     """yolov3-tiny retargeted to one class with anchors fitted to the text boxes, and a
     learning-rate schedule for a short run."""
-    from .anchors import task_cfg_for_dataset
+    from .training.anchors import task_cfg_for_dataset
 
     cfg, _, _ = task_cfg_for_dataset(base_cfg, dataset.data)
     net = cfg.net
@@ -106,20 +106,20 @@ def run_demo(out_dir: str | os.PathLike = "demo", k: int | None = None, quick: b
              weights_dir: str | os.PathLike = "weights",
              log: Callable[[str], None] = print) -> DemoResult:
     """Run the whole demo into ``out_dir`` and write ``out_dir/report.md``."""
-    from .cost import network_cost
-    from .detect import detect_images, draw, heads_of
-    from .diff import diff_weights
-    from .evaluate import evaluate_model
+    from .analysis.cost import network_cost
+    from .analysis.diff import diff_weights
+    from .analysis.plots import plot_diff
+    from .analysis.sweep import time_merged_vs_separate
+    from .darknet.model import load_model
+    from .darknet.network import build_network
+    from .detection.detect import detect_images, draw, heads_of
+    from .detection.evaluate import evaluate_model
     from .fetch import fetch_model
-    from .merge import (MergedHeads, TaskInput, format_savings, merge, merge_savings)
-    from .model import load_model
-    from .multihead import MergedModel
-    from .network import build_network
-    from .plots import plot_diff
-    from .sweep import time_merged_vs_separate
-    from .surgery import load_graph
-    from .synth import TextStyle, make_text_dataset
-    from .train import train
+    from .surgery.editing import load_graph
+    from .surgery.merge import MergedHeads, TaskInput, format_savings, merge, merge_savings
+    from .surgery.multihead import MergedModel
+    from .training.synth import TextStyle, make_text_dataset
+    from .training.train import train
 
     t0 = time.perf_counter()
     settings = QUICK if quick else DemoSettings()
@@ -178,7 +178,7 @@ def run_demo(out_dir: str | os.PathLike = "demo", k: int | None = None, quick: b
     draw(sample, detections.records, out / "sample_detections.jpg", show_head=True)
     files["detections"] = "sample_detections.jpg"
     base_alone = load_model(base.cfg, base.weights, inference=True)
-    from .image import preprocess
+    from .detection.image import preprocess
 
     x, _ = preprocess(sample, base_net.net.width, base_net.net.height, False)
     xt = torch.from_numpy(x)[None]
@@ -206,7 +206,7 @@ def run_demo(out_dir: str | os.PathLike = "demo", k: int | None = None, quick: b
 def _write_report(out, settings, base, dataset, result, diff_report, savings, detections,
                   identical, ev, cost, merged_ms, separate_ms, seconds, quick) -> Path:
     from .fileio import atomic_write_text
-    from .merge import format_savings
+    from .surgery.merge import format_savings
 
     s = diff_report.summary
     lines = [

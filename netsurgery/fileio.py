@@ -6,7 +6,7 @@ import contextlib
 import os
 import secrets
 from pathlib import Path
-from typing import IO, Iterator, Iterable
+from typing import IO, Iterable, Iterator
 
 from .errors import UsageError
 

@@ -23,7 +23,7 @@ def to_opencv_layout(yolo_output, yolo_spec, net_w: int, net_h: int,
     anchor ``a`` and field ``k`` the channel ``a·(5+classes)+k`` holds x, y already through
     the logistic and scale_x_y, w, h raw, objectness and class scores through the logistic
     (nothing activated with ``new_coords=1``). ``yolo_spec`` is the layer's
-    :class:`~netsurgery.layers.YoloSpec` (anchors and mask); ``net_w``, ``net_h`` the network
+    :class:`~netsurgery.darknet.layers.YoloSpec` (anchors and mask); ``net_w``, ``net_h`` the network
     input size. With ``dn[a, k] = yolo_output[a·(5+classes)+k, y, x]`` OpenCV's output is a
     2-D array of shape (H·W·A, 5+classes)::
 

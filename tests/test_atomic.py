@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from netsurgery.cfg import load_cfg, parse_cfg_text
 from netsurgery.cli.app import run
+from netsurgery.darknet.cfg import load_cfg, parse_cfg_text
+from netsurgery.darknet.model import load_model
+from netsurgery.darknet.network import build_network
+from netsurgery.darknet.weights import WeightsHeader, file_layout, load_weights, save_weights
 from netsurgery.errors import UsageError, WeightsError
 from netsurgery.fileio import atomic_open, atomic_write_bytes, atomic_write_text
-from netsurgery.merge import TaskInput, load_heads, merge, merge_files
-from netsurgery.model import load_model
-from netsurgery.network import build_network
-from netsurgery.surgery import load_graph
-from netsurgery.weights import WeightsHeader, file_layout, load_weights, save_weights
+from netsurgery.surgery.editing import load_graph
+from netsurgery.surgery.merge import TaskInput, load_heads, merge, merge_files
 
 PACKAGE = Path(__file__).resolve().parents[1] / "netsurgery"
 
@@ -313,7 +313,7 @@ def test_merge_output_that_is_a_folder_is_refused(tmp_path, capsys):
 
 
 def test_merge_interrupted_between_outputs_leaves_none(tmp_path, monkeypatch):
-    from netsurgery import merge as merge_module
+    from netsurgery.surgery import merge as merge_module
 
     cfg, weights = small_files(tmp_path, "base")
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import SHARED, shared_path
+
 from netsurgery import CfgError, build_network, load_cfg, load_model, parse_cfg_text
-from netsurgery.cfg import make_section
+from netsurgery.darknet.cfg import make_section
 
 NET = "[net]\nwidth=32\nheight=32\nchannels=3\n\n"  # lines 1-4, then a blank line 5
 

@@ -8,12 +8,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import shared_path
+from test_cfg import MALFORMED, NET
+
 from netsurgery import load_model
 from netsurgery.cli.app import run
-from netsurgery.image import letterbox_image, load_image, resize_image
-from test_cfg import MALFORMED, NET
+from netsurgery.detection.image import letterbox_image, load_image, resize_image
 
 
 def det96():

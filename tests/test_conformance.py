@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import shared_path
+
 from netsurgery import load_model
 from netsurgery.cli.app import run
 

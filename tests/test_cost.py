@@ -4,17 +4,27 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
-from netsurgery.weights import random_arrays
 import pytest
-
 from conftest import shared_path
-from netsurgery.cfg import parse_cfg_text
+
+from netsurgery.analysis.cost import (
+    format_report,
+    frontier,
+    network_cost,
+    report_to_json,
+    share_cost,
+)
 from netsurgery.cli.app import run
-from netsurgery.cost import format_report, frontier, network_cost, report_to_json, share_cost
+from netsurgery.darknet.cfg import parse_cfg_text
+from netsurgery.darknet.network import build_network
+from netsurgery.darknet.weights import (
+    WeightsHeader,
+    file_layout,
+    load_weights,
+    random_arrays,
+    save_weights,
+)
 from netsurgery.errors import UsageError
-from netsurgery.network import build_network
-from netsurgery.weights import WeightsHeader, file_layout, load_weights, save_weights
 
 # Darknet's "Total BFLOPS" at each cfg's own size (SPEC.md, "Cost").
 DARKNET_TOTALS = {

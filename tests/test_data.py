@@ -1,4 +1,4 @@
-"""Tests of netsurgery.data: .data/.names parsing, image lists, label paths, label files."""
+"""Tests of netsurgery.training.data: .data/.names parsing, image lists, label paths, label files."""
 from __future__ import annotations
 
 import re
@@ -6,9 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from netsurgery.data import (IssueKind, Label, label_path, load_data_file, load_dataset,
-                             load_names, parse_label_file, read_image_list, read_labels)
 from netsurgery.errors import DataError
+from netsurgery.training.data import (
+    IssueKind,
+    Label,
+    label_path,
+    load_data_file,
+    load_dataset,
+    load_names,
+    parse_label_file,
+    read_image_list,
+    read_labels,
+)
 
 
 def write(path: Path, text: str) -> Path:

@@ -1,4 +1,4 @@
-"""Tests for netsurgery.decode: hand-computed yolo/region boxes, letterbox mapping, NMS,
+"""Tests for netsurgery.detection.decode: hand-computed yolo/region boxes, letterbox mapping, NMS,
 Darknet's printed list, and the real yolov3-tiny heads dumped by Darknet."""
 from __future__ import annotations
 
@@ -9,10 +9,21 @@ import cv2
 import numpy as np
 import pytest
 
-from netsurgery.decode import (Box, Detection, PrintedDetection, RegionHead, YoloHead,
-                               box_iou, decode_region, decode_yolo, do_nms_sort,
-                               format_printed, printed_detections, to_pixels)
-from netsurgery.image import preprocess
+from netsurgery.detection.decode import (
+    Box,
+    Detection,
+    PrintedDetection,
+    RegionHead,
+    YoloHead,
+    box_iou,
+    decode_region,
+    decode_yolo,
+    do_nms_sort,
+    format_printed,
+    printed_detections,
+    to_pixels,
+)
+from netsurgery.detection.image import preprocess
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CASE = SHARED / "conformance" / "yolov3-tiny-coco"

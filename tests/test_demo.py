@@ -4,8 +4,8 @@ from __future__ import annotations
 import shutil
 
 import pytest
-
 from conftest import shared_path
+
 from netsurgery.cli.app import run
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import shared_path
+
 from netsurgery.cli.app import run
-from netsurgery.detect import detect_images, heads_of
-from netsurgery.evaluate import evaluate_model
-from netsurgery.model import load_model
+from netsurgery.darknet.model import load_model
+from netsurgery.detection.detect import detect_images, heads_of
+from netsurgery.detection.evaluate import evaluate_model
 
 LINE = re.compile(r"(?P<name>[\w ]+): (?P<pct>\d+)%\s+\(left_x:\s+(?P<l>-?\d+)\s+top_y:\s+"
                   r"(?P<t>-?\d+)\s+width:\s+(?P<w>\d+)\s+height:\s+(?P<h>\d+)\)")

@@ -9,15 +9,23 @@ import shutil
 import numpy as np
 import pytest
 
-from netsurgery import diff as diff_module
-from netsurgery.cfg import load_cfg
+from netsurgery.analysis import diff as diff_module
+from netsurgery.analysis.diff import (
+    EPSILON,
+    diff_many,
+    diff_weights,
+    format_report,
+    report_to_json,
+    resolve_cfgs,
+    tensor_diff,
+    write_csv,
+)
+from netsurgery.analysis.plots import plot_diff
 from netsurgery.cli.app import run
-from netsurgery.diff import (EPSILON, diff_many, diff_weights, format_report, report_to_json,
-                             resolve_cfgs, tensor_diff, write_csv)
+from netsurgery.darknet.cfg import load_cfg
+from netsurgery.darknet.network import build_network
+from netsurgery.darknet.weights import layer_arrays, load_weights, save_weights
 from netsurgery.errors import UsageError, WeightsError
-from netsurgery.network import build_network
-from netsurgery.plots import plot_diff
-from netsurgery.weights import layer_arrays, load_weights, save_weights
 
 SCALE = np.float32(1.5)  # layer 10's kernel
 SHIFT = np.float32(0.25)  # added to layer 13's biases

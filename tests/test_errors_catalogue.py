@@ -16,18 +16,29 @@ import numpy as np
 import pytest
 
 from netsurgery import errors as errors_module
-from netsurgery.cfg import load_cfg, parse_cfg_text
 from netsurgery.cli.app import run
-from netsurgery.data import (load_data_file, load_dataset, load_names, read_labels)
+from netsurgery.darknet.cfg import load_cfg, parse_cfg_text
+from netsurgery.darknet.model import load_model
+from netsurgery.darknet.network import build_network
+from netsurgery.darknet.weights import (
+    WeightsHeader,
+    file_layout,
+    load_weights,
+    load_weights_bytes,
+    save_weights,
+)
 from netsurgery.errors import NetsurgeryError
 from netsurgery.fileio import atomic_write_text, check_output
-from netsurgery.merge import (MergedHeads, TaskInput, load_heads, merge,
-                              parse_task_option, split)
-from netsurgery.model import load_model
-from netsurgery.network import build_network
-from netsurgery.surgery import load_graph
-from netsurgery.weights import (WeightsHeader, file_layout, load_weights, load_weights_bytes,
-                                save_weights)
+from netsurgery.surgery.editing import load_graph
+from netsurgery.surgery.merge import (
+    MergedHeads,
+    TaskInput,
+    load_heads,
+    merge,
+    parse_task_option,
+    split,
+)
+from netsurgery.training.data import load_data_file, load_dataset, load_names, read_labels
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 
@@ -204,26 +215,26 @@ _ONE_YOLO = NET + ("[convolutional]\nfilters=18\nsize=1\nactivation=linear\n[yol
 
 @produces("E-TRAIN-RANDOM")
 def _train_random(tmp):
-    from netsurgery.augment import MultiScale
+    from netsurgery.training.augment import MultiScale
     return MultiScale.from_cfg(parse_cfg_text(_ONE_YOLO + "random=-1\n", "t.cfg"), 16, 16)
 
 
 @produces("E-TRAIN-RESIZE-STEP")
 def _train_resize_step(tmp):
-    from netsurgery.augment import MultiScale
+    from netsurgery.training.augment import MultiScale
     text = _ONE_YOLO.replace("channels=3", "channels=3\nresize_step=0") + "random=1\n"
     return MultiScale.from_cfg(parse_cfg_text(text, "t.cfg"), 16, 16)
 
 
 @produces("E-TRAIN-YOLO-RESIZE")
 def _train_yolo_resize(tmp):
-    from netsurgery.augment import AugmentConfig
+    from netsurgery.training.augment import AugmentConfig
     return AugmentConfig.from_cfg(parse_cfg_text(_ONE_YOLO + "resize=0\n", "t.cfg"))
 
 
 @produces("E-TRAIN-COUNTERS")
 def _train_counters(tmp):
-    from netsurgery.loss import DetectionLoss
+    from netsurgery.training.loss import DetectionLoss
     return DetectionLoss(build(_ONE_YOLO + "counters_per_class=1,2\n"))
 
 

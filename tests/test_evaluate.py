@@ -1,4 +1,4 @@
-"""Tests for netsurgery.evaluate: Darknet's ``detector map`` on hand-computed cases."""
+"""Tests for netsurgery.detection.evaluate: Darknet's ``detector map`` on hand-computed cases."""
 from __future__ import annotations
 
 import math
@@ -6,10 +6,15 @@ import math
 import numpy as np
 import pytest
 
-from netsurgery.decode import Box, Detection
+from netsurgery.detection.decode import Box, Detection
+from netsurgery.detection.evaluate import (
+    GroundTruth,
+    ScoredDetection,
+    average_precision,
+    evaluate_detections,
+    scored_detections,
+)
 from netsurgery.errors import DataError
-from netsurgery.evaluate import (GroundTruth, ScoredDetection, average_precision,
-                                 evaluate_detections, scored_detections)
 
 T0 = Box(0.25, 0.25, 0.2, 0.2)
 T1 = Box(0.75, 0.75, 0.2, 0.2)
@@ -171,7 +176,7 @@ def test_scored_detections_collection_order():
 def darknet_map_reference(truths, dets, n_classes, iou_thresh, points):
     """Literal transliteration of validate_detector_map's matching and pr[class][rank] loop
     (global ranks over all classes), for comparison on random data."""
-    from netsurgery.decode import box_iou
+    from netsurgery.detection.decode import box_iou
     truth_list = [t for t in truths if not t.difficult]
     collected = []
     for d in dets:

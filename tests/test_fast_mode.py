@@ -12,18 +12,22 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import shared_path
-from netsurgery.layers.activation import ACTIVATIONS
-from netsurgery.layers.conv import CONV_BN_EPS
-from netsurgery.layers.fastconv import (FUSED_ACTIVATIONS, FoldScratch, mkldnn_ops_available,
-                                        pack_conv)
-from netsurgery.merge import TaskInput, merge
-from netsurgery.model import load_model
-from netsurgery.multihead import MergedModel, load_merged
-from netsurgery.network import build_network
-from netsurgery.surgery import load_graph
-from netsurgery.weights import WeightsHeader, load_weights, random_arrays, save_weights
+
+from netsurgery.darknet.layers.activation import ACTIVATIONS
+from netsurgery.darknet.layers.conv import CONV_BN_EPS
+from netsurgery.darknet.layers.fastconv import (
+    FUSED_ACTIVATIONS,
+    FoldScratch,
+    mkldnn_ops_available,
+    pack_conv,
+)
+from netsurgery.darknet.model import load_model
+from netsurgery.darknet.network import build_network
+from netsurgery.darknet.weights import WeightsHeader, load_weights, random_arrays, save_weights
+from netsurgery.surgery.editing import load_graph
+from netsurgery.surgery.merge import TaskInput, merge
+from netsurgery.surgery.multihead import MergedModel, load_merged
 
 REL_TOL = 1e-4
 needs_mkldnn = pytest.mark.skipif(not mkldnn_ops_available(),
@@ -339,8 +343,8 @@ def test_fast_merged_network_equals_plain_and_separate_models(yolov3_tiny, tmp_p
 MEMORY_CHILD = """
 import json, resource, sys, torch
 import torch.nn.functional as F
-from netsurgery.model import load_model
-from netsurgery.layers.fastconv import pack_conv
+from netsurgery.darknet.model import load_model
+from netsurgery.darknet.layers.fastconv import pack_conv
 def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 # first use of oneDNN allocates its own state: not part of loading

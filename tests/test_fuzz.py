@@ -17,14 +17,21 @@ import numpy as np
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
-
 from hypothesis_profiles import FUZZ
-from netsurgery import schema
-from netsurgery.cfg import Cfg, load_cfg, make_section, parse_cfg_text
+
+from netsurgery.darknet import schema
+from netsurgery.darknet.cfg import Cfg, load_cfg, make_section, parse_cfg_text
+from netsurgery.darknet.network import build_network
+from netsurgery.darknet.weights import (
+    WeightsHeader,
+    file_layout,
+    load_weights,
+    load_weights_bytes,
+    nonfinite_report,
+    read_header,
+    save_weights,
+)
 from netsurgery.errors import CfgError, NetsurgeryError, WeightsError
-from netsurgery.network import build_network
-from netsurgery.weights import (WeightsHeader, file_layout, load_weights, load_weights_bytes,
-                                nonfinite_report, read_header, save_weights)
 
 CFG_PATH = "fuzz.cfg"
 WEIGHTS_PATH = "fuzz.weights"
@@ -398,7 +405,7 @@ ACTIVATIONS = ["leaky", "linear", "logistic", "relu", "mish", "swish", "tanh"]
 @st.composite
 def networks(draw):
     """A valid small network (conv/maxpool/route/shortcut/upsample/yolo) and its shapes,
-    computed here from Darknet's formulas (an oracle independent of netsurgery.layers)."""
+    computed here from Darknet's formulas (an oracle independent of netsurgery.darknet.layers)."""
     width, height = draw(st.integers(3, 20)), draw(st.integers(3, 20))
     channels = draw(st.integers(1, 4))
     net_opts = [("width", width), ("height", height), ("channels", channels)]

@@ -1,4 +1,4 @@
-"""Tests for netsurgery.image: Darknet's load / resize / letterbox, checked against a slow
+"""Tests for netsurgery.detection.image: Darknet's load / resize / letterbox, checked against a slow
 transliteration of image.c and against input tensors dumped from Darknet itself."""
 from __future__ import annotations
 
@@ -8,9 +8,14 @@ import cv2
 import numpy as np
 import pytest
 
+from netsurgery.detection.image import (
+    letterbox_geometry,
+    letterbox_image,
+    load_image,
+    preprocess,
+    resize_image,
+)
 from netsurgery.errors import DataError
-from netsurgery.image import (letterbox_geometry, letterbox_image, load_image, preprocess,
-                              resize_image)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 F32 = np.float32

@@ -1,4 +1,4 @@
-"""Tests of netsurgery.loss: the YOLOv3 loss against Darknet's deltas (AlexeyAB
+"""Tests of netsurgery.training.loss: the YOLOv3 loss against Darknet's deltas (AlexeyAB
 forward_yolo_layer), on hand-made tiny predictions."""
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from netsurgery.cfg import parse_cfg_text
+from netsurgery.darknet.cfg import parse_cfg_text
+from netsurgery.darknet.network import build_network
 from netsurgery.errors import CfgError
-from netsurgery.loss import DetectionLoss, YoloHeadConfig, iou_kind, yolo_loss
-from netsurgery.network import build_network
+from netsurgery.training.loss import DetectionLoss, YoloHeadConfig, iou_kind, yolo_loss
 
 NET = 64  # network input size used by the hand-made heads
 ANCHORS = ((8.0, 8.0), (16.0, 16.0), (24.0, 40.0), (40.0, 24.0), (32.0, 32.0), (56.0, 56.0))
@@ -97,7 +97,7 @@ def test_iou_thresh_kind_measures_the_shape_match(kind, extra):
     res, _ = grads(raw_zeros(), h, [torch.tensor([[0, 0.3, 0.3, 30 / NET, 10 / NET]])])
     assert res.count == 1 + extra
     if kind in ("giou", "ciou"):
-        from netsurgery.loss import _shape_iou_kind
+        from netsurgery.training.loss import _shape_iou_kind
         values = _shape_iou_kind(torch.tensor([[30 / NET, 10 / NET]]),
                                  torch.tensor(anchors) / NET, kind)[0].tolist()
         v = 4 / math.pi ** 2 * (math.atan(3) - math.atan(1 / 3)) ** 2

@@ -7,16 +7,16 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import shared_path
-from netsurgery.cfg import load_cfg
+
 from netsurgery.cli.app import run
+from netsurgery.darknet.cfg import load_cfg
+from netsurgery.darknet.model import load_model
+from netsurgery.darknet.network import build_network
 from netsurgery.errors import UsageError
-from netsurgery.merge import MergedHeads, TaskInput, load_heads, merge, merge_files, split
-from netsurgery.model import load_model
-from netsurgery.multihead import load_merged
-from netsurgery.network import build_network
-from netsurgery.surgery import Graph, Layer, load_graph
+from netsurgery.surgery.editing import Graph, Layer, load_graph
+from netsurgery.surgery.merge import MergedHeads, TaskInput, load_heads, merge, merge_files, split
+from netsurgery.surgery.multihead import load_merged
 
 LOGO_ANCHORS = [12, 16, 20, 30, 40, 40, 60, 70, 100, 120, 200, 200]
 
@@ -285,8 +285,8 @@ def test_info_on_merged_network_shows_savings(tiny_setup, capsys):
 def test_time_merged_against_each_head_alone(tiny_setup, capsys):
     """Timing values themselves are not asserted (benchmarks do that): the rounds, the sum,
     the FLOP ratio shown beside the time, and the command's output."""
-    from netsurgery.merge import merge_savings
-    from netsurgery.timing import time_merged, time_model
+    from netsurgery.detection.timing import time_merged, time_model
+    from netsurgery.surgery.merge import merge_savings
 
     root, base_files, files = tiny_setup
     out = str(root / "merged_time")

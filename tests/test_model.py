@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import shared_path
+
 from netsurgery import NetsurgeryError, load_cfg, load_model
 
 

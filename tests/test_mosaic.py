@@ -1,13 +1,20 @@
-"""Mosaic augmentation (netsurgery.mosaic, [net] mosaic=1): the four quadrants, the boxes
+"""Mosaic augmentation (netsurgery.training.mosaic, [net] mosaic=1): the four quadrants, the boxes
 following the pixels, and the seeded half-of-the-samples rule of the batches; mixup=1."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from netsurgery.augment import AugmentConfig, Crop, blend
-from netsurgery.mosaic import (MIN_OFFSET, Quadrant, _corner_crop, grey_shifts, mosaic,
-                               quadrant, shift_boxes)
+from netsurgery.training.augment import AugmentConfig, Crop, blend
+from netsurgery.training.mosaic import (
+    MIN_OFFSET,
+    Quadrant,
+    _corner_crop,
+    grey_shifts,
+    mosaic,
+    quadrant,
+    shift_boxes,
+)
 
 NET_W, NET_H = 80, 64
 BG = [(0.9, 0.1, 0.1), (0.1, 0.9, 0.1), (0.1, 0.1, 0.9), (0.9, 0.9, 0.1)]
@@ -108,9 +115,9 @@ def test_mosaic_needs_four_images():
 
 
 def test_half_of_the_samples_are_mosaics_and_all_are_seeded(tmp_path, monkeypatch):
-    from netsurgery import batches
-    from netsurgery.synth import make_shapes_dataset
-    from netsurgery.data import load_dataset, load_data_file
+    from netsurgery.training import batches
+    from netsurgery.training.data import load_data_file, load_dataset
+    from netsurgery.training.synth import make_shapes_dataset
 
     paths = make_shapes_dataset(tmp_path / "ds", 8, seed=1, size=(48, 48))
     dataset = load_dataset(load_data_file(paths.data).require("train"), 3)
@@ -180,10 +187,10 @@ def test_mixup_blends_half_and_half_with_both_box_sets():
 
 
 def test_mixup_from_cfg_and_in_half_of_the_samples(tmp_path, monkeypatch):
-    from netsurgery import batches
-    from netsurgery.cfg import parse_cfg_text
-    from netsurgery.data import load_data_file, load_dataset
-    from netsurgery.synth import make_shapes_dataset
+    from netsurgery.darknet.cfg import parse_cfg_text
+    from netsurgery.training import batches
+    from netsurgery.training.data import load_data_file, load_dataset
+    from netsurgery.training.synth import make_shapes_dataset
 
     def net(extra: str) -> AugmentConfig:
         return AugmentConfig.from_cfg(parse_cfg_text(

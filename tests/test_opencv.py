@@ -14,8 +14,9 @@ if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromDarknet"):
     pytest.skip("this OpenCV has no Darknet importer", allow_module_level=True)
 
 from conftest import shared_path  # noqa: E402
-from netsurgery import load_model  # noqa: E402
 from opencv_util import opencv_cfg_text, opencv_yolo_outputs, to_opencv_layout  # noqa: E402
+
+from netsurgery import load_model  # noqa: E402
 
 CASES = ["cov-cls-64", "cov-det-96", "yolov4-tiny-160", "yolov3-tiny-coco"]
 ABS_TOL = 1e-4
@@ -164,7 +165,7 @@ def test_other_input_size_matches_opencv(how, tmp_path):
         model = load_model(cfg, weights, size=(320, 224), inference=True)
     else:
         model = load_model(cfg, weights, inference=True).resize(320, 224)
-    from netsurgery.image import load_image, resize_image
+    from netsurgery.detection.image import load_image, resize_image
 
     x = resize_image(load_image(shared_path("images", "dog.jpg")), 320, 224)[None]
     cv_out = opencv_yolo_outputs(cfg, weights, x, tmp_path)

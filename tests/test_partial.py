@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import shared_path
+
 from netsurgery.cli.app import run
+from netsurgery.darknet.network import build_network
+from netsurgery.darknet.weights import WeightsHeader, file_layout, load_weights, save_weights
 from netsurgery.errors import UsageError, WeightsError
-from netsurgery.network import build_network
-from netsurgery.partial import write_partial
-from netsurgery.weights import WeightsHeader, file_layout, load_weights, save_weights
+from netsurgery.surgery.partial import write_partial
 
 
 def test_real_yolov3_tiny_first_13_layers(yolov3_tiny, tmp_path):

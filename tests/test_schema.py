@@ -1,11 +1,11 @@
-"""Checks of netsurgery.schema against the reference cfg files and Darknet's parser."""
+"""Checks of netsurgery.darknet.schema against the reference cfg files and Darknet's parser."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from netsurgery import schema
+from netsurgery.darknet import schema
 
 CFG_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "darknet-cfg"
 

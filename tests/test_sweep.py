@@ -4,13 +4,13 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import shared_path
-from netsurgery.cfg import load_cfg
+
+from netsurgery.analysis.sweep import run_sweep
 from netsurgery.cli.app import run
-from netsurgery.surgery import retarget_heads
-from netsurgery.sweep import run_sweep
-from netsurgery.synth import make_shapes_dataset
+from netsurgery.darknet.cfg import load_cfg
+from netsurgery.surgery.editing import retarget_heads
+from netsurgery.training.synth import make_shapes_dataset
 
 
 @pytest.fixture(scope="module")

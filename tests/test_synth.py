@@ -1,16 +1,25 @@
-"""Tests of netsurgery.synth: synthetic datasets read back through netsurgery.data."""
+"""Tests of netsurgery.training.synth: synthetic datasets read back through netsurgery.training.data."""
 from __future__ import annotations
-
 
 import cv2
 import numpy as np
 import pytest
 
-from netsurgery.data import (label_path, load_data_file, load_dataset, load_names,
-                             read_image_list, read_labels)
 from netsurgery.errors import DataError, UsageError
-from netsurgery.synth import (make_shapes_dataset, make_text_dataset, render_shapes_image,
-                              render_text_image)
+from netsurgery.training.data import (
+    label_path,
+    load_data_file,
+    load_dataset,
+    load_names,
+    read_image_list,
+    read_labels,
+)
+from netsurgery.training.synth import (
+    make_shapes_dataset,
+    make_text_dataset,
+    render_shapes_image,
+    render_text_image,
+)
 
 SIZE = (96, 96)
 

@@ -1,4 +1,4 @@
-"""Tests of netsurgery.train / netsurgery.augment / ``netsurgery train``: partial retraining
+"""Tests of netsurgery.training.train / netsurgery.training.augment / ``netsurgery train``: partial retraining
 with a frozen trunk, checkpoints, resume, stopbackward, DDP, and an end-to-end run of the real
 yolov3-tiny on a synthetic shapes task."""
 from __future__ import annotations
@@ -14,20 +14,35 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import shared_path
-from netsurgery.augment import (AugmentConfig, Crop, MultiScale, move_boxes, plan_crop,
-                                prepare, shift_colours, unsupported_options)
-from netsurgery.cfg import load_cfg, parse_cfg_text
+
 from netsurgery.cli.app import run
+from netsurgery.darknet.cfg import load_cfg, parse_cfg_text
+from netsurgery.darknet.model import load_model
+from netsurgery.darknet.network import build_network
+from netsurgery.darknet.weights import load_weights
+from netsurgery.detection.image import letterbox_image, resize_image
 from netsurgery.errors import CfgError, UsageError
-from netsurgery.image import letterbox_image, resize_image
-from netsurgery.model import load_model
-from netsurgery.network import build_network
-from netsurgery.synth import make_shapes_dataset
-from netsurgery.train import (Schedule, checkpoint_cfg, default_batch, freeze_from_cfg,
-                              fresh_arrays, init_from_base, train)
-from netsurgery.weights import load_weights
+from netsurgery.training.augment import (
+    AugmentConfig,
+    Crop,
+    MultiScale,
+    move_boxes,
+    plan_crop,
+    prepare,
+    shift_colours,
+    unsupported_options,
+)
+from netsurgery.training.synth import make_shapes_dataset
+from netsurgery.training.train import (
+    Schedule,
+    checkpoint_cfg,
+    default_batch,
+    freeze_from_cfg,
+    fresh_arrays,
+    init_from_base,
+    train,
+)
 
 # A tiny detector: two BN convs (the trunk in these tests), then a conv without BN and the
 # head conv. The trainable tail has no BatchNorm, so a 2-process DDP run must give the same
@@ -237,7 +252,7 @@ def test_multi_scale_sizes_follow_darknet(yolov3_tiny):
 
 
 def test_yolo_resize_scales_the_crop_keeping_its_aspect():
-    from netsurgery.augment import _resize_range
+    from netsurgery.training.augment import _resize_range
 
     # Darknet's float32 bounds, truncated: 120·(1 − 1.5)/2 = −30, 120·(1 − 1/1.5)/2 = 19.99998
     assert _resize_range(120, 1.5) == (-30, 19) and _resize_range(90, 1.5) == (-22, 14)
@@ -256,7 +271,7 @@ def test_yolo_resize_scales_the_crop_keeping_its_aspect():
 def test_blur_levels_and_images_by_hand():
     import cv2
 
-    from netsurgery.augment import blur_image, blur_level
+    from netsurgery.training.augment import blur_image, blur_level
 
     boxes = np.array([[0, 0.5, 0.5, 40 / 64, 1.0]], dtype=np.float32)  # 40 x 64 pixels
     assert [blur_level(c, 9, boxes, 64, 64) for c in (0, 1, 2)] == [0, 1, 5]  # 40 // 8
@@ -354,8 +369,8 @@ def test_colour_shift_scales_value_and_saturation():
 
 
 def test_batches_walk_seeded_epochs(tiny):
-    from netsurgery.batches import TrainImages
-    from netsurgery.data import load_dataset
+    from netsurgery.training.batches import TrainImages
+    from netsurgery.training.data import load_dataset
 
     dataset = load_dataset(Path(tiny.data).parent / "train.txt", 3)
     images = TrainImages(dataset, 64, 64, AugmentConfig(), augment=False, seed=4)
@@ -410,7 +425,7 @@ def test_checkpoint_cfg_marks_only_the_frozen_layer():
 
 
 def test_train_net_freezes_the_trunk(tiny):
-    from netsurgery.train import TrainNet
+    from netsurgery.training.train import TrainNet
 
     model = load_model(tiny.cfg, tiny.weights)
     reference = load_model(tiny.cfg, tiny.weights)  # eval mode: rolling statistics
@@ -664,8 +679,8 @@ def test_yolov3_tiny_result_loads_in_opencv_and_netsurgery(tiny_yolo_run, shared
 def test_fresh_head_starts_with_low_objectness():
     """A re-initialised conv before a [yolo] gets objectness bias −4.6 (p ≈ 0.01) for each
     anchor; the other channels keep Darknet's zero bias."""
-    from netsurgery.cfg import parse_cfg_text
-    from netsurgery.train import OBJECTNESS_PRIOR_BIAS, _objectness_prior, fresh_arrays
+    from netsurgery.darknet.cfg import parse_cfg_text
+    from netsurgery.training.train import OBJECTNESS_PRIOR_BIAS, _objectness_prior, fresh_arrays
 
     text = ("[net]\nwidth=32\nheight=32\nchannels=3\n[convolutional]\nfilters=14\nsize=1\n"
             "activation=linear\n[yolo]\nmask=0,1\nanchors=4,4,8,8\nclasses=2\nnum=2\n")
@@ -724,8 +739,8 @@ def test_yolov4_tiny_trains_with_every_option_its_family_sets(tmp_path):
     """The real yolov4-tiny cfg (grouped routes, scale_x_y 1.05, CIoU, resize=1.5) plus what
     yolov4.cfg adds (mosaic=1, iou_thresh=0.213, max_delta=5): every option is implemented
     (nothing reported as ignored), the trunk stays bit-identical, the tail learns."""
-    from netsurgery.surgery import retarget_heads
-    from netsurgery.weights import WeightsHeader, random_arrays, save_weights
+    from netsurgery.darknet.weights import WeightsHeader, random_arrays, save_weights
+    from netsurgery.surgery.editing import retarget_heads
 
     text = shared_path("darknet-cfg", "yolov4-tiny.cfg").read_text()
     for old, new in (("width=416", "width=96"), ("height=416", "height=96"),

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import shared_path
-from netsurgery.cfg import parse_cfg_text
+
+from netsurgery.darknet.cfg import parse_cfg_text
+from netsurgery.darknet.layers import Shape
+from netsurgery.darknet.network import build_network
+from netsurgery.darknet.validate import ERROR, WARNING, check_network, validate_network
 from netsurgery.errors import CfgError
-from netsurgery.layers import Shape
-from netsurgery.network import build_network
-from netsurgery.validate import ERROR, WARNING, check_network, validate_network
 
 NET = "[net]\nwidth=8\nheight=8\nchannels=3\n"  # lines 1-4
 

@@ -7,11 +7,19 @@ import hashlib
 import numpy as np
 import pytest
 import torch
-
 from conftest import shared_path
+
 from netsurgery import WeightsError, WeightsHeader, build_network, load_model, parse_cfg_text
-from netsurgery.weights import (expected_size, file_layout, layer_arrays, load_weights,
-                                load_weights_bytes, nonfinite_report, read_header, save_weights)
+from netsurgery.darknet.weights import (
+    expected_size,
+    file_layout,
+    layer_arrays,
+    load_weights,
+    load_weights_bytes,
+    nonfinite_report,
+    read_header,
+    save_weights,
+)
 
 YOLOV3_TINY_BYTES = 35434956  # 20-byte header + 8858734 floats
 
@@ -287,7 +295,7 @@ def test_layout_cfg_round_trips_through_the_model(tmp_path):
 def test_random_arrays_are_seeded_complete_and_plausible():
     """The library's random weights: one array per file-layout entry, reproducible by seed,
     positive BatchNorm variances, He-scaled kernels (std ≈ 1/sqrt(fan_in))."""
-    from netsurgery.weights import random_arrays
+    from netsurgery.darknet.weights import random_arrays
 
     network = build_network(parse_cfg_text(LAYOUT_CFG))
     a, b = random_arrays(network.layers, 7), random_arrays(network.layers, 7)

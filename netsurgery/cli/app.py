@@ -8,7 +8,7 @@ import traceback
 
 import click
 
-from ..errors import NetsurgeryError
+from netsurgery.errors import NetsurgeryError
 
 
 class SizeParam(click.ParamType):

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from ..demo import run_demo
+from netsurgery.demo import run_demo
+
 from .app import main
 
 

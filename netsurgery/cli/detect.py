@@ -5,10 +5,11 @@ import sys
 
 import click
 
-from ..detect import detect_images, heads_of, write_json
-from ..fileio import check_output
-from ..merge import load_heads
-from ..model import load_model
+from netsurgery.darknet.model import load_model
+from netsurgery.detection.detect import detect_images, heads_of, write_json
+from netsurgery.fileio import check_output
+from netsurgery.surgery.merge import load_heads
+
 from .app import SIZE, main
 
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import click
 
-from ..diff import diff_many, format_report, resolve_cfgs, write_csv, write_json
-from ..fileio import check_output
+from netsurgery.analysis.diff import diff_many, format_report, resolve_cfgs, write_csv, write_json
+from netsurgery.fileio import check_output
+
 from .app import INT_LIST, main
 
 
@@ -44,12 +45,12 @@ def diff(base, tasks, base_cfg, task_cfgs, csv_path, json_path, plot_path, log_y
     for out in outputs:
         check_output(out, inputs, overwrite)
     if plot_path:  # matplotlib is imported only when a chart is wanted
-        from ..plots import chart_format
+        from netsurgery.analysis.plots import chart_format
 
         chart_format(plot_path)
     reports = diff_many(choice.base, base, list(zip(choice.tasks, tasks)))
     if plot_path:
-        from ..plots import check_marks
+        from netsurgery.analysis.plots import check_marks
 
         check_marks(marks, reports[0].summary.n_layers)
     for i, report in enumerate(reports):
@@ -63,7 +64,7 @@ def diff(base, tasks, base_cfg, task_cfgs, csv_path, json_path, plot_path, log_y
         write_json(reports, json_path)
         click.echo(f"wrote {json_path}")
     if plot_path:
-        from ..plots import plot_diff, plot_diff_tasks
+        from netsurgery.analysis.plots import plot_diff, plot_diff_tasks
 
         if len(reports) == 1:
             chart = plot_diff(reports[0], plot_path, log_y=log_y, marks=marks)

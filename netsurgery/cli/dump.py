@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import click
 
-from ..dump import dump_layers, load_input, save_npz
-from ..fileio import check_output
-from ..model import load_model
+from netsurgery.darknet.dump import dump_layers, load_input, save_npz
+from netsurgery.darknet.model import load_model
+from netsurgery.fileio import check_output
+
 from .app import INT_LIST, main
 
 

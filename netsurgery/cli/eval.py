@@ -6,11 +6,12 @@ import sys
 
 import click
 
-from ..detect import heads_of
-from ..evaluate import evaluate_model, format_result, result_to_json
-from ..fileio import atomic_write_text, check_output
-from ..merge import load_heads
-from ..model import load_model
+from netsurgery.darknet.model import load_model
+from netsurgery.detection.detect import heads_of
+from netsurgery.detection.evaluate import evaluate_model, format_result, result_to_json
+from netsurgery.fileio import atomic_write_text, check_output
+from netsurgery.surgery.merge import load_heads
+
 from .app import SIZE, main
 
 
@@ -62,7 +63,7 @@ def eval_cmd(cfg, weights, data_files, heads_path, iou, points, thresh, letterbo
         if pr_chart:
             from pathlib import Path
 
-            from ..plots import plot_pr_curves
+            from netsurgery.analysis.plots import plot_pr_curves
 
             target = Path(pr_chart)
             if len(by_head) > 1:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from ..fetch import MODELS, fetch_model
+from netsurgery.fetch import MODELS, fetch_model
+
 from .app import main
 
 

@@ -5,11 +5,12 @@ import json
 
 import click
 
-from ..cost import format_report, network_cost, report_to_json
-from ..fileio import atomic_write_text, check_output
-from ..network import build_network
-from ..validate import validate_network
-from ..weights import load_weights
+from netsurgery.analysis.cost import format_report, network_cost, report_to_json
+from netsurgery.darknet.network import build_network
+from netsurgery.darknet.validate import validate_network
+from netsurgery.darknet.weights import load_weights
+from netsurgery.fileio import atomic_write_text, check_output
+
 from .app import INT_LIST, SIZE, main
 
 
@@ -35,7 +36,7 @@ def info(cfg, weights, size, share_until, json_path, heads_path, overwrite):
     click.echo(format_report(report), nl=False)
     savings = None
     if heads_path:
-        from ..merge import format_savings, load_heads, merge_savings
+        from netsurgery.surgery.merge import format_savings, load_heads, merge_savings
 
         savings = merge_savings(network, load_heads(heads_path))
         click.echo("\nmerged network against separate networks:")

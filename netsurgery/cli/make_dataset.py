@@ -5,7 +5,8 @@ import sys
 
 import click
 
-from ..synth import make_shapes_dataset, make_text_dataset
+from netsurgery.training.synth import make_shapes_dataset, make_text_dataset
+
 from .app import SIZE, main
 
 

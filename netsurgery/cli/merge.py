@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import click
 
-from ..fileio import check_output, staged_outputs
-from ..merge import format_savings, load_heads, merge_files, merge_savings, split
-from ..surgery import load_graph
+from netsurgery.fileio import check_output, staged_outputs
+from netsurgery.surgery.editing import load_graph
+from netsurgery.surgery.merge import format_savings, load_heads, merge_files, merge_savings, split
+
 from .app import main
 
 

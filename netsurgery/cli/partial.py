@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from ..partial import write_partial
+from netsurgery.surgery.partial import write_partial
+
 from .app import main
 
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from ..sweep import format_sweep, run_sweep
+from netsurgery.analysis.sweep import format_sweep, run_sweep
+
 from .app import INT_LIST, main
 
 

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import click
 
-from ..cfg import load_cfg
-from ..fileio import check_output
-from ..network import build_network
-from ..surgery import retarget_heads
+from netsurgery.darknet.cfg import load_cfg
+from netsurgery.darknet.network import build_network
+from netsurgery.fileio import check_output
+from netsurgery.surgery.editing import retarget_heads
+
 from .app import main
 
 
@@ -21,7 +22,7 @@ from .app import main
 @click.option("--overwrite", is_flag=True)
 def task_cfg(base_cfg, classes, data, anchors, out, overwrite):
     """Write BASE_CFG with its [yolo] heads retargeted to the task's classes (and anchors)."""
-    from ..anchors import task_cfg_for_dataset
+    from netsurgery.training.anchors import task_cfg_for_dataset
 
     check_output(out, [base_cfg], overwrite)
     if data:

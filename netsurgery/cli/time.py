@@ -6,10 +6,11 @@ import sys
 import click
 import torch
 
-from ..errors import UsageError
-from ..merge import load_heads
-from ..model import load_model
-from ..timing import format_timing, time_merged, time_model
+from netsurgery.darknet.model import load_model
+from netsurgery.detection.timing import format_timing, time_merged, time_model
+from netsurgery.errors import UsageError
+from netsurgery.surgery.merge import load_heads
+
 from .app import SIZE, main
 
 

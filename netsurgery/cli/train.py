@@ -4,9 +4,11 @@ from __future__ import annotations
 import click
 import torch
 
-from ..data import load_data_file
-from ..errors import UsageError
-from ..train import TrainProgress, train as run_training
+from netsurgery.errors import UsageError
+from netsurgery.training.data import load_data_file
+from netsurgery.training.train import TrainProgress
+from netsurgery.training.train import train as run_training
+
 from .app import echo_err, main
 
 

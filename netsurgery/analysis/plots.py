@@ -1,0 +1,248 @@
+"""Charts, drawn with matplotlib's object API on the Agg canvas (no pyplot, no display):
+PNG or SVG chosen by the output's extension, written atomically. One section per chart."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.transforms import blended_transform_factory
+
+from netsurgery.errors import UsageError
+from netsurgery.fileio import atomic_open
+
+from .diff import DiffReport
+
+FORMATS = {".png": "png", ".svg": "svg"}
+DPI = 100
+
+
+@dataclass
+class Chart:
+    """A written chart: its path and its size in pixels (PNG; SVG at the same size in pt)."""
+
+    path: str
+    width: int
+    height: int
+
+
+def chart_format(path: str | os.PathLike) -> str:
+    """``png`` or ``svg`` from the extension; anything else is a UsageError."""
+    ext = Path(path).suffix.lower()
+    if ext not in FORMATS:
+        raise UsageError(f"{path}: unsupported chart format {ext or '(no extension)'}; "
+                         f"use {' or '.join(FORMATS)}")
+    return FORMATS[ext]
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Chart:
+    fmt = chart_format(path)
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format=fmt, dpi=DPI)
+    width, height = fig.get_size_inches() * DPI
+    return Chart(str(path), int(round(width)), int(round(height)))
+
+
+# -- relative weight differences (netsurgery diff) -----------------------------------------
+DIFF_PANELS = (("weights", "kernels (weights)"), ("biases", "biases"))
+Y_LABEL = "relative difference |Δ|/|base|"
+X_LABEL = "layer index (Darknet)"
+
+
+def _diff_figure(n_layers: int) -> Figure:
+    width = min(40.0, max(10.0, 0.11 * n_layers))
+    fig = Figure(figsize=(width, 8.0), dpi=DPI, layout="constrained")
+    return fig
+
+
+def check_marks(marks: Sequence[int], n_layers: int) -> list[int]:
+    """Candidate share-until layers must be layer indices of the network."""
+    bad = [k for k in marks if not 0 <= k < n_layers]
+    if bad:
+        raise UsageError(f"--mark {','.join(map(str, bad))}: expected layer indices "
+                         f"0..{n_layers - 1}")
+    return list(marks)
+
+
+def _decorate(ax, n_layers: int, skipped: dict[int, str], marks: Sequence[int],
+              log_y: bool, title: str) -> list:
+    """Axes labels, limits, skipped-layer bands and candidate-k lines; returns legend
+    handles for what it drew."""
+    handles = []
+    top = blended_transform_factory(ax.transData, ax.transAxes)
+    for index, label in sorted(skipped.items()):
+        ax.axvspan(index - 0.5, index + 0.5, color="0.85", zorder=0)
+        ax.text(index, 0.97, label, transform=top, rotation=90, ha="center", va="top",
+                fontsize=7, color="0.3")
+    if skipped:
+        handles.append(Patch(color="0.85", label="skipped: shapes differ"))
+    for k in marks:
+        ax.axvline(k, linestyle="--", color="tab:red", linewidth=1.0, zorder=1)
+        ax.text(k, 0.99, f" k={k}", transform=top, ha="left", va="top", fontsize=8,
+                color="tab:red")
+    if marks:
+        handles.append(Line2D([], [], linestyle="--", color="tab:red",
+                              label="candidate share-until k"))
+    if log_y:
+        ax.set_yscale("log", nonpositive="clip")
+    else:
+        ax.set_ylim(bottom=0.0)
+    ax.set_xlim(-1, n_layers)
+    ax.set_xlabel(X_LABEL)
+    ax.set_ylabel(Y_LABEL)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    return handles
+
+
+def _skipped_labels(report: DiffReport) -> dict[int, str]:
+    out = {}
+    for s in report.skipped:
+        if s.base_shape is not None and s.task_shape is not None:
+            out[s.index] = (f"{s.index}: {s.base_shape[0]}→{s.task_shape[0]} "
+                            if s.base_shape[0] != s.task_shape[0] else f"{s.index}: shape ")
+        else:
+            out[s.index] = f"{s.index}: no weights "
+    return out
+
+
+def plot_diff(report: DiffReport, path: str | os.PathLike, log_y: bool = False,
+              marks: Sequence[int] = (), title: str | None = None) -> Chart:
+    """Two panels (kernels, biases): per layer a box from the quantiles of |Δ|/(|base|+ε)
+    (p25–p75 box, median line, whisker to p95, max as an outlier marker), the mean
+    mean|Δ|/mean|base| as a diamond, bit-identical layers as ticks on the x axis, skipped
+    layers as grey bands, ``marks`` as dashed lines. Written to ``path`` (.png or .svg)."""
+    chart_format(path)
+    n = report.summary.n_layers
+    marks = check_marks(marks, n)
+    fig = _diff_figure(n)
+    axes = fig.subplots(2, 1, sharex=True)
+    fig.suptitle(title or f"Relative difference per layer: {report.task_name} vs base "
+                          f"{report.base_name}")
+    skipped = _skipped_labels(report)
+    for ax, (tensor, label) in zip(axes, DIFF_PANELS):
+        stats, positions, identical = [], [], []
+        for layer in report.layers:
+            t = layer.tensors.get(tensor)
+            if t is None:
+                continue
+            if t.identical:
+                identical.append(layer.index)
+                continue
+            q = t.quantiles
+            stats.append({"med": q.median, "q1": q.p25, "q3": q.p75, "whislo": q.p25,
+                          "whishi": q.p95, "fliers": [q.max], "mean": t.rel_mean_abs})
+            positions.append(layer.index)
+        if stats:
+            ax.bxp(stats, positions=positions, widths=0.6, showmeans=True, showfliers=True,
+                   manage_ticks=False, patch_artist=True,
+                   boxprops={"facecolor": "tab:blue", "alpha": 0.35, "linewidth": 0.8},
+                   medianprops={"color": "tab:blue", "linewidth": 1.2},
+                   whiskerprops={"linewidth": 0.8}, capprops={"linewidth": 0.8},
+                   flierprops={"marker": "^", "markersize": 3, "markerfacecolor": "black",
+                               "markeredgecolor": "black"},
+                   meanprops={"marker": "D", "markersize": 3, "markerfacecolor": "tab:orange",
+                              "markeredgecolor": "tab:orange"})
+        else:
+            ax.text(0.5, 0.5, f"no changed {label}", transform=ax.transAxes, ha="center",
+                    color="0.4")
+        bottom = blended_transform_factory(ax.transData, ax.transAxes)
+        if identical:
+            ax.plot(identical, [0.0] * len(identical), linestyle="none", marker="|",
+                    markersize=12, color="tab:green", transform=bottom, clip_on=False)
+        handles = [Patch(facecolor="tab:blue", alpha=0.35, label="p25–p75"),
+                   Line2D([], [], color="tab:blue", label="median"),
+                   Line2D([], [], color="black", linewidth=0.8, label="whisker to p95"),
+                   Line2D([], [], linestyle="none", marker="^", color="black", markersize=4,
+                          label="max"),
+                   Line2D([], [], linestyle="none", marker="D", color="tab:orange",
+                          markersize=4, label="mean|Δ|/mean|base|"),
+                   Line2D([], [], linestyle="none", marker="|", color="tab:green",
+                          markersize=10, label="bit-identical")]
+        handles += _decorate(ax, n, skipped, marks, log_y, label)
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7)
+    return _save(fig, path)
+
+
+def _task_labels(reports: Sequence[DiffReport]) -> list[str]:
+    names = [r.task_name for r in reports]
+    if len(set(names)) < len(names):  # same file name in different folders
+        names = [r.task_weights or f"task {i + 1}" for i, r in enumerate(reports)]
+    return names
+
+
+def plot_diff_tasks(reports: Sequence[DiffReport], path: str | os.PathLike,
+                    log_y: bool = False, marks: Sequence[int] = (),
+                    labels: Sequence[str] | None = None, title: str | None = None) -> Chart:
+    """Several task models against one base on the same axes (kernels, biases panels): per
+    task a line with markers of mean|Δ|/mean|base| per layer and a thin bar from p25 to p75,
+    skipped layers (of any task) as grey bands, ``marks`` as dashed lines."""
+    chart_format(path)
+    if not reports:
+        raise UsageError("no task reports to plot")
+    labels = list(labels) if labels is not None else _task_labels(reports)
+    n = max(r.summary.n_layers for r in reports)
+    marks = check_marks(marks, n)
+    fig = _diff_figure(n)
+    axes = fig.subplots(2, 1, sharex=True)
+    fig.suptitle(title or f"Relative difference per layer vs base {reports[0].base_name}: "
+                          f"{', '.join(labels)}")
+    skipped: dict[int, str] = {}
+    for r in reports:
+        skipped.update(_skipped_labels(r))
+    m = len(reports)
+    for ax, (tensor, label) in zip(axes, DIFF_PANELS):
+        handles = []
+        for j, (r, name) in enumerate(zip(reports, labels)):
+            color = f"C{j % 10}"
+            rows = [(d.index, d.tensors[tensor]) for d in r.layers if tensor in d.tensors]
+            xs = [i for i, _ in rows]
+            ax.plot(xs, [t.rel_mean_abs for _, t in rows], marker="o", markersize=3,
+                    linewidth=1.0, color=color)
+            offset = (j - (m - 1) / 2) * 0.15
+            ax.vlines([x + offset for x in xs], [t.quantiles.p25 for _, t in rows],
+                      [t.quantiles.p75 for _, t in rows], color=color, alpha=0.5,
+                      linewidth=2.0)
+            handles.append(Line2D([], [], color=color, marker="o", markersize=3, label=name))
+        handles.append(Line2D([], [], color="0.3", marker="o", markersize=3,
+                              label="line: mean|Δ|/mean|base|"))
+        handles.append(Line2D([], [], color="0.3", alpha=0.5, linewidth=2.0,
+                              label="bar: p25–p75 of |Δ|/|base|"))
+        handles += _decorate(ax, n, skipped, marks, log_y, label)
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7)
+    return _save(fig, path)
+
+
+__all__ = ["Chart", "FORMATS", "chart_format", "check_marks", "plot_diff", "plot_diff_tasks"]
+
+
+
+# -- precision-recall curves of an evaluation -------------------------------------------------
+def plot_pr_curves(result, path: str | os.PathLike, title: str = "") -> Chart:
+    """Precision against recall per class of an :class:`~netsurgery.detection.evaluate.EvalResult`
+    (classes with ground truth, at most 20), AP in the legend. PNG or SVG by extension."""
+    import numpy as np
+
+    chart_format(path)
+    fig = Figure(figsize=(6.4, 4.8))
+    ax = fig.add_subplot()
+    shown = [c for c in result.classes if c.n_truth > 0 and c.curve is not None][:20]
+    for c in shown:
+        precision, recall = c.curve
+        ax.step(np.concatenate([[0.0], recall]), np.concatenate([[1.0], precision]),
+                where="post", label=f"{c.name} (AP {c.ap * 100:.1f} %)")
+    ax.set_xlabel("recall (fraction of ground-truth objects found)")
+    ax.set_ylabel("precision (fraction of detections correct)")
+    ax.set_xlim(0, 1.0)
+    ax.set_ylim(0, 1.05)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or f"precision-recall at IoU {result.iou_thresh:.2f}, mAP "
+                          f"{result.map * 100:.2f} %")
+    if shown:
+        ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,159 @@
+"""Detection heads: [yolo] (YOLOv3/v4) and [region] (YOLOv2)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from netsurgery.darknet.cfg import Section
+
+from .base import BuildContext, LayerModule, LayerSpec, positive, register
+
+
+@register("yolo")
+@dataclass(eq=False)
+class YoloSpec(LayerSpec):
+    classes: int = 20
+    total: int = 1  # num= : how many anchors the anchors= list holds
+    mask: list[int] = field(default_factory=list)
+    anchors: list[float] = field(default_factory=list)  # flat w,h pairs in network pixels
+    scale_x_y: float = 1.0
+    new_coords: bool = False
+
+    @classmethod
+    def parse(cls, index: int, section: Section, ctx: BuildContext) -> "YoloSpec":
+        spec = cls(index, section, ctx.shape_of(index - 1))
+        s = section
+        spec.classes = positive(s, index, "classes", s.get_int("classes", 20))
+        spec.total = positive(s, index, "num", s.get_int("num", 1))
+        # The default mask and anchors have num entries: they are built only after the
+        # channel check below, so that a huge num= is an error, not an exhausted memory.
+        mask = s.get_ints("mask") if s.has("mask") else None
+        for m in mask or ():
+            if not 0 <= m < spec.total:
+                raise spec.error(f"mask index {m} is outside 0..{spec.total - 1} (num="
+                                 f"{spec.total})", "mask")
+        if s.has("anchors"):
+            spec.anchors = s.get_floats("anchors")
+            if len(spec.anchors) != 2 * spec.total:
+                raise spec.error(f"anchors has {len(spec.anchors)} values: expected "
+                                 f"2·num = {2 * spec.total}", "anchors")
+        spec.scale_x_y = s.get_float("scale_x_y", 1.0)
+        spec.new_coords = bool(s.get_int("new_coords", 0))
+        n_mask = spec.total if mask is None else len(mask)
+        expected = (spec.classes + 5) * n_mask
+        if spec.in_shape.c != expected:
+            if index == 0:
+                raise spec.error(f"the network input has {spec.in_shape.c} channels: a [yolo] "
+                                 f"layer needs (classes+5)·len(mask) = {expected} from a "
+                                 "[convolutional] layer before it")
+            where = ctx.specs[index - 1].section
+            raise where.error(
+                f"layer {index - 1}: filters={spec.in_shape.c} does not fit the [yolo] layer "
+                f"{index} after it: expected (classes+5)·len(mask) = ({spec.classes}+5)·"
+                f"{n_mask} = {expected}", "filters")
+        spec.mask = list(range(spec.total)) if mask is None else mask
+        if not spec.anchors:
+            spec.anchors = [0.5] * (2 * spec.total)  # Darknet's default biases
+        spec.out_shape = spec.in_shape
+        return spec
+
+    @property
+    def head_anchors(self) -> list[tuple[float, float]]:
+        return [(self.anchors[2 * m], self.anchors[2 * m + 1]) for m in self.mask]
+
+    def describe(self) -> str:
+        return f"{self.classes} classes, mask {','.join(map(str, self.mask))}"
+
+    def build(self) -> nn.Module:
+        return YoloModule(self)
+
+
+class YoloModule(LayerModule):
+    """Darknet's partial activation: logistic on x, y, objectness and classes (not w, h);
+    x, y then scaled by scale_x_y; nothing activated with new_coords=1."""
+
+    def __init__(self, spec: YoloSpec):
+        super().__init__(spec)
+        self.n = len(spec.mask)
+        self.classes = spec.classes
+        self.scale = spec.scale_x_y
+        self.new_coords = spec.new_coords
+
+    def forward(self, x, outputs):
+        b, _, h, w = x.shape
+        # reshape, not view: splitting C works for NCHW and channels_last alike; one sigmoid
+        # pass over everything, then w, h put back raw (cheaper than slicing and cat)
+        v = x.reshape(b, self.n, self.classes + 5, h, w)
+        if self.new_coords:
+            y = v.clone()
+        else:
+            y = torch.sigmoid(v)
+            y[:, :, 2:4] = v[:, :, 2:4]
+        if self.scale != 1.0:
+            y[:, :, 0:2] = y[:, :, 0:2] * self.scale - 0.5 * (self.scale - 1)
+        return y.reshape(b, -1, h, w)
+
+
+@register("region")
+@dataclass(eq=False)
+class RegionSpec(LayerSpec):
+    classes: int = 20
+    coords: int = 4
+    num: int = 1
+    softmax: bool = False
+    anchors: list[float] = field(default_factory=list)  # in grid cells
+
+    @classmethod
+    def parse(cls, index: int, section: Section, ctx: BuildContext) -> "RegionSpec":
+        spec = cls(index, section, ctx.shape_of(index - 1))
+        s = section
+        spec.classes = positive(s, index, "classes", s.get_int("classes", 20))
+        spec.coords = positive(s, index, "coords", s.get_int("coords", 4))
+        spec.num = positive(s, index, "num", s.get_int("num", 1))
+        spec.softmax = bool(s.get_int("softmax", 0))
+        if s.has("anchors"):
+            spec.anchors = s.get_floats("anchors")
+            if len(spec.anchors) != 2 * spec.num:
+                raise spec.error(f"anchors has {len(spec.anchors)} values: expected 2·num = "
+                                 f"{2 * spec.num}", "anchors")
+        expected = spec.num * (spec.classes + spec.coords + 1)
+        if spec.in_shape.c != expected:
+            raise spec.error(f"input has {spec.in_shape.c} channels: expected num·(classes+"
+                             f"coords+1) = {expected}")
+        if not s.has("anchors"):  # built after the check: a huge num= must not exhaust memory
+            spec.anchors = [0.5] * (2 * spec.num)
+        spec.out_shape = spec.in_shape
+        return spec
+
+    def describe(self) -> str:
+        return f"{self.classes} classes, {self.num} anchors"
+
+    def build(self) -> nn.Module:
+        if self.section.has("tree"):
+            raise self.error("softmax trees (tree=) are not supported", "tree")
+        return RegionModule(self)
+
+
+class RegionModule(LayerModule):
+    """pjreddie's region activation in the (C, H, W) layout: logistic x, y and objectness,
+    softmax over the classes. (AlexeyAB's CPU build stores this layer transposed; we keep the
+    channel layout, which both forks decode the same way.)"""
+
+    def __init__(self, spec: RegionSpec):
+        super().__init__(spec)
+        self.n = spec.num
+        self.coords = spec.coords
+        self.classes = spec.classes
+        self.softmax = spec.softmax
+
+    def forward(self, x, outputs):
+        b, _, h, w = x.shape
+        v = x.view(b, self.n, self.coords + 1 + self.classes, h, w)
+        xy = torch.sigmoid(v[:, :, 0:2])
+        other = v[:, :, 2:self.coords]
+        obj = torch.sigmoid(v[:, :, self.coords:self.coords + 1])
+        cls = v[:, :, self.coords + 1:]
+        cls = torch.softmax(cls, dim=2) if self.softmax else torch.sigmoid(cls)
+        return torch.cat([xy, other, obj, cls], dim=2).view(b, -1, h, w)

@@ -1,0 +1,1 @@
+"""Detection and evaluation: Darknet preprocessing, box decoding, detect, mAP, timing."""

@@ -1,0 +1,263 @@
+"""Detection with Darknet's semantics on single or merged networks: preprocessing, decoding,
+per-head NMS, boxes in original-image pixels, annotated images and a JSON list.
+
+A plain network has one head made of all its [yolo] layers (as ``darknet detector test``).
+A merged network (``OUT.heads.json``) has one head per task; each is decoded and NMS'd on its
+own with its own classes.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from netsurgery.darknet.model import DarknetModel
+from netsurgery.errors import DataError, NetsurgeryError
+from netsurgery.surgery.merge import MergedHeads
+
+from .decode import (
+    Detection,
+    RegionHead,
+    YoloHead,
+    decode_region,
+    decode_yolo,
+    do_nms_sort,
+    printed_detections,
+    to_pixels,
+)
+from .image import load_image, preprocess
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
+
+
+@dataclass
+class HeadInfo:
+    """One detector inside a network: its detection layers and class names."""
+
+    name: str
+    layers: list[int]
+    class_names: list[str]
+
+
+@dataclass
+class PixelBox:
+    left: int
+    top: int
+    width: int
+    height: int
+
+
+@dataclass
+class DetectionRecord:
+    """One detection as reported to users (pixels of the original image)."""
+
+    image: str
+    head: str
+    class_id: int
+    class_name: str
+    prob: float
+    box: PixelBox
+
+
+def read_names(path: str | os.PathLike | None, classes: int, prefix: str = "") -> list[str]:
+    """Class names from a .names file, or ``prefix+index`` when no file is given."""
+    if path is None:
+        return [f"{prefix}{i}" for i in range(classes)]
+    try:
+        names = [n.strip() for n in Path(path).read_text().splitlines()]
+    except OSError as exc:
+        raise NetsurgeryError(f"{path}: cannot read class names ({exc.strerror})") from None
+    while names and not names[-1]:
+        names.pop()
+    if len(names) < classes:
+        raise NetsurgeryError(f"{path}: {len(names)} names, but the network has {classes} "
+                              "classes")
+    return names
+
+
+def heads_of(model: DarknetModel, heads: MergedHeads | None = None,
+             names: str | os.PathLike | None = None) -> list[HeadInfo]:
+    """The heads to decode: from a merged network's heads file, else one head of all
+    detection layers."""
+    network = model.network
+    if heads is None:
+        layers = network.heads()
+        if not layers:
+            raise NetsurgeryError(f"{network.path}: no [yolo] or [region] layer to detect with")
+        classes = network.layers[layers[0]].classes
+        return [HeadInfo("model", layers, read_names(names, classes))]
+    out = []
+    for g in heads.groups():
+        if heads.common_classes is not None:
+            class_names = list(heads.common_classes)
+        elif g.class_names:
+            class_names = list(g.class_names)
+        else:
+            class_names = read_names(g.names_file, g.classes, f"{g.name}:")
+        out.append(HeadInfo(g.name, list(g.yolo_layers), class_names))
+    return out
+
+
+def _decoder(model: DarknetModel, layer: int, name: str):
+    spec = model.network.layers[layer]
+    if spec.type_name == "yolo":
+        head = YoloHead(list(spec.mask), list(spec.anchors), spec.classes, spec.new_coords, name)
+        return head, decode_yolo, layer
+    if spec.type_name == "region":
+        head = RegionHead(list(spec.anchors), spec.classes, spec.num, spec.coords, spec.softmax,
+                          name)
+        return head, decode_region, layer - 1  # region decodes from its raw input
+    raise NetsurgeryError(f"layer {layer} [{spec.section.header}] is not a detection layer")
+
+
+def detect_batch(model: DarknetModel, batch: np.ndarray, sizes: Sequence[tuple[int, int]],
+                 heads: Sequence[HeadInfo], thresh: float = 0.25, nms: float = 0.45,
+                 letterbox: bool = False) -> list[dict[str, list[Detection]]]:
+    """Decode + NMS for a preprocessed batch (N, 3, H, W); per image {head: detections}."""
+    net = model.network.net
+    decoders = {layer: _decoder(model, layer, h.name) for h in heads for layer in h.layers}
+    targets = sorted({d[2] for d in decoders.values()})
+    with torch.inference_mode():
+        outs = model.run(torch.from_numpy(np.ascontiguousarray(batch)), targets)
+    results = []
+    for i, (w, h) in enumerate(sizes):
+        per_head = {}
+        for head in heads:
+            dets: list[Detection] = []
+            for layer in head.layers:
+                spec, decode, source = decoders[layer]
+                out = outs[source][i].float().cpu().numpy()
+                dets.extend(decode(out, spec, net.width, net.height, w, h, thresh, letterbox))
+            classes = len(dets[0].probs) if dets else 0
+            per_head[head.name] = do_nms_sort(dets, classes, nms) if nms > 0 else dets
+        results.append(per_head)
+    return results
+
+
+def records_of(image: str, size: tuple[int, int], per_head: dict[str, list[Detection]],
+               heads: Sequence[HeadInfo], thresh: float) -> list[DetectionRecord]:
+    """User-facing records (one per detection and class above ``thresh``) in Darknet's
+    printed order within each head."""
+    names = {h.name: h.class_names for h in heads}
+    out = []
+    for head_name, dets in per_head.items():
+        for line in printed_detections(dets, thresh, names[head_name]):
+            left, top, width, height = to_pixels(line.box, *size)
+            out.append(DetectionRecord(image, head_name, line.class_id,
+                                       names[head_name][line.class_id], round(line.prob, 6),
+                                       PixelBox(left, top, width, height)))
+    return out
+
+
+def iter_images(inputs: Iterable[str | os.PathLike]) -> Iterator[Path]:
+    """Image paths from files, folders (sorted) and list files (.txt, one path per line)."""
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            yield from sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.suffix.lower() == ".txt":
+            from netsurgery.training.data import read_image_list
+
+            yield from read_image_list(p)
+        else:
+            yield p
+
+
+def colour(index: int) -> tuple[int, int, int]:
+    """A stable, distinct BGR colour per class index."""
+    hue = (index * 0.618033988749895) % 1.0
+    import colorsys
+
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 0.95)
+    return int(b * 255), int(g * 255), int(r * 255)
+
+
+def draw(image_path: str | os.PathLike, records: Sequence[DetectionRecord], out_path,
+         show_head: bool) -> None:
+    """Write ``image_path`` with boxes and labels drawn (OpenCV), atomically."""
+    import cv2
+
+    from netsurgery.fileio import atomic_open
+
+    im = (load_image(image_path).transpose(1, 2, 0)[:, :, ::-1] * 255).round().astype(np.uint8)
+    im = np.ascontiguousarray(im)
+    for r in records:
+        c = colour(r.class_id + 31 * hash(r.head) % 97 if show_head else r.class_id)
+        b = r.box
+        cv2.rectangle(im, (b.left, b.top), (b.left + b.width, b.top + b.height), c, 2)
+        label = f"{r.head}: {r.class_name} {r.prob:.2f}" if show_head else \
+            f"{r.class_name} {r.prob:.2f}"
+        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+        y = max(b.top, th + 4)
+        cv2.rectangle(im, (b.left, y - th - 4), (b.left + tw + 2, y), c, -1)
+        cv2.putText(im, label, (b.left + 1, y - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    ext = Path(out_path).suffix or ".jpg"
+    ok, buf = cv2.imencode(ext, im)
+    if not ok:
+        raise NetsurgeryError(f"{out_path}: cannot encode image")
+    with atomic_open(out_path, "wb") as handle:
+        handle.write(buf.tobytes())
+
+
+@dataclass
+class DetectResult:
+    records: list[DetectionRecord] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (image, reason)
+    images: int = 0
+
+
+def detect_images(model: DarknetModel, images: Iterable[str | os.PathLike],
+                  heads: Sequence[HeadInfo], thresh: float = 0.25, nms: float = 0.45,
+                  letterbox: bool = False, batch_size: int = 4, out_dir=None,
+                  progress: Callable[[int, str], None] | None = None) -> DetectResult:
+    """Detect on many images in batches. Unreadable images are reported and skipped."""
+    net = model.network.net
+    result = DetectResult()
+    pending: list[tuple[Path, np.ndarray, tuple[int, int]]] = []
+    show_head = len(heads) > 1
+
+    def flush():
+        if not pending:
+            return
+        batch = np.stack([x for _, x, _ in pending])
+        per_image = detect_batch(model, batch, [s for _, _, s in pending], heads, thresh, nms,
+                                 letterbox)
+        for (path, _, size), per_head in zip(pending, per_image):
+            recs = records_of(str(path), size, per_head, heads, thresh)
+            result.records.extend(recs)
+            if out_dir is not None:
+                draw(path, recs, Path(out_dir) / f"{path.stem}_detections.jpg", show_head)
+        pending.clear()
+
+    for path in iter_images(images):
+        result.images += 1
+        try:
+            x, size = preprocess(path, net.width, net.height, letterbox)
+        except DataError as exc:
+            result.failed.append((str(path), str(exc)))
+            if progress:
+                progress(result.images, f"skipped: {exc}")
+            continue
+        pending.append((path, x, size))
+        if progress:
+            progress(result.images, str(path))
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    return result
+
+
+def records_to_json(records: Sequence[DetectionRecord]) -> list[dict]:
+    return [asdict(r) for r in records]
+
+
+def write_json(path, records: Sequence[DetectionRecord]) -> None:
+    from netsurgery.fileio import atomic_write_text
+
+    atomic_write_text(path, json.dumps(records_to_json(records), indent=1) + "\n")

@@ -1,0 +1,116 @@
+"""Inference time of a network, and of a merged network against its heads run separately —
+the measured side of what ``info --heads`` predicts from FLOPs.
+
+A head of a merged network run on its own (:class:`MergedModel` with ``heads=[name]``)
+executes exactly the layers of its original network: the shared trunk 0..k and its tail (the
+base head: the base network). So "separate" is measured on the merged file itself, as the sum
+of each head alone, without the original files; "merged" runs all heads with the trunk once.
+
+Timings are medians over ``repeat`` rounds after one warm-up, batch 1, in the fast inference
+mode. Within a round the candidates run one after the other (each head alone, then all), so
+that a change in machine load biases them alike.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from netsurgery.darknet.model import DarknetModel
+from netsurgery.errors import UsageError
+from netsurgery.surgery.merge import MergedHeads, merge_savings
+from netsurgery.surgery.multihead import MergedModel
+
+
+@dataclass
+class Timing:
+    """Milliseconds per image (batch 1) of one candidate, every round kept."""
+
+    name: str
+    runs_ms: list[float] = field(default_factory=list)
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.runs_ms)
+
+
+@dataclass
+class MergedTiming:
+    """A merged network: each head alone, their sum, all heads at once, and the FLOP ratio
+    the merge predicts."""
+
+    heads: list[Timing]
+    merged: Timing
+    bflops_ratio: float  # merged / separate, from the layer FLOPs
+
+    @property
+    def separate_ms(self) -> float:
+        return sum(t.median_ms for t in self.heads)
+
+    @property
+    def ratio(self) -> float:
+        """Measured merged / separate time."""
+        return self.merged.median_ms / self.separate_ms
+
+
+def _input(model: DarknetModel) -> torch.Tensor:
+    net = model.network.net
+    return torch.rand((1, net.channels, net.height, net.width),
+                      generator=torch.Generator().manual_seed(0))
+
+
+def _rounds(candidates: Sequence[tuple[str, Callable[[], object]]], repeat: int,
+            progress: Callable[[int, int], None] | None) -> list[Timing]:
+    if repeat < 1:
+        raise UsageError(f"repeat={repeat}: expected at least 1 timed run")
+    timings = [Timing(name) for name, _ in candidates]
+    with torch.inference_mode():
+        for _, fn in candidates:  # warm-up: first-call allocations and kernel selection
+            fn()
+        for r in range(repeat):
+            for timing, (_, fn) in zip(timings, candidates):
+                t0 = time.perf_counter()
+                fn()
+                timing.runs_ms.append((time.perf_counter() - t0) * 1000)
+            if progress is not None:
+                progress(r + 1, repeat)
+    return timings
+
+
+def time_model(model: DarknetModel, repeat: int = 20,
+               progress: Callable[[int, int], None] | None = None) -> Timing:
+    """Median time of ``model`` on one random image of its input size."""
+    x = _input(model)
+    return _rounds([("network", lambda: model(x))], repeat, progress)[0]
+
+
+def time_merged(model: DarknetModel, heads: MergedHeads, repeat: int = 20,
+                progress: Callable[[int, int], None] | None = None) -> MergedTiming:
+    """Each head alone and all heads together, interleaved (see the module docstring)."""
+    merged = MergedModel(model, heads)
+    x = _input(model)
+    names = merged.head_names
+    candidates = [(name, lambda name=name: merged(x, [name])) for name in names]
+    candidates.append(("merged", lambda: merged(x)))
+    timings = _rounds(candidates, repeat, progress)
+    return MergedTiming(timings[:-1], timings[-1],
+                        merge_savings(model.network, heads).bflops_ratio)
+
+
+def format_timing(timing: Timing | MergedTiming) -> str:
+    if isinstance(timing, Timing):
+        return (f"{timing.median_ms:.2f} ms per image (median of {len(timing.runs_ms)}, "
+                f"batch 1): {1000 / timing.median_ms:.1f} images/s")
+    lines = ["  run                  ms per image (median, batch 1)"]
+    for t in timing.heads:
+        lines.append(f"  {t.name + ' alone':<20} {t.median_ms:>10.2f}")
+    lines.append(f"  {'separate (sum)':<20} {timing.separate_ms:>10.2f}")
+    lines.append(f"  {'merged, all heads':<20} {timing.merged.median_ms:>10.2f}")
+    lines.append(f"  merged / separate: time {timing.ratio:.3f}, FLOPs {timing.bflops_ratio:.3f}")
+    return "\n".join(lines)
+
+
+__all__ = ["MergedTiming", "Timing", "format_timing", "time_merged", "time_model"]

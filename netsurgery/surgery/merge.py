@@ -1,0 +1,426 @@
+"""Merge several detectors that share layers 0..k into one network with one trunk and several
+heads (Bailer & Fassold), and split a task back out of a merged network.
+
+The merged network is the base network unchanged (so its own detections are bit-identical),
+then for each task a ``[route] layers=k`` that jumps back to the shared trunk, followed by the
+task's layers k+1.. with their own weights, classes and anchors. References inside a copied
+tail that point at layers ≤ k read the shared trunk; the others read the task's copy.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from netsurgery.darknet.cfg import Section, make_section, parse_cfg_text
+from netsurgery.darknet.weights import WeightsHeader
+from netsurgery.errors import NetsurgeryError, UsageError
+from netsurgery.fileio import atomic_write_text, check_output, staged_outputs
+
+from .editing import Graph, Layer, load_graph, remap_references
+
+HEADS_FORMAT = "netsurgery-heads/1"
+PAD_BIAS = -30.0  # logistic(-30) ≈ 1e-13: a padded class never passes any threshold
+
+
+@dataclass
+class TaskInput:
+    """One task to merge: its network (cfg + weights) and where it shares the base's trunk."""
+
+    name: str
+    graph: Graph
+    share_until: int
+    names_file: str | None = None
+
+
+@dataclass
+class HeadGroup:
+    """Which part of a merged network belongs to one detector."""
+
+    name: str
+    yolo_layers: list[int]
+    classes: int
+    share_until: int | None = None  # None for the base
+    route: int | None = None  # the [route] that jumps back to the trunk (tasks only)
+    tail: list[int] = field(default_factory=list)  # [first, last] merged indices of the tail
+    names_file: str | None = None
+    class_names: list[str] | None = None
+    class_map: list[int] | None = None  # with common classes: own class j → common index
+    header: dict | None = None  # the task's own weights header (to split it back exactly)
+    net: str | None = None  # the task's own [net] section text
+
+
+@dataclass
+class MergedHeads:
+    """Contents of ``OUT.heads.json``."""
+
+    base: HeadGroup
+    tasks: list[HeadGroup]
+    common_classes: list[str] | None = None
+    format: str = HEADS_FORMAT
+
+    def groups(self) -> list[HeadGroup]:
+        return [self.base, *self.tasks]
+
+    def group(self, name: str) -> HeadGroup:
+        for g in self.groups():
+            if g.name == name:
+                return g
+        raise UsageError(f"no head named '{name}': expected one of "
+                         f"{', '.join(g.name for g in self.groups())}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict, path: str | None = None) -> "MergedHeads":
+        try:
+            if data.get("format") != HEADS_FORMAT:
+                raise KeyError("format")
+            base = HeadGroup(**data["base"])
+            tasks = [HeadGroup(**t) for t in data["tasks"]]
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise NetsurgeryError(f"{path}: not a netsurgery heads file ({HEADS_FORMAT}): "
+                                  f"problem with {exc}") from None
+        return cls(base, tasks, data.get("common_classes"))
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_text(path, json.dumps(self.to_json(), indent=1) + "\n")
+
+
+def load_heads(path: str | os.PathLike) -> MergedHeads:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise NetsurgeryError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise NetsurgeryError(f"{path}: not valid JSON ({exc})") from None
+    return MergedHeads.from_json(data, str(path))
+
+
+@dataclass
+class TrunkCheck:
+    """How far a task's layers 0..k are from the base's."""
+
+    identical: bool
+    max_relative_difference: float
+    worst_layer: int | None
+
+
+def check_trunk(base: Graph, task: Graph, k: int) -> TrunkCheck:
+    """Compare layers 0..k of ``task`` with the base: sections and shapes must agree (else an
+    error naming the layer); returns the largest mean|Δ|/mean|base| over their arrays."""
+    if k >= len(base.layers) or k >= len(task.layers):
+        raise UsageError(f"share_until={k}: beyond the last layer (base has "
+                         f"{len(base.layers)} layers, task {len(task.layers)})")
+    for key in ("width", "height", "channels"):
+        if base.net.get_int(key, 0) != task.net.get_int(key, 0):
+            raise UsageError(f"[net] {key} differs: base {base.net.get_int(key, 0)}, task "
+                             f"{task.net.get_int(key, 0)}; a merged network has one input size")
+    worst, worst_layer = 0.0, None
+    for i in range(k + 1):
+        b, t = base.layers[i], task.layers[i]
+        if b.section.type != t.section.type:
+            raise UsageError(f"layer {i}: base is [{b.section.type}], task is "
+                             f"[{t.section.type}]; the trunks 0..{k} must be the same network")
+        b_opts = [(o.key, o.value) for o in b.section.options]
+        t_opts = [(o.key, o.value) for o in t.section.options]
+        if _meaningful(b_opts) != _meaningful(t_opts):
+            raise UsageError(f"layer {i} [{b.section.type}]: options differ between base and "
+                             f"task ({_meaningful(b_opts)} vs {_meaningful(t_opts)})")
+        for name, arr in (b.arrays or {}).items():
+            other = (t.arrays or {}).get(name)
+            if other is None or other.shape != arr.shape:
+                raise UsageError(f"layer {i}: array '{name}' missing or of another shape in "
+                                 "the task")
+            if np.array_equal(arr, other):
+                continue
+            base64 = np.abs(arr.astype(np.float64))
+            rel = float(np.abs(other.astype(np.float64) - arr).mean() / max(base64.mean(), 1e-30))
+            if rel > worst or worst_layer is None:
+                worst, worst_layer = max(rel, worst), i
+    return TrunkCheck(worst_layer is None, worst, worst_layer)
+
+
+# Training-only keys do not change what a trunk layer computes.
+_TRAINING_KEYS = {"stopbackward", "dontload", "dontloadscales", "learning_rate", "train_only_bn",
+                  "dont_update", "burnin_update", "onlyforward", "clip"}
+
+
+def _meaningful(options: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in options if k not in _TRAINING_KEYS]
+
+
+def _yolo_indices(layers: Sequence[Layer], offset: int = 0) -> list[int]:
+    return [offset + i for i, l in enumerate(layers) if l.section.type in ("yolo", "region")]
+
+
+def _classes(layers: Sequence[Layer]) -> int:
+    counts = {l.section.get_int("classes", 20) for l in layers
+              if l.section.type in ("yolo", "region")}
+    if len(counts) > 1:
+        raise UsageError(f"heads of one network have different class counts {sorted(counts)}")
+    return counts.pop() if counts else 0
+
+
+def _tail_layers(task: Graph, k: int, route_index: int) -> list[Layer]:
+    """Task layers k+1.. placed after a route at ``route_index`` (references remapped)."""
+    start = route_index + 1
+
+    def mapping(t: int) -> int:
+        return t if t <= k else start + (t - (k + 1))
+
+    return [Layer(remap_references(layer.section, old, start + (old - (k + 1)), mapping),
+                  layer.arrays)
+            for old, layer in enumerate(task.layers) if old > k]
+
+
+def merge(base: Graph, tasks: Sequence[TaskInput], base_name: str = "base",
+          base_names_file: str | None = None, force: bool = False,
+          common_classes: bool = False, warn=None) -> tuple[Graph, MergedHeads]:
+    """One network: the base unchanged, then per task a route back to layer k and the task's
+    tail. Refuses a task whose layers 0..k differ from the base (not retrained with a frozen
+    trunk) unless ``force`` (then ``warn`` is called with the figure)."""
+    if not tasks:
+        raise UsageError("merge needs at least one --task")
+    names = [base_name] + [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise UsageError(f"head names must be unique: {names}")
+    layers = [Layer(l.section.copy(), l.arrays) for l in base.layers]
+    base_group = HeadGroup(base_name, _yolo_indices(base.layers), _classes(base.layers),
+                           names_file=base_names_file, tail=[0, len(layers) - 1])
+    groups = []
+    for task in tasks:
+        k = task.share_until
+        check = check_trunk(base, task.graph, k)
+        if not check.identical:
+            message = (f"task '{task.name}': layers 0..{k} differ from the base (largest "
+                       f"relative difference {check.max_relative_difference:.3g} at layer "
+                       f"{check.worst_layer}); it was not retrained with a frozen trunk and "
+                       "will perform badly when merged")
+            if not force:
+                raise UsageError(message + " — pass --force to merge anyway")
+            if warn:
+                warn("warning: " + message)
+        route_index = len(layers)
+        layers.append(Layer(make_section("route", {"layers": [k]})))
+        tail = _tail_layers(task.graph, k, route_index)
+        layers.extend(tail)
+        t = task.graph
+        groups.append(HeadGroup(
+            task.name, _yolo_indices(tail, route_index + 1), _classes(t.layers), k, route_index,
+            [route_index + 1, len(layers) - 1], task.names_file,
+            header=asdict(t.header), net=_section_text(t.net)))
+    merged = Graph(base.net.copy(), layers, base.header, None)
+    heads = MergedHeads(base_group, groups)
+    if common_classes:
+        merged, heads = pad_to_common_classes(merged, heads)
+    merged.network()  # validate shapes and references of the result
+    return merged, heads
+
+
+def _section_text(section: Section) -> str:
+    lines = [f"[{section.header}]"] + [f"{o.key}={o.value}" for o in section.options]
+    return "\n".join(lines) + "\n"
+
+
+def _read_names(group: HeadGroup) -> list[str]:
+    if group.names_file:
+        try:
+            lines = Path(group.names_file).read_text().splitlines()
+        except OSError as exc:
+            raise NetsurgeryError(f"{group.names_file}: cannot read names ({exc})") from None
+        names = [n.strip() for n in lines]
+        while names and names[-1] == "":
+            names.pop()
+        if len(names) != group.classes:
+            raise NetsurgeryError(f"{group.names_file}: {len(names)} names for head "
+                                  f"'{group.name}' with classes={group.classes}")
+        return names
+    return [f"{group.name}:{j}" for j in range(group.classes)]
+
+
+def pad_to_common_classes(graph: Graph, heads: MergedHeads) -> tuple[Graph, MergedHeads]:
+    """Pad every head to one class list (the union of the heads' names, in order) so stock
+    Darknet, which sizes every detection from the first [yolo] layer, decodes all heads with
+    one names file. Classes a head does not own get weights 0 and bias −30 in its last conv,
+    so the padded network's detections equal the unpadded ones."""
+    union: list[str] = []
+    for group in heads.groups():
+        group.class_names = _read_names(group)
+        for name in group.class_names:
+            if name not in union:
+                union.append(name)
+    total = len(union)
+    layers = list(graph.layers)
+    for group in heads.groups():
+        group.class_map = [union.index(n) for n in group.class_names]
+        for y in group.yolo_layers:
+            yolo = layers[y].section.copy()
+            conv = layers[y - 1]
+            if conv.section.type != "convolutional" or not conv.arrays:
+                raise UsageError(f"layer {y - 1}: expected a convolution with weights before "
+                                 f"the [yolo] layer {y}")
+            n_anchors = len(yolo.get_ints("mask", range(yolo.get_int("num", 1))))
+            arrays = _pad_head_arrays(conv.arrays, n_anchors, group.classes, group.class_map,
+                                      total)
+            section = conv.section.copy()
+            section.set("filters", n_anchors * (total + 5))
+            yolo.set("classes", total)
+            layers[y - 1] = Layer(section, arrays)
+            layers[y] = Layer(yolo, None)
+    heads.common_classes = union
+    return Graph(graph.net, layers, graph.header, graph.path), heads
+
+
+def _pad_head_arrays(arrays: dict[str, np.ndarray], n_anchors: int, classes: int,
+                     class_map: list[int], total: int) -> dict[str, np.ndarray]:
+    per_old, per_new = classes + 5, total + 5
+    rows = []  # for each new output channel, the old channel it copies, or -1 for padding
+    for a in range(n_anchors):
+        inverse = {new: old for old, new in enumerate(class_map)}
+        for k in range(per_new):
+            if k < 5:
+                rows.append(a * per_old + k)
+            else:
+                old = inverse.get(k - 5)
+                rows.append(-1 if old is None else a * per_old + 5 + old)
+    rows_arr = np.array(rows)
+    pad = rows_arr < 0
+    out = {}
+    for name, arr in arrays.items():
+        new = arr[np.where(pad, 0, rows_arr)].astype(np.float32, copy=True)
+        if name == "weights":
+            new[pad] = 0.0
+        elif name == "biases":
+            new[pad] = PAD_BIAS
+        elif name == "scales":
+            new[pad] = 0.0  # with BatchNorm the bias alone decides the padded output
+        elif name == "rolling_mean":
+            new[pad] = 0.0
+        elif name == "rolling_variance":
+            new[pad] = 1.0
+        out[name] = new
+    return out
+
+
+def split(merged: Graph, heads: MergedHeads, name: str) -> Graph:
+    """The standalone network of one head: trunk 0..k and that task's tail (or the base)."""
+    group = heads.group(name)
+    if heads.common_classes is not None:
+        raise UsageError("split of a network merged with --common-classes is not supported: "
+                         "split the unpadded merge instead")
+    if group.route is None:  # the base: its layers come first, unchanged
+        first, last = group.tail
+        layers = [Layer(l.section.copy(), l.arrays) for l in merged.layers[first:last + 1]]
+        return Graph(merged.net.copy(), layers, merged.header, None)
+    k = group.share_until
+    start, last = group.tail
+    trunk = [Layer(l.section.copy(), l.arrays) for l in merged.layers[:k + 1]]
+
+    def mapping(t: int) -> int | None:
+        if t <= k:
+            return t
+        if start <= t <= last:
+            return k + 1 + (t - start)
+        return None
+
+    tail = [Layer(remap_references(merged.layers[i].section, i, k + 1 + (i - start), mapping),
+                  merged.layers[i].arrays) for i in range(start, last + 1)]
+    header = WeightsHeader(**group.header) if group.header else merged.header
+    net = parse_cfg_text(group.net).net if group.net else merged.net.copy()
+    return Graph(net, trunk + tail, header, None)
+
+
+def parse_task_option(text: str, default_k: int | None) -> tuple[str, str, str, int]:
+    """``NAME=TASK.cfg:TASK.weights[@K]`` → (name, cfg, weights, k)."""
+    if "=" not in text:
+        raise UsageError(f"--task {text}: expected NAME=TASK.cfg:TASK.weights[@K]")
+    name, rest = text.split("=", 1)
+    k = default_k
+    if "@" in rest:
+        rest, k_text = rest.rsplit("@", 1)
+        try:
+            k = int(k_text)
+        except ValueError:
+            raise UsageError(f"--task {text}: '@{k_text}' is not a layer index") from None
+    if ":" not in rest:
+        raise UsageError(f"--task {text}: expected NAME=TASK.cfg:TASK.weights[@K]")
+    cfg, weights = rest.split(":", 1)
+    if k is None:
+        raise UsageError(f"--task {text}: no share point; pass --share-until K or @K")
+    if not name:
+        raise UsageError(f"--task {text}: empty task name")
+    return name, cfg, weights, k
+
+
+def merge_files(base_cfg: str, base_weights: str, tasks: Sequence[str], out: str,
+                share_until: int | None = None, names: dict[str, str] | None = None,
+                base_name: str = "base", force: bool = False, common_classes: bool = False,
+                overwrite: bool = False, warn=None) -> tuple[Graph, MergedHeads]:
+    """The ``netsurgery merge`` job: read the files, merge, write ``OUT.cfg``,
+    ``OUT.weights`` and ``OUT.heads.json`` (each atomically)."""
+    names = names or {}
+    parsed = [parse_task_option(t, share_until) for t in tasks]
+    inputs = [base_cfg, base_weights] + [p for _, c, w, _ in parsed for p in (c, w)]
+    outs = [f"{out}.cfg", f"{out}.weights", f"{out}.heads.json"]
+    for o in outs:
+        check_output(o, inputs, overwrite)
+    base = load_graph(base_cfg, base_weights)
+    task_inputs = [TaskInput(name, load_graph(c, w), k, names.get(name))
+                   for name, c, w, k in parsed]
+    merged, heads = merge(base, task_inputs, base_name, names.get(base_name), force,
+                          common_classes, warn)
+    with staged_outputs(outs) as staged:  # all three or none
+        merged.save(staged[0], staged[1])
+        heads.save(staged[2])
+    return merged, heads
+
+
+@dataclass
+class MergeSavings:
+    """Parameters and FLOPs of the merged network against the separate networks."""
+
+    separate_params: int
+    merged_params: int
+    separate_bflops: float
+    merged_bflops: float
+    per_head: list[tuple[str, int, float]]  # (name, params, bflops) of each standalone model
+
+    @property
+    def params_ratio(self) -> float:
+        return self.merged_params / self.separate_params
+
+    @property
+    def bflops_ratio(self) -> float:
+        return self.merged_bflops / self.separate_bflops
+
+
+def merge_savings(network, heads: MergedHeads) -> MergeSavings:
+    """What the merged ``network`` costs against running every head's own network."""
+    specs = network.layers
+    params = [s.params for s in specs]
+    flops = [s.flops() / 1e9 for s in specs]
+    per_head = []
+    first, last = heads.base.tail
+    per_head.append((heads.base.name, sum(params[first:last + 1]), sum(flops[first:last + 1])))
+    for g in heads.tasks:
+        k, (a, b) = g.share_until, g.tail
+        per_head.append((g.name, sum(params[:k + 1]) + sum(params[a:b + 1]),
+                         sum(flops[:k + 1]) + sum(flops[a:b + 1])))
+    return MergeSavings(sum(p for _, p, _ in per_head), sum(params),
+                        sum(f for _, _, f in per_head), sum(flops), per_head)
+
+
+def format_savings(s: MergeSavings) -> str:
+    lines = ["  model                params      BFLOPs"]
+    for name, p, f in s.per_head:
+        lines.append(f"  {name:<18} {p:>10,d} {f:>11.3f}")
+    lines.append(f"  {'separate (sum)':<18} {s.separate_params:>10,d} {s.separate_bflops:>11.3f}")
+    lines.append(f"  {'merged':<18} {s.merged_params:>10,d} {s.merged_bflops:>11.3f}")
+    lines.append(f"  merged / separate: params {s.params_ratio:.3f}, FLOPs {s.bflops_ratio:.3f}")
+    return "\n".join(lines)

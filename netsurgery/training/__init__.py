@@ -1,0 +1,1 @@
+"""Datasets and partial retraining: Darknet datasets, synthetic tasks, augmentation, loss, anchors, training."""
