@@ -79,8 +79,10 @@ def test_detect_cli_json_and_images(yolov3_tiny, tmp_path, capsys):
     captured = capsys.readouterr()
     assert rc == 0
     assert captured.err.count("skipped") == 2 and "broken.jpg" in captured.err
-    records = json.loads(out_json.read_text())
-    dogs = [r for r in records if r["class_name"] == "dog"]
+    report = json.loads(out_json.read_text())
+    assert report["images"] == 5 and report["processed"] == 3
+    assert sorted(Path(s["image"]).name for s in report["skipped"]) == ["broken.jpg", "empty.png"]
+    dogs = [r for r in report["detections"] if r["class_name"] == "dog"]
     assert len(dogs) == 1 and dogs[0]["head"] == "model"
     assert set(dogs[0]["box"]) == {"left", "top", "width", "height"}
     assert (tmp_path / "annotated" / "dog_detections.jpg").exists()
@@ -159,7 +161,8 @@ def test_detect_cli_size_runs_the_network_at_that_size(yolov3_tiny, tmp_path):
         out = tmp_path / f"{size}.json"
         args = ["detect", str(cfg), str(weights), str(dog), "--names", names, "--json", str(out)]
         assert run(args + (["--size", size] if size else [])) == 0
-        (found,) = [r["box"] for r in json.loads(out.read_text()) if r["class_name"] == "dog"]
+        (found,) = [r["box"] for r in json.loads(out.read_text())["detections"]
+                    if r["class_name"] == "dog"]
         boxes[size] = np.array([found[k] for k in ("left", "top", "width", "height")])
     # the same dog, seen through a coarser grid: close to, but not the same as, the 416 box
     assert not np.array_equal(boxes[None], boxes["320,320"])

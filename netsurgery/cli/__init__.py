@@ -1,14 +1,8 @@
 """The ``netsurgery`` command line. Thin: each command parses options and calls the library.
 
-Every module in this package defines its commands on :data:`main`; they are found at start-up,
-so a new command is one new module."""
+Every module in this package defines its commands on :data:`main`; :func:`load_commands`
+imports them (``run`` does so inside its error policy, so a Ctrl-C during the imports of
+start-up exits 130 quietly), so a new command is one new module."""
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
-from .app import main, run  # noqa: F401
-
-for _info in pkgutil.iter_modules(__path__):
-    if _info.name != "app":
-        importlib.import_module(f"{__name__}.{_info.name}")
+from .app import load_commands, main, run  # noqa: F401

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import click
 
-from netsurgery.fileio import check_output, staged_outputs
+from netsurgery.fileio import HeadsInput, check_outputs, staged_outputs
 from netsurgery.surgery.editing import load_graph
 from netsurgery.surgery.merge import format_savings, load_heads, merge_files, merge_savings, split
 
-from .app import main
+from .app import LAYER_INDEX, main
 
 
 def _pairs(values, what):
@@ -27,7 +27,7 @@ def _pairs(values, what):
               metavar="NAME=TASK.cfg:TASK.weights[@K]",
               help="A task model retrained from layer K+1 (repeatable; @K overrides "
                    "--share-until for this task).")
-@click.option("--share-until", "share_until", type=int, default=None,
+@click.option("--share-until", "share_until", type=LAYER_INDEX, default=None,
               help="Layers 0..K (Darknet indices, inclusive) are shared.")
 @click.option("-o", "--out", required=True, metavar="OUT",
               help="Writes OUT.cfg, OUT.weights and OUT.heads.json.")
@@ -66,8 +66,7 @@ def merge(base, tasks, share_until, out, base_name, names, common_classes, force
 def split_cmd(cfg, weights, heads_path, name, out, overwrite):
     """Extract one task's standalone network (trunk + its tail) from a merged network."""
     outs = [f"{out}.cfg", f"{out}.weights"]
-    for o in outs:
-        check_output(o, [cfg, weights, heads_path], overwrite)
+    check_outputs(outs, [cfg, weights, HeadsInput(heads_path)], overwrite)
     graph = split(load_graph(cfg, weights), load_heads(heads_path), name)
     with staged_outputs(outs) as staged:  # both or none
         graph.save(staged[0], staged[1])

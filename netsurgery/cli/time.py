@@ -8,10 +8,9 @@ import torch
 
 from netsurgery.darknet.model import load_model
 from netsurgery.detection.timing import format_timing, time_merged, time_model
-from netsurgery.errors import UsageError
 from netsurgery.surgery.merge import load_heads
 
-from .app import SIZE, main
+from .app import POSITIVE, SIZE, main
 
 
 @main.command("time")
@@ -22,12 +21,10 @@ from .app import SIZE, main
                    "network) against all heads at once.")
 @click.option("--repeat", default=20, show_default=True, type=int, help="Timed rounds.")
 @click.option("--size", type=SIZE, default=None, help="Input W,H instead of the cfg's.")
-@click.option("--threads", type=int, default=None, help="CPU threads for torch.")
+@click.option("--threads", type=POSITIVE, default=None, help="CPU threads for torch.")
 def time_cmd(cfg, weights, heads_path, repeat, size, threads):
     """Median inference time per image of CFG/WEIGHTS (fast inference mode, batch 1, CPU)."""
     if threads is not None:
-        if threads < 1:
-            raise UsageError(f"--threads {threads}: expected a positive number")
         torch.set_num_threads(threads)
     heads = load_heads(heads_path) if heads_path else None
     model = load_model(cfg, weights, size=size, inference=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from netsurgery.errors import CfgError
+from netsurgery.fileio import read_input_bytes
 
 from . import schema
 
@@ -349,7 +350,7 @@ def load_cfg(path: str | os.PathLike, strict_keys: bool = True) -> Cfg:
     """Read a .cfg file into sections. Errors name ``file:line``."""
     p = Path(path)
     try:
-        data = p.read_bytes()
+        data = read_input_bytes(p, "cfg")  # refuses FIFOs, devices and huge files
     except FileNotFoundError:
         raise CfgError(str(p), None, "file not found") from None
     except IsADirectoryError:

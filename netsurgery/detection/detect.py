@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from netsurgery.darknet.model import DarknetModel
-from netsurgery.errors import DataError, NetsurgeryError
+from netsurgery.errors import DataError, NetsurgeryError, WeightsError
 from netsurgery.surgery.merge import MergedHeads
 
 from .decode import (
@@ -68,16 +68,27 @@ def read_names(path: str | os.PathLike | None, classes: int, prefix: str = "") -
     """Class names from a .names file, or ``prefix+index`` when no file is given."""
     if path is None:
         return [f"{prefix}{i}" for i in range(classes)]
-    try:
-        names = [n.strip() for n in Path(path).read_text().splitlines()]
-    except OSError as exc:
-        raise NetsurgeryError(f"{path}: cannot read class names ({exc.strerror})") from None
-    while names and not names[-1]:
-        names.pop()
+    from netsurgery.training.data import load_names
+
+    names = load_names(path)
     if len(names) < classes:
-        raise NetsurgeryError(f"{path}: {len(names)} names, but the network has {classes} "
-                              "classes")
+        raise DataError(f"{path}: {len(names)} class names, but the network has {classes} "
+                        "classes")
     return names
+
+
+def check_detector_weights(model: DarknetModel, weights: str | os.PathLike) -> None:
+    """Refuse weights that cannot give meaningful detections: a file that stops before the
+    last layer (a header-only or partial file) or arrays holding NaN or infinite values."""
+    if model.weights_notes:
+        raise WeightsError(f"{weights}: {model.weights_notes[0]}; detection needs the weights "
+                           "of every layer")
+    for key, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            index, _, name = key.removeprefix("layers.").partition(".")
+            raise WeightsError(f"{weights}: layer {index} '{name}' holds NaN or infinite "
+                               "values; detections would be meaningless (netsurgery info "
+                               "--weights lists every such array)")
 
 
 def heads_of(model: DarknetModel, heads: MergedHeads | None = None,
@@ -155,17 +166,48 @@ def records_of(image: str, size: tuple[int, int], per_head: dict[str, list[Detec
 
 
 def iter_images(inputs: Iterable[str | os.PathLike]) -> Iterator[Path]:
-    """Image paths from files, folders (sorted) and list files (.txt, one path per line)."""
+    """Image paths from files, folders (sorted) and list files (.txt, one path per line).
+
+    A ``.txt`` argument holding binary data is an image with an odd name, not a list."""
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             yield from sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.suffix.lower() == ".txt":
+        elif p.suffix.lower() == ".txt" and not _is_binary(p):
             from netsurgery.training.data import read_image_list
 
             yield from read_image_list(p)
         else:
             yield p
+
+
+def _is_binary(path: Path) -> bool:
+    if not path.is_file():
+        return False  # missing, or a pipe: the list reader reports it
+    try:
+        with open(path, "rb") as handle:
+            return b"\0" in handle.read(4096)
+    except OSError:
+        return False  # the list reader reports it
+
+
+def plan_drawings(images: Sequence[Path], out_dir: str | os.PathLike) -> dict[str, Path]:
+    """The annotated image of each input: ``OUT/<stem>_detections.jpg``. Inputs of the same
+    stem from different folders get ``<stem>_2_detections.jpg``, ``_3`` and so on (in input
+    order), so no drawing replaces another; the same file given twice keeps one name."""
+    out: dict[str, Path] = {}
+    used: set[str] = set()
+    for image in images:
+        key = os.path.realpath(image)
+        if key in out:
+            continue
+        name, n = f"{image.stem}_detections.jpg", 1
+        while name in used:
+            n += 1
+            name = f"{image.stem}_{n}_detections.jpg"
+        used.add(name)
+        out[key] = Path(out_dir) / name
+    return out
 
 
 def colour(index: int) -> tuple[int, int, int]:
@@ -210,13 +252,21 @@ class DetectResult:
     records: list[DetectionRecord] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (image, reason)
     images: int = 0
+    drawings: list[Path] = field(default_factory=list)
 
 
 def detect_images(model: DarknetModel, images: Iterable[str | os.PathLike],
                   heads: Sequence[HeadInfo], thresh: float = 0.25, nms: float = 0.45,
                   letterbox: bool = False, batch_size: int = 4, out_dir=None,
-                  progress: Callable[[int, str], None] | None = None) -> DetectResult:
-    """Detect on many images in batches. Unreadable images are reported and skipped."""
+                  progress: Callable[[int, str], None] | None = None,
+                  drawings: dict[str, Path] | None = None) -> DetectResult:
+    """Detect on many images in batches. Unreadable images are reported and skipped.
+
+    With ``out_dir`` each image is drawn with its boxes, named by :func:`plan_drawings`
+    (or by ``drawings``, a map from the image's real path to its drawing)."""
+    images = list(iter_images(images))
+    if out_dir is not None and drawings is None:
+        drawings = plan_drawings(images, out_dir)
     net = model.network.net
     result = DetectResult()
     pending: list[tuple[Path, np.ndarray, tuple[int, int]]] = []
@@ -231,11 +281,13 @@ def detect_images(model: DarknetModel, images: Iterable[str | os.PathLike],
         for (path, _, size), per_head in zip(pending, per_image):
             recs = records_of(str(path), size, per_head, heads, thresh)
             result.records.extend(recs)
-            if out_dir is not None:
-                draw(path, recs, Path(out_dir) / f"{path.stem}_detections.jpg", show_head)
+            if drawings is not None:
+                target = drawings[os.path.realpath(path)]
+                draw(path, recs, target, show_head)
+                result.drawings.append(target)
         pending.clear()
 
-    for path in iter_images(images):
+    for path in images:
         result.images += 1
         try:
             x, size = preprocess(path, net.width, net.height, letterbox)
@@ -257,7 +309,14 @@ def records_to_json(records: Sequence[DetectionRecord]) -> list[dict]:
     return [asdict(r) for r in records]
 
 
-def write_json(path, records: Sequence[DetectionRecord]) -> None:
+def result_to_json(result: DetectResult) -> dict:
+    """``{"images", "processed", "skipped": [{"image", "reason"}], "detections": [...]}``."""
+    return {"images": result.images, "processed": result.images - len(result.failed),
+            "skipped": [{"image": image, "reason": reason} for image, reason in result.failed],
+            "detections": records_to_json(result.records)}
+
+
+def write_json(path, result: DetectResult) -> None:
     from netsurgery.fileio import atomic_write_text
 
-    atomic_write_text(path, json.dumps(records_to_json(records), indent=1) + "\n")
+    atomic_write_text(path, json.dumps(result_to_json(result), indent=1) + "\n")

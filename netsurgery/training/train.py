@@ -68,7 +68,7 @@ from netsurgery.darknet.model import DarknetModel
 from netsurgery.darknet.network import Network, build_network
 from netsurgery.darknet.weights import WeightsFile, WeightsHeader, load_weights
 from netsurgery.detection.evaluate import EvalResult, evaluate_model
-from netsurgery.errors import NetsurgeryError, UsageError
+from netsurgery.errors import NetsurgeryError, UsageError, WeightsError
 from netsurgery.fileio import atomic_open, atomic_write_text, check_output
 
 from .augment import AugmentConfig, MultiScale, unsupported_options
@@ -719,6 +719,7 @@ class _Run:
         self._options(freeze_until, iterations, batch, lr)
         self._data(data, strict, validate)
         self.base_cfg = base_cfg or default_base_cfg(weights, cfg_path)
+        self.base_cfg_guessed = base_cfg is None and self.base_cfg == cfg_path
         self.inputs = [cfg_path, weights, data, self.base_cfg]
         # every rank checks (read-only), so a refused output stops all processes alike
         _check_outputs(self.paths, self.inputs, resume, overwrite)
@@ -794,7 +795,14 @@ class _Run:
     def _model(self) -> None:
         network, paths = self.network, self.paths
         self.base_net = build_network(load_cfg(self.base_cfg))
-        base_wf = load_weights(self.weights, self.base_net.layers)
+        try:
+            base_wf = load_weights(self.weights, self.base_net.layers)
+        except WeightsError as exc:
+            if self.base_cfg_guessed:  # the task cfg, for want of a cfg beside the weights
+                raise WeightsError(f"{exc.args[0].split(' — ')[0]}: read with "
+                                   f"{self.base_cfg} because no .cfg is beside the weights; "
+                                   "pass --base-cfg with the cfg they belong to") from None
+            raise
         model = DarknetModel(network)
         self.layers = init_from_base(model, base_wf, self.base_net, self.seed)
         model.header = WeightsHeader(base_wf.header.major, base_wf.header.minor,
