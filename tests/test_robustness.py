@@ -8,9 +8,11 @@ import errno
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -224,20 +226,14 @@ def test_huge_filters_and_a_huge_png_are_refused_up_front(tmp_path, capsys):
     assert run(["detect", str(big), str(write(tmp_path / "h.weights", header)),
                 str(png(tmp_path / "a.png"))]) == 2
     assert "GiB of layer outputs), more than the" in capsys.readouterr().err
-    import zlib
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + \
+            struct.pack(">I", zlib.crc32(kind + data))
 
-    from netsurgery.detection.image import MAX_IMAGE_PIXELS, load_image  # noqa: F401
-
-    def chunk(kind, data):
-        import struct
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(
-            kind + data))
-
-    import struct
-    rows = zlib.compress(b"\0" * (20001 * 64), 9)  # the first rows; the decoder never gets there
-    huge = write(tmp_path / "huge.png", b"\x89PNG\r\n\x1a\n" + chunk(
-        b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)) + chunk(b"IDAT", rows)
-        + chunk(b"IEND", b""))
+    rows = zlib.compress(b"\0" * (20001 * 64), 9)  # the first rows only: never decoded
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)
+    huge = write(tmp_path / "huge.png", b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                 + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
     cfg, weights = tiny_net(tmp_path)
     assert run(["detect", cfg, weights, str(huge)]) == 2
     err = capsys.readouterr().err
@@ -516,3 +512,27 @@ def test_train_says_to_pass_base_cfg(tmp_path, capsys):
                 "--out", str(tmp_path / "run"), "--iterations", "1"]) == 2
     err = capsys.readouterr().err
     assert "pass --base-cfg with the cfg they belong to" in err
+
+
+# =============================================================================================
+# 9. the diff chart's y axis follows the data
+# =============================================================================================
+def test_diff_chart_scale_follows_the_boxes_not_one_huge_maximum():
+    from matplotlib.figure import Figure
+
+    from netsurgery.analysis.plots import _apply_scale, choose_scale
+
+    scale = choose_scale([0.005, 0.02, 0.05, 0.31, 0.022])  # bodies of the demo's layer 13
+    assert not scale.log and scale.top == pytest.approx(1.12 * 0.31)
+    ax = Figure().add_subplot()
+    _apply_scale(ax, scale, [(13, 1.76e4), (18, 0.2)])
+    assert ax.get_ylim() == pytest.approx((0.0, 1.12 * 0.31))
+    assert [t.get_text() for t in ax.texts] == ["max 1.76e+04"]  # only the clipped maximum
+    wide = choose_scale([1e-4, 0.5, 3.0])  # bodies over four decades: log
+    assert wide.log
+    ax = Figure().add_subplot()
+    _apply_scale(ax, wide)
+    assert ax.get_yscale() == "log"
+    assert choose_scale([1e-4, 3.0], log_y=False).log is False
+    assert choose_scale([0.1, 0.2], log_y=True).log is True
+    assert choose_scale([]) == choose_scale([0.0, float("nan")])  # nothing changed: linear
