@@ -3,9 +3,17 @@ from __future__ import annotations
 
 import click
 
+from netsurgery.errors import UsageError
 from netsurgery.fileio import HeadsInput, check_outputs, staged_outputs
 from netsurgery.surgery.editing import load_graph
-from netsurgery.surgery.merge import format_savings, load_heads, merge_files, merge_savings, split
+from netsurgery.surgery.merge import (
+    format_savings,
+    load_heads,
+    merge_files,
+    merge_savings,
+    parse_task_option,
+    split,
+)
 
 from .app import LAYER_INDEX, main
 
@@ -42,9 +50,14 @@ def _pairs(values, what):
 def merge(base, tasks, share_until, out, base_name, names, common_classes, force, overwrite):
     """One network, one trunk, several heads (base + tasks)."""
     warn = lambda m: click.echo(m, err=True)  # noqa: E731
-    merged, heads = merge_files(base[0], base[1], tasks, out, share_until,
-                                _pairs(names, "--names"), base_name, force, common_classes,
-                                overwrite, warn)
+    names_by_head = _pairs(names, "--names")
+    heads_given = [base_name] + [parse_task_option(t, share_until)[0] for t in tasks]
+    unknown = sorted(set(names_by_head) - set(heads_given))
+    if unknown:
+        raise UsageError(f"--names {unknown[0]}=...: no head named '{unknown[0]}'; the heads "
+                         f"are {', '.join(heads_given)}")
+    merged, heads = merge_files(base[0], base[1], tasks, out, share_until, names_by_head,
+                                base_name, force, common_classes, overwrite, warn)
     click.echo(f"wrote {out}.cfg ({len(merged.layers)} layers), {out}.weights, "
                f"{out}.heads.json")
     for g in heads.groups():
