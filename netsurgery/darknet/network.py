@@ -29,8 +29,8 @@ class Network:
         return self.cfg.path
 
     def heads(self) -> list[int]:
-        """Indices of the detection layers ([yolo], [region])."""
-        return [s.index for s in self.layers if s.type_name in ("yolo", "region", "Gaussian_yolo")]
+        """Indices of the detection layers ([yolo], [region] ...: ``spec.is_detection``)."""
+        return [s.index for s in self.layers if s.is_detection]
 
     def outputs(self) -> list[int]:
         """Layers whose output the model returns: the heads, else the last layer."""

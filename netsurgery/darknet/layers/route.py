@@ -3,18 +3,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-from torch import nn
-
 from netsurgery.darknet.cfg import Section
 
 from .activation import activate, activate_, activation_of
-from .base import BuildContext, LayerModule, LayerSpec, Shape, WeightArray, positive, register
+from .base import (
+    BuildContext,
+    LayerModule,
+    LayerSpec,
+    ReferenceKey,
+    Shape,
+    WeightArray,
+    lazy_torch,
+    positive,
+    register,
+)
+
+torch, nn, F = lazy_torch(globals())
 
 
 @register("route")
 @dataclass(eq=False)
 class RouteSpec(LayerSpec):
+    reference_keys = (ReferenceKey("layers", many=True),)
+
     layers: list[int] = field(default_factory=list)  # absolute indices
     groups: int = 1
     group_id: int = 0
@@ -52,7 +63,7 @@ class RouteSpec(LayerSpec):
         text = " ".join(str(i) for i in self.layers)
         return text + (f" g{self.group_id}/{self.groups}" if self.groups > 1 else "")
 
-    def build(self) -> nn.Module:
+    def build(self) -> LayerModule:
         return RouteModule(self)
 
 
@@ -76,6 +87,8 @@ _NORMALIZATIONS = ("none", "relu", "softmax")
 @register("shortcut")
 @dataclass(eq=False)
 class ShortcutSpec(LayerSpec):
+    reference_keys = (ReferenceKey("from", many=True),)
+
     sources_: list[int] = field(default_factory=list)
     activation: str = "linear"
     weights_type: str = "none"
@@ -119,7 +132,7 @@ class ShortcutSpec(LayerSpec):
         return " ".join(str(i) for i in self.sources_) + (
             f" {self.activation}" if self.activation != "linear" else "")
 
-    def build(self) -> nn.Module:
+    def build(self) -> LayerModule:
         return ShortcutModule(self)
 
 
@@ -190,6 +203,8 @@ class ShortcutModule(LayerModule):
 class SamSpec(LayerSpec):
     """Spatial attention: previous × from (element-wise), then the activation."""
 
+    reference_keys = (ReferenceKey("from"),)
+
     source: int = 0
     activation: str = "linear"
 
@@ -211,7 +226,7 @@ class SamSpec(LayerSpec):
     def describe(self) -> str:
         return str(self.source)
 
-    def build(self) -> nn.Module:
+    def build(self) -> LayerModule:
         return SamModule(self)
 
 
@@ -228,6 +243,8 @@ class SamModule(LayerModule):
 @dataclass(eq=False)
 class ScaleChannelsSpec(LayerSpec):
     """from-layer × previous, the previous being C×1×1 (or 1×H×W with scale_wh=1)."""
+
+    reference_keys = (ReferenceKey("from"),)
 
     source: int = 0
     activation: str = "linear"
@@ -255,7 +272,7 @@ class ScaleChannelsSpec(LayerSpec):
     def describe(self) -> str:
         return str(self.source)
 
-    def build(self) -> nn.Module:
+    def build(self) -> LayerModule:
         return ScaleChannelsModule(self)
 
 

@@ -3,17 +3,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-from torch import nn
-
 from netsurgery.darknet.cfg import Section
 
-from .base import BuildContext, LayerModule, LayerSpec, positive, register
+from .base import BuildContext, LayerModule, LayerSpec, ReferenceKey, lazy_torch, positive, register
+
+torch, nn, F = lazy_torch(globals())
 
 
 @register("yolo")
 @dataclass(eq=False)
 class YoloSpec(LayerSpec):
+    is_detection = True
+    reference_keys = (ReferenceKey("embedding_layer", none=999999),)  # Darknet's "none"
+
     classes: int = 20
     total: int = 1  # num= : how many anchors the anchors= list holds
     mask: list[int] = field(default_factory=list)
@@ -66,7 +68,7 @@ class YoloSpec(LayerSpec):
     def describe(self) -> str:
         return f"{self.classes} classes, mask {','.join(map(str, self.mask))}"
 
-    def build(self) -> nn.Module:
+    def build(self) -> LayerModule:
         return YoloModule(self)
 
 
@@ -99,6 +101,8 @@ class YoloModule(LayerModule):
 @register("region")
 @dataclass(eq=False)
 class RegionSpec(LayerSpec):
+    is_detection = True
+
     classes: int = 20
     coords: int = 4
     num: int = 1
@@ -130,7 +134,7 @@ class RegionSpec(LayerSpec):
     def describe(self) -> str:
         return f"{self.classes} classes, {self.num} anchors"
 
-    def build(self) -> nn.Module:
+    def build(self) -> LayerModule:
         if self.section.has("tree"):
             raise self.error("softmax trees (tree=) are not supported", "tree")
         return RegionModule(self)
