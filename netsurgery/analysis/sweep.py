@@ -71,6 +71,7 @@ def run_sweep(base_cfg: str, base_weights: str, task_cfg: str, data: str, ks: Se
     """Retrain, evaluate and measure for every k; skips k values already finished."""
     from netsurgery.darknet.model import load_model
     from netsurgery.detection.evaluate import evaluate_model
+    from netsurgery.training.config import TrainConfig
     from netsurgery.training.train import train
 
     base_net = build_network(base_cfg)
@@ -91,10 +92,11 @@ def run_sweep(base_cfg: str, base_weights: str, task_cfg: str, data: str, ks: Se
             continue
         log(f"k={k}: training layers {k + 1}.. ({'nothing frozen' if k < 0 else 'trunk frozen'})")
         resume = any(folder.glob("*_state.json"))  # interrupted run: continue it
-        result = train(task_cfg, base_weights, data, freeze_until=k, iterations=iterations,
-                       batch=batch, out_dir=str(folder), resume=resume, augment=augment,
-                       seed=seed, base_cfg=base_cfg, log=log, validate=False,
-                       overwrite=not resume)
+        config = TrainConfig(task_cfg, base_weights, data, folder, freeze_until=k,
+                             iterations=iterations, batch=batch, resume=resume,
+                             overwrite=not resume, augment=augment, seed=seed,
+                             base_cfg=base_cfg, validate=False)
+        result = train(config, log=log)
         model = load_model(result.cfg_path, result.final_weights, inference=True)
         ev = evaluate_model(model, data)
         if k == END_TO_END:
