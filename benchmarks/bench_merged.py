@@ -17,9 +17,10 @@ import common
 import numpy as np
 import torch
 
+from netsurgery.analysis.cost import merge_savings
 from netsurgery.darknet.model import load_model
 from netsurgery.surgery.editing import load_graph
-from netsurgery.surgery.merge import TaskInput, load_heads, merge, merge_savings
+from netsurgery.surgery.merge import TaskInput, load_heads, merge
 from netsurgery.surgery.multihead import MergedModel
 
 

@@ -106,7 +106,7 @@ def run_demo(out_dir: str | os.PathLike = "demo", k: int | None = None, quick: b
              weights_dir: str | os.PathLike = "weights",
              log: Callable[[str], None] = print) -> DemoResult:
     """Run the whole demo into ``out_dir`` and write ``out_dir/report.md``."""
-    from .analysis.cost import network_cost
+    from .analysis.cost import merge_savings, network_cost
     from .analysis.diff import diff_weights
     from .analysis.plots import plot_diff
     from .analysis.sweep import time_merged_vs_separate
@@ -116,7 +116,7 @@ def run_demo(out_dir: str | os.PathLike = "demo", k: int | None = None, quick: b
     from .detection.evaluate import evaluate_model
     from .fetch import fetch_model
     from .surgery.editing import load_graph
-    from .surgery.merge import MergedHeads, TaskInput, format_savings, merge, merge_savings
+    from .surgery.merge import MergedHeads, TaskInput, merge
     from .surgery.multihead import MergedModel
     from .training.synth import TextStyle, make_text_dataset
     from .training.config import TrainConfig
@@ -208,8 +208,8 @@ def run_demo(out_dir: str | os.PathLike = "demo", k: int | None = None, quick: b
 
 def _write_report(out, settings, base, dataset, result, diff_report, savings, detections,
                   identical, ev, cost, merged_ms, separate_ms, seconds, quick) -> Path:
+    from .analysis.cost import format_savings
     from .fileio import atomic_write_text
-    from .surgery.merge import format_savings
 
     s = diff_report.summary
     lines = [

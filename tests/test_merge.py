@@ -285,8 +285,8 @@ def test_info_on_merged_network_shows_savings(tiny_setup, capsys):
 def test_time_merged_against_each_head_alone(tiny_setup, capsys):
     """Timing values themselves are not asserted (benchmarks do that): the rounds, the sum,
     the FLOP ratio shown beside the time, and the command's output."""
+    from netsurgery.analysis.cost import merge_savings
     from netsurgery.detection.timing import time_merged, time_model
-    from netsurgery.surgery.merge import merge_savings
 
     root, base_files, files = tiny_setup
     out = str(root / "merged_time")

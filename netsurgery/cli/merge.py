@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import click
 
+from netsurgery.analysis.cost import format_savings, merge_savings
 from netsurgery.fileio import check_output, staged_outputs
 from netsurgery.surgery.editing import load_graph
-from netsurgery.surgery.merge import format_savings, load_heads, merge_files, merge_savings, split
+from netsurgery.surgery.merge import load_heads, merge_files, split
 
 from .app import main
 

@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from netsurgery.analysis.cost import compare_trunk
 from netsurgery.darknet.cfg import Section, make_section, parse_cfg_text
 from netsurgery.darknet.weights import WeightsHeader
 from netsurgery.errors import NetsurgeryError, UsageError
@@ -102,59 +103,6 @@ def load_heads(path: str | os.PathLike) -> MergedHeads:
     return MergedHeads.from_json(data, str(path))
 
 
-@dataclass
-class TrunkCheck:
-    """How far a task's layers 0..k are from the base's."""
-
-    identical: bool
-    max_relative_difference: float
-    worst_layer: int | None
-
-
-def check_trunk(base: Graph, task: Graph, k: int) -> TrunkCheck:
-    """Compare layers 0..k of ``task`` with the base: sections and shapes must agree (else an
-    error naming the layer); returns the largest mean|Δ|/mean|base| over their arrays."""
-    if k >= len(base.layers) or k >= len(task.layers):
-        raise UsageError(f"share_until={k}: beyond the last layer (base has "
-                         f"{len(base.layers)} layers, task {len(task.layers)})")
-    for key in ("width", "height", "channels"):
-        if base.net.get_int(key, 0) != task.net.get_int(key, 0):
-            raise UsageError(f"[net] {key} differs: base {base.net.get_int(key, 0)}, task "
-                             f"{task.net.get_int(key, 0)}; a merged network has one input size")
-    worst, worst_layer = 0.0, None
-    for i in range(k + 1):
-        b, t = base.layers[i], task.layers[i]
-        if b.section.type != t.section.type:
-            raise UsageError(f"layer {i}: base is [{b.section.type}], task is "
-                             f"[{t.section.type}]; the trunks 0..{k} must be the same network")
-        b_opts = [(o.key, o.value) for o in b.section.options]
-        t_opts = [(o.key, o.value) for o in t.section.options]
-        if _meaningful(b_opts) != _meaningful(t_opts):
-            raise UsageError(f"layer {i} [{b.section.type}]: options differ between base and "
-                             f"task ({_meaningful(b_opts)} vs {_meaningful(t_opts)})")
-        for name, arr in (b.arrays or {}).items():
-            other = (t.arrays or {}).get(name)
-            if other is None or other.shape != arr.shape:
-                raise UsageError(f"layer {i}: array '{name}' missing or of another shape in "
-                                 "the task")
-            if np.array_equal(arr, other):
-                continue
-            base64 = np.abs(arr.astype(np.float64))
-            rel = float(np.abs(other.astype(np.float64) - arr).mean() / max(base64.mean(), 1e-30))
-            if rel > worst or worst_layer is None:
-                worst, worst_layer = max(rel, worst), i
-    return TrunkCheck(worst_layer is None, worst, worst_layer)
-
-
-# Training-only keys do not change what a trunk layer computes.
-_TRAINING_KEYS = {"stopbackward", "dontload", "dontloadscales", "learning_rate", "train_only_bn",
-                  "dont_update", "burnin_update", "onlyforward", "clip"}
-
-
-def _meaningful(options: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in options if k not in _TRAINING_KEYS]
-
-
 def _yolo_indices(layers: Sequence[Layer], offset: int = 0) -> list[int]:
     return [offset + i for i, l in enumerate(layers) if l.section.type in ("yolo", "region")]
 
@@ -196,7 +144,8 @@ def merge(base: Graph, tasks: Sequence[TaskInput], base_name: str = "base",
     groups = []
     for task in tasks:
         k = task.share_until
-        check = check_trunk(base, task.graph, k)
+        check = compare_trunk(base.network(), base.arrays(), task.graph.network(),
+                              task.graph.arrays(), k)
         if not check.identical:
             message = (f"task '{task.name}': layers 0..{k} differ from the base (largest "
                        f"relative difference {check.max_relative_difference:.3g} at layer "
@@ -379,48 +328,3 @@ def merge_files(base_cfg: str, base_weights: str, tasks: Sequence[str], out: str
         merged.save(staged[0], staged[1])
         heads.save(staged[2])
     return merged, heads
-
-
-@dataclass
-class MergeSavings:
-    """Parameters and FLOPs of the merged network against the separate networks."""
-
-    separate_params: int
-    merged_params: int
-    separate_bflops: float
-    merged_bflops: float
-    per_head: list[tuple[str, int, float]]  # (name, params, bflops) of each standalone model
-
-    @property
-    def params_ratio(self) -> float:
-        return self.merged_params / self.separate_params
-
-    @property
-    def bflops_ratio(self) -> float:
-        return self.merged_bflops / self.separate_bflops
-
-
-def merge_savings(network, heads: MergedHeads) -> MergeSavings:
-    """What the merged ``network`` costs against running every head's own network."""
-    specs = network.layers
-    params = [s.params for s in specs]
-    flops = [s.flops() / 1e9 for s in specs]
-    per_head = []
-    first, last = heads.base.tail
-    per_head.append((heads.base.name, sum(params[first:last + 1]), sum(flops[first:last + 1])))
-    for g in heads.tasks:
-        k, (a, b) = g.share_until, g.tail
-        per_head.append((g.name, sum(params[:k + 1]) + sum(params[a:b + 1]),
-                         sum(flops[:k + 1]) + sum(flops[a:b + 1])))
-    return MergeSavings(sum(p for _, p, _ in per_head), sum(params),
-                        sum(f for _, _, f in per_head), sum(flops), per_head)
-
-
-def format_savings(s: MergeSavings) -> str:
-    lines = ["  model                params      BFLOPs"]
-    for name, p, f in s.per_head:
-        lines.append(f"  {name:<18} {p:>10,d} {f:>11.3f}")
-    lines.append(f"  {'separate (sum)':<18} {s.separate_params:>10,d} {s.separate_bflops:>11.3f}")
-    lines.append(f"  {'merged':<18} {s.merged_params:>10,d} {s.merged_bflops:>11.3f}")
-    lines.append(f"  merged / separate: params {s.params_ratio:.3f}, FLOPs {s.bflops_ratio:.3f}")
-    return "\n".join(lines)

@@ -8,6 +8,7 @@ from typing import Sequence
 
 import torch
 
+from netsurgery.analysis.cost import frontier
 from netsurgery.darknet.model import DarknetModel, load_model
 
 from .merge import MergedHeads, load_heads
@@ -33,11 +34,9 @@ class MergedModel:
         """Trunk outputs the task tails read (each task's frontier), for caching."""
         network = self.model.network
         wanted: set[int] = set()
-        for group in self.heads.tasks:
-            first, last = group.tail
-            for spec in network.layers[first:last + 1]:
-                wanted.update(i for i in spec.inputs() if 0 <= i < group.route)
-            wanted.add(group.share_until)
+        for group in self.heads.tasks:  # the route and the tail read the trunk 0..k
+            wanted.update(frontier(network, group.share_until,
+                                   range(group.route, group.tail[1] + 1)))
         return sorted(wanted)
 
     def trunk(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
