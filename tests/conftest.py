@@ -3,15 +3,21 @@
 Test data (Darknet conformance cases, reference cfgs, images, coco.names) is looked up in
 ``../shared/`` beside the project first (it may hold more, e.g. every layer of the large
 conformance cases), then in the copies vendored into ``tests/data/`` (see its README.md).
-The real yolov3-tiny weights (35 MB) are not vendored: they come from ``../shared/models/``,
-else from the user cache that ``netsurgery.fetch`` fills (downloading once, sha256-checked).
-A test skips, with the reason, only when a file is in none of these places."""
+Two weights files are not vendored: the real yolov3-tiny (35 MB) comes from
+``../shared/models/``, else from the user cache that ``netsurgery.fetch`` fills (downloading
+once, sha256-checked); yolov4-tiny-160's random Darknet weights (24 MB) are rebuilt bit for
+bit from a 67 KB part (darknet_init.py). A test skips, with the reason, only when a file is
+to be had nowhere."""
 from __future__ import annotations
 
 import functools
+import json
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+from darknet_init import rebuild_weights
 
 from netsurgery.errors import NetsurgeryError
 from netsurgery.fetch import cache_dir, fetch_model
@@ -19,9 +25,12 @@ from netsurgery.fetch import cache_dir, fetch_model
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 VENDORED = Path(__file__).resolve().parent / "data"
 
-# Data files that are deliberately not in tests/data/, and the model `fetch` gets them from.
-FETCHED = {("models", "yolov3-tiny.weights"): "yolov3-tiny",
-           ("conformance", "yolov3-tiny-coco", "net.weights"): "yolov3-tiny"}
+# Data files that are deliberately not in tests/data/, and how a test gets them instead.
+NOT_VENDORED = {
+    ("models", "yolov3-tiny.weights"): lambda: fetched_weights("yolov3-tiny"),
+    ("conformance", "yolov3-tiny-coco", "net.weights"): lambda: fetched_weights("yolov3-tiny"),
+    ("conformance", "yolov4-tiny-160", "net.weights"): lambda: rebuilt_weights("yolov4-tiny-160"),
+}
 
 
 def find_data(*parts: str) -> Path | None:
@@ -41,8 +50,8 @@ def data_path(*parts: str) -> Path:
     path = find_data(*parts)
     if path is not None:
         return path
-    if tuple(parts) in FETCHED:
-        return fetched_weights(FETCHED[tuple(parts)])
+    if tuple(parts) in NOT_VENDORED:
+        return NOT_VENDORED[tuple(parts)]()
     pytest.skip(f"{'/'.join(parts)} is in neither {SHARED} nor {VENDORED} "
                 f"(see tests/data/README.md for what is vendored and why)")
 
@@ -65,6 +74,22 @@ def fetched_weights(name: str) -> Path:
     if isinstance(got, str):
         pytest.skip(f"real {name} weights unavailable: not in {SHARED / 'models'}, and {got}")
     return got
+
+
+_REBUILT = tempfile.TemporaryDirectory(prefix="netsurgery-tests-")  # removed at exit
+
+
+@functools.cache
+def rebuilt_weights(case: str) -> Path:
+    """A conformance case's ``net.weights`` rebuilt from its vendored ``weights_init.npz``
+    (once per session; fails, not skips, when the bytes are not Darknet's)."""
+    folder = VENDORED / "conformance" / case
+    sha256 = json.loads((folder / "meta.json").read_text())["weights"]["sha256"]
+    with np.load(folder / "weights_init.npz") as part:
+        data = rebuild_weights(folder / "net.cfg", dict(part), sha256)
+    path = Path(_REBUILT.name) / f"{case}.weights"
+    path.write_bytes(data)
+    return path
 
 
 @pytest.fixture
