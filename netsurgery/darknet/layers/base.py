@@ -306,12 +306,14 @@ def register(*names: str):
     return deco
 
 
-def spec_class(section: Section) -> type[LayerSpec]:
-    """The spec class of ``section``'s type; a CfgError naming the section if there is none."""
+def spec_class(section: Section, index: int) -> type[LayerSpec]:
+    """The spec class of ``section`` (layer ``index``); a CfgError naming it if there is
+    none."""
     cls = REGISTRY.get(section.type)
     if cls is None:
-        raise section.error("this layer type is read by Darknet but not supported by "
-                            "netsurgery")
+        raise CfgError(section.path, section.line,
+                       f"layer {index} [{section.header}]: this layer type is read by Darknet "
+                       "but not supported by netsurgery")
     return cls
 
 
