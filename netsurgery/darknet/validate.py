@@ -17,8 +17,6 @@ from .network import Network
 ERROR = "error"
 WARNING = "warning"
 
-_HEADS = ("yolo", "region", "Gaussian_yolo")
-
 
 @dataclass
 class Problem:
@@ -79,7 +77,7 @@ class _Checker:
         return self.problems
 
     def references(self, spec: LayerSpec) -> None:
-        key = "layers" if isinstance(spec, RouteSpec) else "from"
+        key = spec.reference_keys[0].key if spec.reference_keys else None
         for src in spec.sources():
             if not 0 <= src < spec.index:
                 self.add(spec, f"reads layer {src}: expected an earlier layer "
@@ -148,7 +146,7 @@ class _Checker:
         if spec.index == 0 or not spec.reads_previous():
             return
         prev = self.layers[spec.index - 1]
-        if prev.type_name in _HEADS:
+        if prev.is_detection:
             self.add(spec, f"reads the output of the [{prev.section.header}] layer "
                            f"{prev.index} (partly activated detections); a [route] "
                            "usually follows a head", severity=WARNING)
