@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from netsurgery.errors import CfgError
 
-from .layers import LayerSpec, RegionSpec, RouteSpec, Shape, ShortcutSpec, YoloSpec
+from .layers import LayerSpec, RouteSpec, Shape, ShortcutSpec, YoloSpec
 from .network import Network
 
 ERROR = "error"
@@ -70,8 +70,8 @@ class _Checker:
                 self.route(spec)
             elif isinstance(spec, YoloSpec):
                 self.yolo(spec)
-            elif isinstance(spec, RegionSpec):
-                self.region(spec)
+            if spec.is_detection:
+                self.head(spec)
             self.after_head(spec)
         self.unused()
         return self.problems
@@ -125,22 +125,14 @@ class _Checker:
             if not 0 <= m < spec.total:
                 self.add(spec, f"mask index {m} is outside 0..{spec.total - 1} (num="
                                f"{spec.total})", "mask")
-        expected = (spec.classes + 5) * len(spec.mask)
-        channels = self.shape_of(spec.index - 1).c
-        if channels != expected:
-            target = self.layers[spec.index - 1] if spec.index > 0 else spec
-            self.add(target, f"filters={channels} does not fit the [yolo] layer {spec.index} "
-                             f"after it: expected (classes+5)·len(mask) = ({spec.classes}+5)·"
-                             f"{len(spec.mask)} = {expected}", "filters")
 
-    def region(self, spec: RegionSpec) -> None:
-        expected = spec.num * (spec.classes + spec.coords + 1)
+    def head(self, spec: LayerSpec) -> None:
+        expected, rule = spec.input_channels()
         channels = self.shape_of(spec.index - 1).c
         if channels != expected:
             target = self.layers[spec.index - 1] if spec.index > 0 else spec
-            self.add(target, f"filters={channels} does not fit the [region] layer "
-                             f"{spec.index} after it: expected num·(classes+coords+1) = "
-                             f"{expected}", "filters")
+            self.add(target, f"filters={channels} does not fit the [{spec.section.header}] "
+                             f"layer {spec.index} after it: expected {rule}", "filters")
 
     def after_head(self, spec: LayerSpec) -> None:
         if spec.index == 0 or not spec.reads_previous():

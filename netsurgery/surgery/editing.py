@@ -18,6 +18,7 @@ import numpy as np
 
 from netsurgery.darknet.cfg import Cfg, Section, load_cfg
 from netsurgery.darknet.layers.base import spec_class
+from netsurgery.darknet.layers.yolo import YoloSpec
 from netsurgery.darknet.network import Network, build_network
 from netsurgery.darknet.weights import WeightsHeader, load_weights, save_weights
 from netsurgery.errors import NetsurgeryError, UsageError
@@ -217,5 +218,5 @@ def retarget_heads(cfg: Cfg, classes: int, anchors: Sequence[float] | None = Non
         prev = out.layers[i - 1] if i > 0 else None
         if prev is None or prev.type != "convolutional":
             raise section.error(f"layer {i}: expected a [convolutional] before [yolo]")
-        prev.set("filters", (classes + 5) * len(mask))
+        prev.set("filters", YoloSpec.channel_rule(classes, len(mask))[0])
     return out

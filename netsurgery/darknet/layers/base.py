@@ -152,6 +152,11 @@ class LayerSpec:
         :meth:`renumber_section`)."""
         return self.renumber_section(self.section, self.index, new_index, mapping)
 
+    def input_channels(self) -> tuple[int, str] | None:
+        """A detection head: the channels the layer before it must output, and the rule
+        written out for messages (``(classes+5)·len(mask) = ...``); None for other layers."""
+        return None
+
     # -- weights --------------------------------------------------------------------------
     def weight_arrays(self, transposed: bool = False) -> list[WeightArray]:
         """Arrays in .weights file order; empty for layers without weights. ``transposed``:
