@@ -157,6 +157,11 @@ class LayerSpec:
         written out for messages (``(classes+5)·len(mask) = ...``); None for other layers."""
         return None
 
+    def decoder(self, name: str | None = None) -> tuple | None:
+        """A detection head: (what decoding needs, the decode function of
+        :mod:`netsurgery.detection.decode`, the layer whose output it decodes)."""
+        return None
+
     # -- weights --------------------------------------------------------------------------
     def weight_arrays(self, transposed: bool = False) -> list[WeightArray]:
         """Arrays in .weights file order; empty for layers without weights. ``transposed``:

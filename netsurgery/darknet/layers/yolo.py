@@ -78,6 +78,12 @@ class YoloSpec(LayerSpec):
     def input_channels(self) -> tuple[int, str]:
         return self.channel_rule(self.classes, len(self.mask))
 
+    def decoder(self, name: str | None = None) -> tuple:
+        from netsurgery.detection.decode import YoloHead, decode_yolo
+
+        head = YoloHead(list(self.mask), list(self.anchors), self.classes, self.new_coords, name)
+        return head, decode_yolo, self.index
+
     @property
     def head_anchors(self) -> list[tuple[float, float]]:
         return [(self.anchors[2 * m], self.anchors[2 * m + 1]) for m in self.mask]
@@ -146,6 +152,13 @@ class RegionSpec(LayerSpec):
     def input_channels(self) -> tuple[int, str]:
         n = self.num * (self.classes + self.coords + 1)
         return n, f"num·(classes+coords+1) = {n}"
+
+    def decoder(self, name: str | None = None) -> tuple:
+        from netsurgery.detection.decode import RegionHead, decode_region
+
+        head = RegionHead(list(self.anchors), self.classes, self.num, self.coords,
+                          self.softmax, name)
+        return head, decode_region, self.index - 1  # region decodes its raw input
 
     def describe(self) -> str:
         return f"{self.classes} classes, {self.num} anchors"
