@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from netsurgery.errors import CfgError
 
 from .cfg import Cfg, load_cfg
-from .layers import REGISTRY, BuildContext, LayerSpec, NetInput, Shape
+from .layers import BuildContext, LayerSpec, NetInput, Shape
+from .layers.base import spec_class
 
 
 @dataclass
@@ -78,11 +79,7 @@ def build_network(cfg: Cfg | str | os.PathLike, size: tuple[int, int] | None = N
     if not cfg.layers:
         raise CfgError(cfg.path, cfg.net.line, "no layers after [net]")
     for index, section in enumerate(cfg.layers):
-        cls = REGISTRY.get(section.type)
-        if cls is None:
-            raise CfgError(cfg.path, section.line,
-                           f"layer {index} [{section.header}]: this layer type is read by "
-                           "Darknet but not supported by netsurgery")
+        cls = spec_class(section, index)
         try:
             spec = cls.parse(index, section, ctx)
         except CfgError as exc:

@@ -152,6 +152,16 @@ class LayerSpec:
         :meth:`renumber_section`)."""
         return self.renumber_section(self.section, self.index, new_index, mapping)
 
+    def input_channels(self) -> tuple[int, str] | None:
+        """A detection head: the channels the layer before it must output, and the rule
+        written out for messages (``(classes+5)·len(mask) = ...``); None for other layers."""
+        return None
+
+    def decoder(self, name: str | None = None) -> tuple | None:
+        """A detection head: (what decoding needs, the decode function of
+        :mod:`netsurgery.detection.decode`, the layer whose output it decodes)."""
+        return None
+
     # -- weights --------------------------------------------------------------------------
     def weight_arrays(self, transposed: bool = False) -> list[WeightArray]:
         """Arrays in .weights file order; empty for layers without weights. ``transposed``:
@@ -306,12 +316,14 @@ def register(*names: str):
     return deco
 
 
-def spec_class(section: Section) -> type[LayerSpec]:
-    """The spec class of ``section``'s type; a CfgError naming the section if there is none."""
+def spec_class(section: Section, index: int) -> type[LayerSpec]:
+    """The spec class of ``section`` (layer ``index``); a CfgError naming it if there is
+    none."""
     cls = REGISTRY.get(section.type)
     if cls is None:
-        raise section.error("this layer type is read by Darknet but not supported by "
-                            "netsurgery")
+        raise CfgError(section.path, section.line,
+                       f"layer {index} [{section.header}]: this layer type is read by Darknet "
+                       "but not supported by netsurgery")
     return cls
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from .base import (
     positive,
     register,
 )
+
+if TYPE_CHECKING:
+    from .fastconv import FoldScratch, PackedConv
 
 torch, nn, F = lazy_torch(globals())
 fastconv = LazyImport("netsurgery.darknet.layers.fastconv", globals(), "fastconv")
