@@ -268,7 +268,7 @@ class _Run:
             self.book.resume(self.paths.log, self.paths.csv, self.state["iteration"])
         self._model()
         self._optimiser()
-        self._images()
+        self._multi_scale()
         if self.dist.main:
             checkpoint_cfg(self.cfg, self.freeze_until, self.batch, c.lr).save(self.paths.cfg)
 
@@ -286,6 +286,13 @@ class _Run:
         if self.train_set.issues:
             self.note(f"training list: {self.train_set.summary} (first problem: "
                       f"{self.train_set.issues[0]})")
+        net = self.network.net
+        self.images = TrainImages(self.train_set, net.width, net.height,
+                                  AugmentConfig.from_cfg(self.cfg), c.augment, c.seed,
+                                  strict=c.strict)
+        if self.images.unreadable:
+            self.note(f"training list: {len(self.images.unreadable)} images skipped that "
+                      f"cannot be decoded (first: {self.images.unreadable[0]})")
         self.valid_set = None
         if c.validate and data_file.valid is not None and data_file.resolved["valid"].exists:
             self.valid_set = load_dataset(data_file.valid, n_classes, strict=c.strict)
@@ -328,10 +335,8 @@ class _Run:
             self.note(f"distributed training: {self.dist.world} processes, batch "
                       f"{self.batch} shared")
 
-    def _images(self) -> None:
+    def _multi_scale(self) -> None:
         c, net = self.config, self.network.net
-        self.images = TrainImages(self.train_set, net.width, net.height,
-                                  AugmentConfig.from_cfg(self.cfg), c.augment, c.seed)
         self.scales = MultiScale(net.width, net.height)
         if c.augment and c.multi_scale:
             self.scales = MultiScale.from_cfg(self.cfg, net.width, net.height)
