@@ -20,11 +20,14 @@ What :func:`train` does, in Darknet's terms:
 * Optimiser: Darknet's SGD — momentum, ``decay`` on conv / connected weights only, gradient =
   sum of the deltas / batch; learning rate from ``[net]``: burn-in lr·(i/burn_in)^power,
   then ``policy`` (constant, step, steps, poly, exp, sigmoid) at iteration i = updates so far.
-* Loss: :mod:`netsurgery.training.loss` on the raw outputs of the conv before each [yolo] (the model is
-  run with those layers as targets; the [yolo] activation is applied inside the loss).
-* Data: images from the .data ``train`` list, augmented by :mod:`netsurgery.training.augment`
-  (seeded: sample ``s`` of iteration ``i`` always gets the same image and augmentation, so a
-  resumed or multi-process run sees the same data as a single uninterrupted one).
+* Loss: :mod:`netsurgery.training.loss` on the raw outputs of the conv before each [yolo]
+  (the model is run with those layers as targets; the [yolo] activation is applied inside
+  the loss).
+* Data: images from the .data ``train`` list (each decoded before the first iteration: one
+  that cannot be is skipped and counted, or stops a ``strict`` run), augmented by
+  :mod:`netsurgery.training.augment` (seeded: sample ``s`` of iteration ``i`` always gets
+  the same image and augmentation, so a resumed or multi-process run sees the same data as
+  a single uninterrupted one).
 * Multi-scale (``random`` of the last [yolo], with augmentation): every 10 iterations the
   model is resized (:meth:`DarknetModel.resize`, weights shared) to Darknet's random size
   (:class:`netsurgery.training.augment.MultiScale`); the loss takes anchors in that size's pixels.
@@ -115,11 +118,11 @@ from .schedule import Schedule
 
 FINAL_LOSS_ITERATIONS = 10  # one iteration's loss jumps with its batch: report a mean
 
-__all__ = ["CPU_BATCH_DEFAULT", "CPU_BATCH_MAX", "OBJECTNESS_PRIOR_BIAS", "LayerInit",
-           "Schedule", "TrainConfig", "TrainNet", "TrainProgress", "TrainResult",
-           "_objectness_prior", "check_config", "checkpoint_cfg", "compare_trunk", "default_base_cfg",
-           "default_batch", "evaluate_map", "freeze_from_cfg", "fresh_arrays",
-           "init_from_base", "train"]
+__all__ = ["CPU_BATCH_DEFAULT", "CPU_BATCH_MAX", "FINAL_LOSS_ITERATIONS",
+           "OBJECTNESS_PRIOR_BIAS", "LayerInit", "RunOptions", "Schedule", "TrainConfig",
+           "TrainNet", "TrainProgress", "TrainResult", "_objectness_prior", "check_config",
+           "checkpoint_cfg", "compare_trunk", "default_base_cfg", "default_batch",
+           "evaluate_map", "freeze_from_cfg", "fresh_arrays", "init_from_base", "train"]
 
 
 @dataclass
