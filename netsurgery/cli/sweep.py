@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from netsurgery.analysis.sweep import TIMING_REPEATS, format_sweep, run_sweep
+from netsurgery.errors import UsageError
 
 from .app import INT_LIST, main
 
@@ -24,14 +25,23 @@ from .app import INT_LIST, main
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--timing-repeats", default=TIMING_REPEATS, show_default=True, type=int,
               help="Interleaved timed rounds of merged against separate, per k.")
+@click.option("--threads", type=int, default=None,
+              help="CPU threads for torch (default: torch's choice; 1 is often faster and "
+                   "steadier on a busy machine).")
 @click.option("--overwrite", is_flag=True,
               help="Retrain the k values that --out holds with other settings.")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 def sweep(base, task_cfg, data, ks, iterations, batch, no_end_to_end, no_augment,
-          no_multi_scale, seed, timing_repeats, overwrite, out):
+          no_multi_scale, seed, timing_repeats, threads, overwrite, out):
     """Retrain from k+1 for every k, evaluate, and chart mAP against the savings. Every
     input is checked before the first k trains; a k that --out holds with the same settings
     is reused."""
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads {threads}: expected a positive number")
+        import torch  # only here: the CLI's start-up stays free of torch
+
+        torch.set_num_threads(threads)
     points = run_sweep(base[0], base[1], task_cfg, data, ks, out, iterations,
                        not no_end_to_end, batch, timing_repeats=timing_repeats,
                        augment=not no_augment, seed=seed, multi_scale=not no_multi_scale,
