@@ -127,10 +127,11 @@ def _folder(out: Path, k: int) -> Path:
 
 def check_inputs(base_cfg, base_weights, task_cfg, ks: Sequence[int]) -> Network:
     """Everything about the networks a sweep needs, before anything trains: the base cfg and
-    its weights, the task cfg, every k inside the base, and the trunks 0..k of base and task
-    the same network at the same input size (as merging needs). Returns the base network."""
+    its weights, the task cfg, every k inside the base, and the merge each k will need (the
+    trunks 0..k of base and task the same layers at the same input size), done on the
+    structure alone. Returns the base network."""
     from netsurgery.surgery.editing import load_graph
-    from netsurgery.surgery.merge import check_trunk
+    from netsurgery.surgery.merge import TaskInput, merge
 
     base = load_graph(base_cfg)
     load_graph(base_cfg, base_weights)  # the weights must fit the base cfg
@@ -141,7 +142,7 @@ def check_inputs(base_cfg, base_weights, task_cfg, ks: Sequence[int]) -> Network
         if not 0 <= k < n - 1:
             raise UsageError(f"k={k}: expected a layer index in 0..{n - 2} of {base_cfg}")
     for k in ks:
-        check_trunk(base, task, k)  # structure only: no arrays loaded here
+        merge(base, [TaskInput("task", task, k)])  # no arrays: layers and shapes only
     return base_net
 
 
