@@ -22,7 +22,7 @@ from netsurgery.darknet.model import load_model
 from netsurgery.darknet.network import build_network
 from netsurgery.darknet.weights import load_weights
 from netsurgery.detection.image import letterbox_image, resize_image
-from netsurgery.errors import CfgError, UsageError
+from netsurgery.errors import CfgError, DataError, UsageError
 from netsurgery.training.augment import (
     AugmentConfig,
     Crop,
@@ -789,3 +789,24 @@ def test_scaled_yolov4_heads_train(tiny, tmp_path):
     assert result.trunk_verified and all(math.isfinite(v) for _, v in result.losses)
     saved = arrays_of(result.final_weights, cfg)
     assert not np.array_equal(saved[3]["weights"], arrays_of(tiny.weights, tiny.cfg)[3]["weights"])
+
+
+def test_undecodable_image_is_skipped_up_front_and_counted(tiny, tmp_path):
+    """An image whose bytes cannot be decoded (found late in the list) is skipped and counted
+    before the first iteration, as bad labels are; --strict stops on it before training."""
+    paths = make_shapes_dataset(tmp_path / "ds", 12, seed=3, size=(64, 64))
+    broken = paths.train_images[-1]
+    broken.write_bytes(b"\xff\xd8\xff\xe0" + bytes(200))  # a JPEG start, then nothing
+    lines: list[str] = []
+    result = train(TrainConfig(tiny.cfg, tiny.weights, paths.data, tmp_path / "out",
+                               freeze_until=1, iterations=3, batch=4, augment=False,
+                               base_cfg=tiny.cfg, validate=False), log=lines.append)
+    skipped = [m for m in lines if "cannot be decoded" in m]
+    assert skipped and skipped[0].startswith("training list: 1 images skipped")
+    assert str(broken) in skipped[0]
+    assert result.iterations == 3 and result.trunk_verified
+    with pytest.raises(DataError, match=f"{broken.name}: cannot read image"):
+        train(TrainConfig(tiny.cfg, tiny.weights, paths.data, tmp_path / "strict",
+                          freeze_until=1, iterations=3, batch=4, augment=False,
+                          base_cfg=tiny.cfg, strict=True))
+    assert not (tmp_path / "strict").exists()  # stopped before anything was written

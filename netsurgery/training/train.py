@@ -20,11 +20,14 @@ What :func:`train` does, in Darknet's terms:
 * Optimiser: Darknet's SGD — momentum, ``decay`` on conv / connected weights only, gradient =
   sum of the deltas / batch; learning rate from ``[net]``: burn-in lr·(i/burn_in)^power,
   then ``policy`` (constant, step, steps, poly, exp, sigmoid) at iteration i = updates so far.
-* Loss: :mod:`netsurgery.training.loss` on the raw outputs of the conv before each [yolo] (the model is
-  run with those layers as targets; the [yolo] activation is applied inside the loss).
-* Data: images from the .data ``train`` list, augmented by :mod:`netsurgery.training.augment`
-  (seeded: sample ``s`` of iteration ``i`` always gets the same image and augmentation, so a
-  resumed or multi-process run sees the same data as a single uninterrupted one).
+* Loss: :mod:`netsurgery.training.loss` on the raw outputs of the conv before each [yolo]
+  (the model is run with those layers as targets; the [yolo] activation is applied inside
+  the loss).
+* Data: images from the .data ``train`` list (each decoded before the first iteration: one
+  that cannot be is skipped and counted, or stops a ``strict`` run), augmented by
+  :mod:`netsurgery.training.augment` (seeded: sample ``s`` of iteration ``i`` always gets
+  the same image and augmentation, so a resumed or multi-process run sees the same data as
+  a single uninterrupted one).
 * Multi-scale (``random`` of the last [yolo], with augmentation): every 10 iterations the
   model is resized (:meth:`DarknetModel.resize`, weights shared) to Darknet's random size
   (:class:`netsurgery.training.augment.MultiScale`); the loss takes anchors in that size's pixels.
@@ -100,6 +103,7 @@ from .checkpoints import (
 from .config import (
     CPU_BATCH_DEFAULT,
     CPU_BATCH_MAX,
+    RunOptions,
     TrainConfig,
     default_base_cfg,
     default_batch,
@@ -114,11 +118,11 @@ from .schedule import Schedule
 
 FINAL_LOSS_ITERATIONS = 10  # one iteration's loss jumps with its batch: report a mean
 
-__all__ = ["CPU_BATCH_DEFAULT", "CPU_BATCH_MAX", "OBJECTNESS_PRIOR_BIAS", "LayerInit",
-           "Schedule", "TrainConfig", "TrainNet", "TrainProgress", "TrainResult",
-           "_objectness_prior", "checkpoint_cfg", "compare_trunk", "default_base_cfg",
-           "default_batch", "evaluate_map", "freeze_from_cfg", "fresh_arrays",
-           "init_from_base", "train"]
+__all__ = ["CPU_BATCH_DEFAULT", "CPU_BATCH_MAX", "FINAL_LOSS_ITERATIONS",
+           "OBJECTNESS_PRIOR_BIAS", "LayerInit", "RunOptions", "Schedule", "TrainConfig",
+           "TrainNet", "TrainProgress", "TrainResult", "_objectness_prior", "check_config",
+           "checkpoint_cfg", "compare_trunk", "default_base_cfg", "default_batch",
+           "evaluate_map", "freeze_from_cfg", "fresh_arrays", "init_from_base", "train"]
 
 
 @dataclass
@@ -220,6 +224,16 @@ def train(config: TrainConfig, *, progress: Callable[[TrainProgress], None] | No
         distributed.teardown(dist_ctx)
 
 
+def check_config(config: TrainConfig) -> RunOptions:
+    """Every check :func:`train` makes before it decodes images and loads the model (cfg,
+    settings, the dataset's list and labels, the outputs), without training or writing
+    anything: raises the error ``train`` would, else returns the settings resolved from the
+    cfg."""
+    run = _Run(config, distributed.Dist(), None, None)
+    run.prepare()
+    return run.options
+
+
 class _Run:
     """One training run: setup (options, data, model, optimiser), the loop, the end."""
 
@@ -243,6 +257,20 @@ class _Run:
     def setup(self) -> None:
         c = self.config
         torch.manual_seed(c.seed)
+        self.prepare()
+        if self.state is not None:  # earlier runs' log and rows
+            self.book.resume(self.paths.log, self.paths.csv, self.state["iteration"])
+        self._images()
+        self._model()
+        self._optimiser()
+        self._multi_scale()
+        if self.dist.main:
+            checkpoint_cfg(self.cfg, self.freeze_until, self.batch, c.lr).save(self.paths.cfg)
+
+    def prepare(self) -> None:
+        """The checks that need no model and write nothing: cfg, settings, the dataset's
+        list and labels, the outputs."""
+        c = self.config
         self.cfg = load_cfg(c.cfg)
         self.network = build_network(self.cfg)
         if self.network.net.channels != 3:
@@ -253,8 +281,8 @@ class _Run:
         self.state = read_state(self.paths) if c.resume else None
         heads = [(target, head.layer) for head, target in zip(self.loss_fn.heads,
                                                               self.loss_fn.inputs)]
-        options = resolve_options(c, self.cfg, len(self.network.layers), heads, self.state,
-                                  self.dist.world)
+        self.options = options = resolve_options(c, self.cfg, len(self.network.layers), heads,
+                                                 self.state, self.dist.world)
         if self.state is not None:
             check_resume(self.paths, self.state, options.batch, options.freeze_until, c.seed)
         self.freeze_until, self.batch = options.freeze_until, options.batch
@@ -264,13 +292,6 @@ class _Run:
         self.inputs = [c.cfg, c.weights, c.data, self.base_cfg]
         # every rank checks (read-only), so a refused output stops all processes alike
         check_outputs(self.paths, self.inputs, c.resume, c.overwrite)
-        if self.state is not None:  # earlier runs' log and rows
-            self.book.resume(self.paths.log, self.paths.csv, self.state["iteration"])
-        self._model()
-        self._optimiser()
-        self._images()
-        if self.dist.main:
-            checkpoint_cfg(self.cfg, self.freeze_until, self.batch, c.lr).save(self.paths.cfg)
 
     def _data(self) -> None:
         c = self.config
@@ -289,6 +310,15 @@ class _Run:
         self.valid_set = None
         if c.validate and data_file.valid is not None and data_file.resolved["valid"].exists:
             self.valid_set = load_dataset(data_file.valid, n_classes, strict=c.strict)
+
+    def _images(self) -> None:
+        c, net = self.config, self.network.net
+        self.images = TrainImages(self.train_set, net.width, net.height,
+                                  AugmentConfig.from_cfg(self.cfg), c.augment, c.seed,
+                                  strict=c.strict)
+        if self.images.unreadable:
+            self.note(f"training list: {len(self.images.unreadable)} images skipped that "
+                      f"cannot be decoded (first: {self.images.unreadable[0]})")
 
     def _model(self) -> None:
         c, network = self.config, self.network
@@ -328,10 +358,8 @@ class _Run:
             self.note(f"distributed training: {self.dist.world} processes, batch "
                       f"{self.batch} shared")
 
-    def _images(self) -> None:
+    def _multi_scale(self) -> None:
         c, net = self.config, self.network.net
-        self.images = TrainImages(self.train_set, net.width, net.height,
-                                  AugmentConfig.from_cfg(self.cfg), c.augment, c.seed)
         self.scales = MultiScale(net.width, net.height)
         if c.augment and c.multi_scale:
             self.scales = MultiScale.from_cfg(self.cfg, net.width, net.height)
