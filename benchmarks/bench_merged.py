@@ -20,7 +20,8 @@ import torch
 from netsurgery.analysis.cost import merge_savings
 from netsurgery.darknet.model import load_model
 from netsurgery.surgery.editing import load_graph
-from netsurgery.surgery.merge import TaskInput, load_heads, merge
+from netsurgery.surgery.heads import load_heads
+from netsurgery.surgery.merge import TaskInput, merge
 from netsurgery.surgery.multihead import MergedModel
 
 

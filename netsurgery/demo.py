@@ -115,8 +115,10 @@ def run_demo(out_dir: str | os.PathLike = "demo", k: int | None = None, quick: b
     from .detection.detect import detect_images, draw, heads_of
     from .detection.evaluate import evaluate_model
     from .fetch import fetch_model
+    from .fileio import atomic_write_text
     from .surgery.editing import load_graph
-    from .surgery.merge import MergedHeads, TaskInput, merge
+    from .surgery.heads import names_text
+    from .surgery.merge import TaskInput, merge
     from .surgery.multihead import MergedModel
     from .training.synth import TextStyle, make_text_dataset
     from .training.train import train
@@ -167,6 +169,7 @@ def run_demo(out_dir: str | os.PathLike = "demo", k: int | None = None, quick: b
                           base_name="coco", base_names_file=str(base.names))
     merged.save(out / "merged.cfg", out / "merged.weights")
     heads.save(out / "merged.heads.json")
+    atomic_write_text(out / "merged.names", names_text(heads))
     savings = merge_savings(merged.network(), heads)
 
     log("6/7 detecting with both heads")

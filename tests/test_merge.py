@@ -15,7 +15,8 @@ from netsurgery.darknet.model import load_model
 from netsurgery.darknet.network import build_network
 from netsurgery.errors import UsageError
 from netsurgery.surgery.editing import Graph, Layer, load_graph
-from netsurgery.surgery.merge import MergedHeads, TaskInput, load_heads, merge, merge_files, split
+from netsurgery.surgery.heads import load_heads
+from netsurgery.surgery.merge import TaskInput, merge, merge_files, split
 from netsurgery.surgery.multihead import load_merged
 
 LOGO_ANCHORS = [12, 16, 20, 30, 40, 40, 60, 70, 100, 120, 200, 200]

@@ -8,23 +8,22 @@ tail that point at layers ≤ k read the shared trunk; the others read the task'
 """
 from __future__ import annotations
 
-import json
+import copy
 import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from netsurgery.analysis.cost import compare_trunk
 from netsurgery.darknet.cfg import Section, make_section, parse_cfg_text
-from netsurgery.darknet.weights import WeightsHeader
 from netsurgery.errors import NetsurgeryError, UsageError
 from netsurgery.fileio import atomic_write_text, check_output, staged_outputs
+from netsurgery.training.data import load_names
 
 from .editing import Graph, Layer, load_graph, remap_references
+from .heads import HeadGroup, MergedHeads, data_text, names_text
 
-HEADS_FORMAT = "netsurgery-heads/1"
 PAD_BIAS = -30.0  # logistic(-30) ≈ 1e-13: a padded class never passes any threshold
 
 
@@ -36,71 +35,6 @@ class TaskInput:
     graph: Graph
     share_until: int
     names_file: str | None = None
-
-
-@dataclass
-class HeadGroup:
-    """Which part of a merged network belongs to one detector."""
-
-    name: str
-    yolo_layers: list[int]
-    classes: int
-    share_until: int | None = None  # None for the base
-    route: int | None = None  # the [route] that jumps back to the trunk (tasks only)
-    tail: list[int] = field(default_factory=list)  # [first, last] merged indices of the tail
-    names_file: str | None = None
-    class_names: list[str] | None = None
-    class_map: list[int] | None = None  # with common classes: own class j → common index
-    header: dict | None = None  # the task's own weights header (to split it back exactly)
-    net: str | None = None  # the task's own [net] section text
-
-
-@dataclass
-class MergedHeads:
-    """Contents of ``OUT.heads.json``."""
-
-    base: HeadGroup
-    tasks: list[HeadGroup]
-    common_classes: list[str] | None = None
-    format: str = HEADS_FORMAT
-
-    def groups(self) -> list[HeadGroup]:
-        return [self.base, *self.tasks]
-
-    def group(self, name: str) -> HeadGroup:
-        for g in self.groups():
-            if g.name == name:
-                return g
-        raise UsageError(f"no head named '{name}': expected one of "
-                         f"{', '.join(g.name for g in self.groups())}")
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict, path: str | None = None) -> "MergedHeads":
-        try:
-            if data.get("format") != HEADS_FORMAT:
-                raise KeyError("format")
-            base = HeadGroup(**data["base"])
-            tasks = [HeadGroup(**t) for t in data["tasks"]]
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise NetsurgeryError(f"{path}: not a netsurgery heads file ({HEADS_FORMAT}): "
-                                  f"problem with {exc}") from None
-        return cls(base, tasks, data.get("common_classes"))
-
-    def save(self, path: str | os.PathLike) -> None:
-        atomic_write_text(path, json.dumps(self.to_json(), indent=1) + "\n")
-
-
-def load_heads(path: str | os.PathLike) -> MergedHeads:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise NetsurgeryError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise NetsurgeryError(f"{path}: not valid JSON ({exc})") from None
-    return MergedHeads.from_json(data, str(path))
 
 
 def _yolo_indices(layers: Sequence[Layer], offset: int = 0) -> list[int]:
@@ -139,8 +73,10 @@ def merge(base: Graph, tasks: Sequence[TaskInput], base_name: str = "base",
     if len(set(names)) != len(names):
         raise UsageError(f"head names must be unique: {names}")
     layers = [Layer(l.section.copy(), l.arrays) for l in base.layers]
-    base_group = HeadGroup(base_name, _yolo_indices(base.layers), _classes(base.layers),
-                           names_file=base_names_file, tail=[0, len(layers) - 1])
+    base_classes = _classes(base.layers)
+    base_group = HeadGroup(base_name, _yolo_indices(base.layers), base_classes,
+                           class_names(base_name, base_names_file, base_classes),
+                           tail=[0, len(layers) - 1])
     groups = []
     for task in tasks:
         k = task.share_until
@@ -160,10 +96,12 @@ def merge(base: Graph, tasks: Sequence[TaskInput], base_name: str = "base",
         tail = _tail_layers(task.graph, k, route_index)
         layers.extend(tail)
         t = task.graph
+        classes = _classes(t.layers)
         groups.append(HeadGroup(
-            task.name, _yolo_indices(tail, route_index + 1), _classes(t.layers), k, route_index,
-            [route_index + 1, len(layers) - 1], task.names_file,
-            header=asdict(t.header), net=_section_text(t.net)))
+            task.name, _yolo_indices(tail, route_index + 1), classes,
+            class_names(task.name, task.names_file, classes),
+            tail=[route_index + 1, len(layers) - 1], share_until=k, route=route_index,
+            header=copy.copy(t.header), net=_section_text(t.net)))
     merged = Graph(base.net.copy(), layers, base.header, None)
     heads = MergedHeads(base_group, groups)
     if common_classes:
@@ -177,20 +115,16 @@ def _section_text(section: Section) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _read_names(group: HeadGroup) -> list[str]:
-    if group.names_file:
-        try:
-            lines = Path(group.names_file).read_text().splitlines()
-        except OSError as exc:
-            raise NetsurgeryError(f"{group.names_file}: cannot read names ({exc})") from None
-        names = [n.strip() for n in lines]
-        while names and names[-1] == "":
-            names.pop()
-        if len(names) != group.classes:
-            raise NetsurgeryError(f"{group.names_file}: {len(names)} names for head "
-                                  f"'{group.name}' with classes={group.classes}")
-        return names
-    return [f"{group.name}:{j}" for j in range(group.classes)]
+def class_names(head: str, names_file: str | os.PathLike | None, classes: int) -> list[str]:
+    """A head's class names from its ``.names`` file (one per class), or ``head:0``, ``head:1``
+    ... when none is given."""
+    if names_file is None:
+        return [f"{head}:{j}" for j in range(classes)]
+    names = load_names(names_file)
+    if len(names) != classes:
+        raise NetsurgeryError(f"{names_file}: {len(names)} names for head '{head}' with "
+                              f"classes={classes}")
+    return names
 
 
 def pad_to_common_classes(graph: Graph, heads: MergedHeads) -> tuple[Graph, MergedHeads]:
@@ -200,7 +134,6 @@ def pad_to_common_classes(graph: Graph, heads: MergedHeads) -> tuple[Graph, Merg
     so the padded network's detections equal the unpadded ones."""
     union: list[str] = []
     for group in heads.groups():
-        group.class_names = _read_names(group)
         for name in group.class_names:
             if name not in union:
                 union.append(name)
@@ -280,7 +213,7 @@ def split(merged: Graph, heads: MergedHeads, name: str) -> Graph:
 
     tail = [Layer(remap_references(merged.layers[i].section, i, k + 1 + (i - start), mapping),
                   merged.layers[i].arrays) for i in range(start, last + 1)]
-    header = WeightsHeader(**group.header) if group.header else merged.header
+    header = copy.copy(group.header) if group.header else merged.header
     net = parse_cfg_text(group.net).net if group.net else merged.net.copy()
     return Graph(net, trunk + tail, header, None)
 
@@ -312,11 +245,18 @@ def merge_files(base_cfg: str, base_weights: str, tasks: Sequence[str], out: str
                 base_name: str = "base", force: bool = False, common_classes: bool = False,
                 overwrite: bool = False, warn=None) -> tuple[Graph, MergedHeads]:
     """The ``netsurgery merge`` job: read the files, merge, write ``OUT.cfg``,
-    ``OUT.weights`` and ``OUT.heads.json`` (each atomically)."""
+    ``OUT.weights``, ``OUT.heads.json`` and ``OUT.names`` (with ``common_classes`` also
+    ``OUT.data``), all or none. ``names`` maps head names to ``.names`` files."""
     names = names or {}
     parsed = [parse_task_option(t, share_until) for t in tasks]
-    inputs = [base_cfg, base_weights] + [p for _, c, w, _ in parsed for p in (c, w)]
-    outs = [f"{out}.cfg", f"{out}.weights", f"{out}.heads.json"]
+    heads_named = [base_name] + [name for name, *_ in parsed]
+    for head in names:
+        if head not in heads_named:
+            raise UsageError(f"--names {head}=...: no head named '{head}': expected one of "
+                             f"{', '.join(heads_named)}")
+    inputs = [base_cfg, base_weights] + [p for _, c, w, _ in parsed for p in (c, w)] + \
+        list(names.values())
+    outs = merged_outputs(out, common_classes)
     for o in outs:
         check_output(o, inputs, overwrite)
     base = load_graph(base_cfg, base_weights)
@@ -324,7 +264,17 @@ def merge_files(base_cfg: str, base_weights: str, tasks: Sequence[str], out: str
                    for name, c, w, k in parsed]
     merged, heads = merge(base, task_inputs, base_name, names.get(base_name), force,
                           common_classes, warn)
-    with staged_outputs(outs) as staged:  # all three or none
+    with staged_outputs(outs) as staged:  # all or none
         merged.save(staged[0], staged[1])
         heads.save(staged[2])
+        atomic_write_text(staged[3], names_text(heads))
+        if common_classes:
+            atomic_write_text(staged[4], data_text(heads, outs[3]))
     return merged, heads
+
+
+def merged_outputs(out: str, common_classes: bool = False) -> list[str]:
+    """The files ``merge -o OUT`` writes: cfg, weights, heads file, names (and .data)."""
+    suffixes = [".cfg", ".weights", ".heads.json", ".names"] + ([".data"] if common_classes
+                                                                else [])
+    return [f"{out}{s}" for s in suffixes]
