@@ -23,9 +23,9 @@ from netsurgery.darknet.network import build_network
 from netsurgery.darknet.weights import WeightsHeader, file_layout, load_weights, save_weights
 from netsurgery.errors import UsageError, WeightsError
 from netsurgery.fileio import atomic_open, atomic_write_bytes, atomic_write_text
-from netsurgery.surgery.editing import load_graph
 from netsurgery.surgery.heads import load_heads
 from netsurgery.surgery.merge import TaskInput, merge, merge_files
+from netsurgery.surgery.weighted import load_weighted
 
 PACKAGE = Path(__file__).resolve().parents[1] / "netsurgery"
 
@@ -399,9 +399,9 @@ def test_sigterm_during_merge_leaves_no_partial_output(tmp_path, yolov3_tiny):
 
     assert parts(folder) == [], "a temporary file was left behind"
     # expected size of the merged weights: base (all 24 layers) + the task's tail 13..23
-    base = load_graph(cfg, weights)
-    merged, _ = merge(base, [TaskInput("t", load_graph(cfg, weights), 12)])
-    expected = 20 + 4 * sum(a.count for _, arrays in file_layout(merged.network().layers)
+    base = load_weighted(cfg, weights)
+    merged, _ = merge(base, [TaskInput("t", load_weighted(cfg, weights), 12)])
+    expected = 20 + 4 * sum(a.count for _, arrays in file_layout(merged.network.layers)
                             for a in arrays)
     _outputs_complete(out, expected)
     left = sorted(p.name for p in folder.iterdir())

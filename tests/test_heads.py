@@ -142,6 +142,10 @@ def test_moved_merged_files_work_from_any_folder(moved, tmp_path, monkeypatch):
     assert labels["pets"] <= set(BASE_NAMES) and labels["shapes"] <= set(TASK_NAMES)
     assert labels["pets"] and labels["shapes"]
 
+    rc, out, err = run_quiet(["detect", cfg, weights, image, "--heads", heads, "--size",
+                              "96,96"])  # the heads file holds for the network at any size
+    assert rc == 0, err
+
     rc, out, err = run_quiet(["eval", cfg, weights, "--heads", heads,
                               "--data", f"shapes={data.data}"])
     assert rc == 0, err
@@ -211,6 +215,8 @@ def test_old_heads_file_loads_when_its_names_files_are_found(moved, tmp_path, mo
         group.setdefault("share_until", None)
         group.setdefault("route", None)
         group.update(names_file=f"names/{key}.names", class_names=None)
+        if key == "tasks":  # format 1 kept the task's [net] section only
+            group["net"] = group.pop("trunk_cfg").split("\n[conv")[0] + "\n"
         old[key] = group if key == "base" else [group]
     folder = tmp_path / "old"
     (folder / "names").mkdir(parents=True)
@@ -339,7 +345,9 @@ def test_parse_heads_names_the_first_bad_field(fuzz_files):
                                    "previous head"),
         (("base", "class_names"), ["cat"], "base.class_names: 1 names for classes=2"),
         (("tasks", 0, "header"), {"major": 0}, "tasks[0].header.minor: missing"),
-        (("tasks", 0, "net"), "[convolutional]\n", "tasks[0].net:"),
+        (("tasks", 0, "trunk_cfg"), "[convolutional]\n", "tasks[0].trunk_cfg: expected the "
+                                                         "task's [net] and layers 0..2"),
+        (("tasks", 0, "nett"), "", "tasks[0]: unknown key 'nett' (expected name, "),
     ]
     for path, value, message in cases:
         broken = json.loads(json.dumps(original))

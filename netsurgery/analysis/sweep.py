@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -41,26 +40,18 @@ class SweepPoint:
 
 
 def time_merged_vs_separate(base_cfg, base_weights, task_cfg, task_weights, k: int,
-                            repeats: int = 5, work_dir=None) -> tuple[float, float]:
+                            repeats: int = 5) -> tuple[float, float]:
     """Median inference time (ms, batch 1) of base + task merged at ``k`` against the two
     run separately (each head of the merged network alone: the same layers as its own
-    network; see :mod:`netsurgery.detection.timing`)."""
-    from netsurgery.darknet.model import load_model
+    network; see :mod:`netsurgery.detection.timing`). The merged network is built in
+    memory."""
     from netsurgery.detection.timing import time_merged
-    from netsurgery.surgery.editing import load_graph
     from netsurgery.surgery.merge import TaskInput, merge
+    from netsurgery.surgery.weighted import load_weighted
 
-    base = load_graph(base_cfg, base_weights)
-    task = load_graph(task_cfg, task_weights)
-    merged, heads = merge(base, [TaskInput("task", task, k)])
-    work = Path(work_dir) if work_dir else Path(os.path.dirname(str(task_weights)))
-    mcfg, mweights = work / "timing_merged.cfg", work / "timing_merged.weights"
-    try:
-        merged.save(mcfg, mweights)
-        timing = time_merged(load_model(mcfg, mweights, inference=True), heads, repeats)
-    finally:
-        for p in (mcfg, mweights):
-            p.unlink(missing_ok=True)
+    merged, heads = merge(load_weighted(base_cfg, base_weights),
+                          [TaskInput("task", load_weighted(task_cfg, task_weights), k)])
+    timing = time_merged(merged.model(inference=True), heads, repeats)
     return timing.merged.median_ms, timing.separate_ms
 
 
@@ -108,7 +99,7 @@ def run_sweep(base_cfg: str, base_weights: str, task_cfg: str, data: str, ks: Se
             ps, bs = share.params_shared, share.bflops_shared
             merged_ms, separate_ms = time_merged_vs_separate(
                 base_cfg, base_weights, result.cfg_path, result.final_weights, k,
-                timing_repeats, folder)
+                timing_repeats)
         point = SweepPoint(k, ev.map, ev.map_present, pf, bf, ps, bs, merged_ms, separate_ms,
                            result.iterations, str(result.final_weights))
         atomic_write_text(done, json.dumps(asdict(point), indent=1) + "\n")

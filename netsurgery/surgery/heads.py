@@ -11,12 +11,13 @@ Format ``netsurgery.heads/2`` (JSON Schema: ``docs/schemas/heads.schema.json``):
                 "share_until": 8, "route": 24, "tail": [25, 39], "yolo_layers": [32, 39],
                 "class_map": null,
                 "header": {"major": 0, "minor": 2, "revision": 5, "seen": 64000},
-                "net": "[net]\\nwidth=416\\n..."}]}
+                "trunk_cfg": "[net]\\nwidth=416\\n...[convolutional]\\n..."}]}
 
 Layer indices are Darknet's in the merged network. ``tail`` is the inclusive range of a
 head's own layers (the base: its whole network); a task also reads the trunk 0..share_until
-through the ``[route] layers=share_until`` at ``route``. ``header`` and ``net`` are the task's
-own weights header and ``[net]`` section, so ``split`` gives its files back byte for byte.
+through the ``[route] layers=share_until`` at ``route``. ``header`` is the task's own weights
+header and ``trunk_cfg`` its own ``[net]`` and layers 0..share_until as cfg text (comments and
+training keys such as ``stopbackward=1`` kept), so ``split`` gives its files back as they were.
 
 Every reader goes through :func:`load_heads` (types and ranges of every field, one line naming
 the first bad one) and :func:`check_heads` (the file against the network it is used with).
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from netsurgery.darknet.cfg import parse_cfg_text
-from netsurgery.darknet.network import Network
+from netsurgery.darknet.network import Network, build_network
 from netsurgery.darknet.weights import WeightsHeader
 from netsurgery.errors import CfgError, NetsurgeryError, UsageError
 from netsurgery.fileio import atomic_write_text
@@ -57,7 +58,7 @@ class HeadGroup:
     route: int | None = None  # the [route] that jumps back to the trunk (tasks only)
     class_map: list[int] | None = None  # with common classes: own class j → common index
     header: WeightsHeader | None = None  # the task's own weights header (split gives it back)
-    net: str | None = None  # the task's own [net] section text
+    trunk_cfg: str | None = None  # the task's own [net] + layers 0..k as cfg text
 
     @property
     def is_base(self) -> bool:
@@ -74,7 +75,7 @@ class HeadGroup:
             h = self.header or WeightsHeader()
             out["header"] = {"major": h.major, "minor": h.minor, "revision": h.revision,
                              "seen": h.seen}
-            out["net"] = self.net
+            out["trunk_cfg"] = self.trunk_cfg
         return out
 
 
@@ -120,14 +121,14 @@ class _Fields:
             raise self.fail(where, "an object", value)
         unknown = [k for k in value if k not in allowed]
         if unknown:
-            raise self.fail(f"{where}.{_short(unknown[0])}" if where else _short(unknown[0]),
-                            f"one of the keys {', '.join(allowed)}", "an unknown key")
+            raise NetsurgeryError(f"{path}: not a valid heads file: {where or 'top level'}: "
+                                  f"unknown key {_short(unknown[0])} (expected "
+                                  f"{', '.join(allowed)})")
         self.value = value
 
     def fail(self, where: str, expected: str, got: Any) -> NetsurgeryError:
-        shown = got if isinstance(got, str) and got.startswith("an ") else _describe(got)
         return NetsurgeryError(f"{self.path}: not a valid heads file: {where or 'top level'}: "
-                               f"expected {expected}, got {shown}")
+                               f"expected {expected}, got {_describe(got)}")
 
     def _get(self, key: str, optional: bool = False) -> Any:
         if key not in self.value:
@@ -202,23 +203,23 @@ def _describe(value: Any) -> str:
 
 
 _BASE_KEYS = ("name", "classes", "class_names", "tail", "yolo_layers", "class_map")
-_TASK_KEYS = _BASE_KEYS + ("share_until", "route", "header", "net")
+_TASK_KEYS = _BASE_KEYS + ("share_until", "route", "header", "trunk_cfg")
 _HEADER_KEYS = ("major", "minor", "revision", "seen")
 
 
 def _group(f: _Fields, task: bool) -> HeadGroup:
-    header = net = None
+    header = trunk = None
     if task:
         h = f.obj("header", _HEADER_KEYS)
         header = WeightsHeader(h.int("major"), h.int("minor"), h.int("revision"),
                                h.int("seen", maximum=2**64 - 1))
-        net = f.str("net")
+        trunk = f.str("trunk_cfg")
     return HeadGroup(
         name=f.str("name"), yolo_layers=f.ints("yolo_layers"), classes=f.int("classes", 1),
         class_names=f.strs("class_names"), tail=f.ints("tail", 2),
         share_until=f.int("share_until") if task else None,
         route=f.int("route") if task else None, class_map=f.ints("class_map", optional=True),
-        header=header, net=net)
+        header=header, trunk_cfg=trunk)
 
 
 def parse_heads(data: Any, path: str = "<heads>") -> MergedHeads:
@@ -279,14 +280,15 @@ def _check_consistent(heads: MergedHeads, path: str) -> None:
             raise bad(f"{where}.class_names: {len(g.class_names)} names for classes="
                       f"{g.classes}")
         _check_class_map(g, where, heads.common_classes, bad)
-        if g.net is not None:
+        if g.trunk_cfg is not None:
             try:
-                net_cfg = parse_cfg_text(g.net, f"{where}.net")
+                trunk = parse_cfg_text(g.trunk_cfg, f"{where}.trunk_cfg")
             except CfgError as exc:
-                raise bad(f"{where}.net: expected the task's [net] section ({exc})") from None
-            if net_cfg.layers:
-                raise bad(f"{where}.net: expected only a [net] section, got "
-                          f"{len(net_cfg.layers)} layer sections")
+                raise bad(f"{where}.trunk_cfg: expected the task's [net] and layers 0.."
+                          f"{g.share_until} as cfg text ({exc})") from None
+            if len(trunk.layers) not in (0, g.share_until + 1):  # 0: format 1 ([net] only)
+                raise bad(f"{where}.trunk_cfg: {len(trunk.layers)} layers, expected the task's "
+                          f"layers 0..{g.share_until}")
 
 
 def _check_class_map(g: HeadGroup, where: str, common: list[str] | None, bad) -> None:
@@ -378,6 +380,8 @@ def check_heads(heads: MergedHeads, network: Network) -> None:
                 if outside:
                     raise bad(f"head '{g.name}': layer {spec.index} reads layer {outside[0]}, "
                               f"outside its trunk 0..{g.share_until} and tail {first}..{last}")
+        if not g.is_base:
+            _check_trunk_cfg(g, network, bad)
         own = sorted(d for d in detections if first <= d <= last)
         if own != g.yolo_layers:
             raise bad(f"head '{g.name}': detection layers {own} in its layers {first}..{last}, "
@@ -388,6 +392,25 @@ def check_heads(heads: MergedHeads, network: Network) -> None:
             if got != expected:
                 raise bad(f"head '{g.name}': layer {y} has classes={got}, the heads file "
                           f"says {expected}")
+
+
+def _check_trunk_cfg(g: HeadGroup, network: Network, bad) -> None:
+    """The task's own trunk text must describe the merged network's trunk 0..k."""
+    from netsurgery.analysis.cost import spec_difference
+
+    trunk = parse_cfg_text(g.trunk_cfg, "trunk_cfg")
+    if not trunk.layers:
+        return  # format 1: only the [net] section was kept
+    try:
+        # at the network's input size: detect/eval may run it at another one (--size)
+        own = build_network(trunk, (network.net.width, network.net.height))
+    except CfgError as exc:
+        raise bad(f"head '{g.name}': its trunk_cfg does not build ({exc.message})") from None
+    for spec in own.layers:
+        difference = spec_difference(network.layers[spec.index], spec)
+        if difference is not None:
+            raise bad(f"head '{g.name}': trunk layer {spec.index} differs from the "
+                      f"network's ({difference})")
 
 
 # -- format 1 (netsurgery before the format had a version) -------------------------------------
@@ -408,6 +431,8 @@ def _upgrade_legacy(data: dict, path: str) -> dict:
             continue
         keys = _BASE_KEYS if i is None else _TASK_KEYS
         new = {k: v for k, v in group.items() if k in keys}
+        if i is not None and "net" in group:  # format 1 kept only the task's [net]
+            new["trunk_cfg"] = group["net"]
         classes = group.get("classes")
         if group.get("class_names") is None and type(classes) is int and 1 <= classes:
             names_file = group.get("names_file")
