@@ -32,7 +32,7 @@ from netsurgery.darknet.weights import WeightsFile, expected_size, file_layout, 
 from netsurgery.errors import UsageError
 
 if TYPE_CHECKING:
-    from netsurgery.surgery.merge import MergedHeads
+    from netsurgery.surgery.heads import MergedHeads
 
 
 @dataclass

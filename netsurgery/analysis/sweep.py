@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
 import statistics
 from dataclasses import asdict, dataclass, field, fields
@@ -68,43 +67,35 @@ class SharingTiming:
         return [q[0], q[2]]
 
 
-def merged_model(base_cfg, base_weights, task_cfg, task_weights, k: int, work_dir: Path):
-    """Base + task merged at ``k``, loaded for inference, and its heads."""
-    from netsurgery.darknet.model import load_model
-    from netsurgery.surgery.editing import load_graph
+def merged_model(base_cfg, base_weights, task_cfg, task_weights, k: int):
+    """Base + task merged at ``k``, built in memory and loaded for inference, and its heads."""
     from netsurgery.surgery.merge import TaskInput, merge
+    from netsurgery.surgery.weighted import load_weighted
 
-    merged, heads = merge(load_graph(base_cfg, base_weights),
-                          [TaskInput("task", load_graph(task_cfg, task_weights), k)])
-    mcfg, mweights = work_dir / "timing_merged.cfg", work_dir / "timing_merged.weights"
-    try:
-        merged.save(mcfg, mweights)
-        return load_model(mcfg, mweights, inference=True), heads
-    finally:
-        for p in (mcfg, mweights):
-            p.unlink(missing_ok=True)
+    merged, heads = merge(load_weighted(base_cfg, base_weights),
+                          [TaskInput("task", load_weighted(task_cfg, task_weights), k)])
+    return merged.model(inference=True), heads
 
 
 def time_sharing(base_cfg, base_weights, task_cfg, task_weights, k: int,
-                 repeats: int = TIMING_REPEATS, work_dir=None) -> SharingTiming:
+                 repeats: int = TIMING_REPEATS) -> SharingTiming:
     """Time of base + task merged at ``k`` against the two run separately, measured as
     ``netsurgery time`` does (:func:`netsurgery.detection.timing.time_merged`: each head of the
     merged network alone is the same layers as its own network; the candidates run one after
     the other in every round, so machine load biases them alike)."""
     from netsurgery.detection.timing import time_merged
 
-    work = Path(work_dir) if work_dir else Path(os.path.dirname(str(task_weights)))
-    model, heads = merged_model(base_cfg, base_weights, task_cfg, task_weights, k, work)
+    model, heads = merged_model(base_cfg, base_weights, task_cfg, task_weights, k)
     timing = time_merged(model, heads, repeats)
     separate = [sum(rounds) for rounds in zip(*(t.runs_ms for t in timing.heads))]
     return SharingTiming(list(timing.merged.runs_ms), separate)
 
 
 def time_merged_vs_separate(base_cfg, base_weights, task_cfg, task_weights, k: int,
-                            repeats: int = TIMING_REPEATS, work_dir=None) -> tuple[float, float]:
+                            repeats: int = TIMING_REPEATS) -> tuple[float, float]:
     """Median inference time (ms, batch 1) of base + task merged at ``k`` and of the two run
     separately (:func:`time_sharing`)."""
-    timing = time_sharing(base_cfg, base_weights, task_cfg, task_weights, k, repeats, work_dir)
+    timing = time_sharing(base_cfg, base_weights, task_cfg, task_weights, k, repeats)
     return statistics.median(timing.merged_ms), statistics.median(timing.separate_ms)
 
 
@@ -130,13 +121,13 @@ def check_inputs(base_cfg, base_weights, task_cfg, ks: Sequence[int]) -> Network
     its weights, the task cfg, every k inside the base, and the merge each k will need (the
     trunks 0..k of base and task the same layers at the same input size), done on the
     structure alone. Returns the base network."""
-    from netsurgery.surgery.editing import load_graph
     from netsurgery.surgery.merge import TaskInput, merge
+    from netsurgery.surgery.weighted import load_weighted
 
-    base = load_graph(base_cfg)
-    load_graph(base_cfg, base_weights)  # the weights must fit the base cfg
-    task = load_graph(task_cfg)
-    base_net = base.network()
+    base = load_weighted(base_cfg)
+    load_weighted(base_cfg, base_weights)  # the weights must fit the base cfg
+    task = load_weighted(task_cfg)
+    base_net = base.network
     n = len(base_net.layers)
     for k in ks:
         if not 0 <= k < n - 1:
@@ -276,8 +267,7 @@ def _run_point(plan: SweepPlan, base_net: Network, base_cfg, base_weights, data,
         point = SweepPoint(k, ev.map, ev.map_present, 0.0, 0.0, 0, 0.0, None, None,
                            result.iterations, str(result.final_weights))
         if k != END_TO_END:
-            _add_sharing(point, base_net, base_cfg, base_weights, result, timing_repeats,
-                         folder)
+            _add_sharing(point, base_net, base_cfg, base_weights, result, timing_repeats)
     except BaseException:
         if created and folder.is_dir() and not any(folder.glob("*_state.json")):
             shutil.rmtree(folder)  # nothing to resume: leave no folder behind
@@ -291,14 +281,14 @@ def _run_point(plan: SweepPlan, base_net: Network, base_cfg, base_weights, data,
 
 
 def _add_sharing(point: SweepPoint, base_net: Network, base_cfg, base_weights, result,
-                 repeats: int, folder: Path) -> None:
+                 repeats: int) -> None:
     """What sharing up to ``point.k`` saves: the cost fractions and the measured times."""
     share = share_cost(base_net, point.k)
     point.params_fraction, point.bflops_fraction = share.params_fraction, share.bflops_fraction
     point.params_saved_per_extra = share.params_shared
     point.bflops_saved_per_extra = share.bflops_shared
     timing = time_sharing(base_cfg, base_weights, result.cfg_path, result.final_weights,
-                          point.k, repeats, folder)
+                          point.k, repeats)
     point.time_merged_ms = statistics.median(timing.merged_ms)
     point.time_separate_ms = statistics.median(timing.separate_ms)
     point.time_merged_quartiles_ms = SharingTiming.quartiles(timing.merged_ms)

@@ -37,9 +37,9 @@ def info(cfg, weights, size, share_until, json_path, heads_path, overwrite):
     savings = None
     if heads_path:
         from netsurgery.analysis.cost import format_savings, merge_savings, savings_to_json
-        from netsurgery.surgery.merge import load_heads
+        from netsurgery.surgery.heads import load_heads
 
-        savings = merge_savings(network, load_heads(heads_path))
+        savings = merge_savings(network, load_heads(heads_path, network))
         click.echo("\nmerged network against separate networks:")
         click.echo(format_savings(savings))
     problems = validate_network(network)

@@ -18,7 +18,7 @@ import torch
 
 from netsurgery.darknet.model import DarknetModel
 from netsurgery.errors import DataError, NetsurgeryError
-from netsurgery.surgery.merge import MergedHeads
+from netsurgery.surgery.heads import MergedHeads, check_heads
 
 from .decode import (
     Detection,
@@ -87,16 +87,11 @@ def heads_of(model: DarknetModel, heads: MergedHeads | None = None,
             raise NetsurgeryError(f"{network.path}: no [yolo] or [region] layer to detect with")
         classes = network.layers[layers[0]].classes
         return [HeadInfo("model", layers, read_names(names, classes))]
-    out = []
-    for g in heads.groups():
-        if heads.common_classes is not None:
-            class_names = list(heads.common_classes)
-        elif g.class_names:
-            class_names = list(g.class_names)
-        else:
-            class_names = read_names(g.names_file, g.classes, f"{g.name}:")
-        out.append(HeadInfo(g.name, list(g.yolo_layers), class_names))
-    return out
+    check_heads(heads, network)
+    return [HeadInfo(g.name, list(g.yolo_layers), list(heads.common_classes
+                                                     if heads.common_classes is not None
+                                                     else g.class_names))
+            for g in heads.groups()]
 
 
 def _decoder(model: DarknetModel, layer: int, name: str):

@@ -11,7 +11,7 @@ import torch
 from netsurgery.analysis.cost import frontier
 from netsurgery.darknet.model import DarknetModel, load_model
 
-from .merge import MergedHeads, load_heads
+from .heads import MergedHeads, check_heads, load_heads
 
 
 class MergedModel:
@@ -20,11 +20,7 @@ class MergedModel:
     def __init__(self, model: DarknetModel, heads: MergedHeads):
         self.model = model
         self.heads = heads
-        n = len(model.layers)
-        for group in heads.groups():
-            for y in group.yolo_layers:
-                if not 0 <= y < n:
-                    raise ValueError(f"head '{group.name}': layer {y} outside the network")
+        check_heads(heads, model.network)
 
     @property
     def head_names(self) -> list[str]:
@@ -63,6 +59,7 @@ class MergedModel:
 def load_merged(cfg: str | os.PathLike, weights: str | os.PathLike,
                 heads: str | os.PathLike | MergedHeads, inference: bool = True) -> MergedModel:
     """Load ``OUT.cfg``/``OUT.weights``/``OUT.heads.json`` written by ``netsurgery merge``."""
+    model = load_model(cfg, weights, inference=inference)
     if not isinstance(heads, MergedHeads):
-        heads = load_heads(heads)
-    return MergedModel(load_model(cfg, weights, inference=inference), heads)
+        heads = load_heads(heads, model.network)
+    return MergedModel(model, heads)
