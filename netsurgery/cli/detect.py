@@ -16,7 +16,7 @@ from netsurgery.detection.detect import (
 )
 from netsurgery.errors import DataError
 from netsurgery.fileio import HeadsInput, ImagesInput, OutputGuard, check_outputs
-from netsurgery.surgery.merge import load_heads
+from netsurgery.surgery.heads import load_heads
 
 from .app import DEVICE, FRACTION, POSITIVE, SIZE, main
 
@@ -58,7 +58,7 @@ def detect(cfg, weights, images, heads_path, names, thresh, nms, letterbox, size
         guard.check(drawing)
     model = load_model(cfg, weights, size=size, inference=True, device=device)
     check_detector_weights(model, weights)
-    heads = heads_of(model, load_heads(heads_path) if heads_path else None, names)
+    heads = heads_of(model, load_heads(heads_path, model.network) if heads_path else None, names)
     show = sys.stderr.isatty()
 
     def progress(i, what):

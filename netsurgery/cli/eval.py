@@ -12,7 +12,7 @@ from netsurgery.detection.detect import check_detector_weights, heads_of
 from netsurgery.detection.evaluate import evaluate_model, format_result, result_to_json
 from netsurgery.errors import UsageError
 from netsurgery.fileio import DataInput, HeadsInput, atomic_write_text, check_outputs
-from netsurgery.surgery.merge import load_heads
+from netsurgery.surgery.heads import load_heads
 
 from .app import DEVICE, FRACTION, SIZE, main
 
@@ -74,7 +74,7 @@ def eval_cmd(cfg, weights, data_files, heads_path, iou, points, thresh, letterbo
     check_outputs([json_path, *charts.values()], inputs, overwrite)
     model = load_model(cfg, weights, size=size, inference=True, device=device)
     check_detector_weights(model, weights)
-    heads = heads_of(model, merged)
+    heads = heads_of(model, load_heads(heads_path, model.network) if heads_path else None)
     if "" in by_head:
         by_head[heads[0].name] = by_head.pop("")
         charts[heads[0].name] = charts.pop("", None)
