@@ -30,7 +30,7 @@ from netsurgery.darknet.weights import (
     random_arrays,
     save_weights,
 )
-from netsurgery.detection.detect import check_detector_weights, read_names
+from netsurgery.detection.detect import check_detector_weights, heads_of, read_names
 from netsurgery.detection.evaluate import evaluate_model
 from netsurgery.detection.image import load_image
 from netsurgery.errors import NetsurgeryError
@@ -389,6 +389,8 @@ def _tiny_yolo_model(tmp: Path, weights: bytes | None = None, nan: bool = False)
 
 produces("E-DETECT-NO-IMAGES")(
     lambda tmp: run_detect_cli(tmp, [str((tmp / "empty").mkdir() or tmp / "empty")]))
+produces("E-DETECT-NO-HEAD")(
+    lambda tmp: heads_of(load_model(parse_cfg_text(TINY, "tiny.cfg"), inference=True)))
 produces("E-DETECT-NOTHING-READ")(
     lambda tmp: run_detect_cli(tmp, [str(write(tmp / "bad.jpg", b"not an image"))]))
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from netsurgery.darknet.model import DarknetModel
-from netsurgery.errors import DataError, NetsurgeryError, WeightsError
+from netsurgery.errors import DataError, UsageError, WeightsError
 from netsurgery.surgery.heads import MergedHeads, check_heads
 
 from .decode import (
@@ -95,7 +95,7 @@ def heads_of(model: DarknetModel, heads: MergedHeads | None = None,
     if heads is None:
         layers = network.heads()
         if not layers:
-            raise NetsurgeryError(f"{network.path}: no [yolo] or [region] layer to detect with")
+            raise UsageError(f"{network.path}: no [yolo] or [region] layer to detect with")
         classes = network.layers[layers[0]].classes
         return [HeadInfo("model", layers, read_names(names, classes))]
     check_heads(heads, network)
@@ -109,7 +109,7 @@ def _decoder(model: DarknetModel, layer: int, name: str):
     spec = model.network.layers[layer]
     decoder = spec.decoder(name) if spec.is_detection else None
     if decoder is None:
-        raise NetsurgeryError(f"layer {layer} [{spec.section.header}] is not a detection layer")
+        raise UsageError(f"layer {layer} [{spec.section.header}] is not a detection layer")
     return decoder
 
 
@@ -229,7 +229,7 @@ def draw(image_path: str | os.PathLike, records: Sequence[DetectionRecord], out_
     ext = Path(out_path).suffix or ".jpg"
     ok, buf = cv2.imencode(ext, im)
     if not ok:
-        raise NetsurgeryError(f"{out_path}: cannot encode image")
+        raise UsageError(f"{out_path}: cannot encode image")
     with atomic_open(out_path, "wb") as handle:
         handle.write(buf.tobytes())
 
