@@ -17,6 +17,8 @@ from .app import SIZE, main
 @click.argument("cfg", type=click.Path(dir_okay=False))
 @click.argument("weights", type=click.Path(dir_okay=False))
 @click.argument("images", nargs=-1, required=True)
+@click.option("--no-gates", is_flag=True,
+              help="Run every head's tail on every image, even where a gate would skip it.")
 @click.option("--heads", "heads_path", type=click.Path(dir_okay=False),
               help="OUT.heads.json of a merged network: decode each head on its own.")
 @click.option("--names", type=click.Path(dir_okay=False), help="Class names (plain network).")
@@ -35,12 +37,13 @@ from .app import SIZE, main
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--overwrite", is_flag=True)
 def detect(cfg, weights, images, heads_path, names, thresh, nms, letterbox, size, out_dir,
-           json_path, batch, device, overwrite):
+           json_path, batch, device, overwrite, no_gates):
     """Detect objects in IMAGES (files, folders, or .txt lists) like `darknet detector test`."""
     if json_path:
         check_output(json_path, [cfg, weights, *images], overwrite)
     model = load_model(cfg, weights, size=size, inference=True, device=device)
-    heads = heads_of(model, load_heads(heads_path, model.network) if heads_path else None, names)
+    heads = heads_of(model, load_heads(heads_path, model.network) if heads_path else None, names,
+                     gates=not no_gates)
     show = sys.stderr.isatty()
 
     def progress(i, what):

@@ -20,6 +20,8 @@ from .app import SIZE, main
 @click.argument("weights", type=click.Path(dir_okay=False))
 @click.option("--data", "data_files", multiple=True, required=True, metavar="[HEAD=]X.data",
               help="Dataset (.data). For a merged network give one per head: NAME=X.data.")
+@click.option("--no-gates", is_flag=True,
+              help="Run every head's tail on every image, even where a gate would skip it.")
 @click.option("--heads", "heads_path", type=click.Path(dir_okay=False),
               help="OUT.heads.json of a merged network.")
 @click.option("--iou", default=0.5, show_default=True, type=float)
@@ -37,12 +39,13 @@ from .app import SIZE, main
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--overwrite", is_flag=True)
 def eval_cmd(cfg, weights, data_files, heads_path, iou, points, thresh, letterbox, size,
-             json_path, pr_chart, device, overwrite):
+             json_path, pr_chart, device, overwrite, no_gates):
     """mAP with `darknet detector map` semantics (per head for merged networks)."""
     if json_path:
         check_output(json_path, [cfg, weights], overwrite)
     model = load_model(cfg, weights, size=size, inference=True, device=device)
-    heads = heads_of(model, load_heads(heads_path, model.network) if heads_path else None)
+    heads = heads_of(model, load_heads(heads_path, model.network) if heads_path else None,
+                     gates=not no_gates)
     by_head = {}
     for item in data_files:
         name, _, path = item.rpartition("=")

@@ -23,7 +23,12 @@ from .app import SIZE, main
 @click.option("--repeat", default=20, show_default=True, type=int, help="Timed rounds.")
 @click.option("--size", type=SIZE, default=None, help="Input W,H instead of the cfg's.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch.")
-def time_cmd(cfg, weights, heads_path, repeat, size, threads):
+@click.option("--images", "images", default=None,
+              help="With a gated merged network: time every head with and without the gates "
+                   "on these images (a folder, a .txt list or a .data file's valid list).")
+@click.option("--max-images", default=200, show_default=True, type=int,
+              help="Use at most this many of --images (the first ones).")
+def time_cmd(cfg, weights, heads_path, repeat, size, threads, images, max_images):
     """Median inference time per image of CFG/WEIGHTS (fast inference mode, batch 1, CPU)."""
     if threads is not None:
         if threads < 1:
@@ -41,5 +46,32 @@ def time_cmd(cfg, weights, heads_path, repeat, size, threads):
     click.echo(f"{cfg} at {net.width}x{net.height}, {torch.get_num_threads()} threads:")
     if heads is None:
         click.echo("  " + format_timing(time_model(model, repeat, progress)))
-    else:
+    elif images is None:
         click.echo(format_timing(time_merged(model, heads, repeat, progress)))
+    else:
+        from netsurgery.detection.timing import format_gated, time_gated
+
+        batches = _image_batches(model, images, max_images)
+        click.echo(format_gated(time_gated(model, heads, batches, repeat, progress)))
+
+
+def _image_batches(model, images: str, limit: int) -> list:
+    """Preprocessed batches of one for ``images`` (as detect reads them)."""
+    import numpy as np
+
+    from netsurgery.detection.detect import iter_images
+    from netsurgery.detection.image import preprocess
+
+    if images.endswith(".data"):
+        from netsurgery.training.data import load_data_file
+
+        images = str(load_data_file(images).require("valid"))
+    net = model.network.net
+    letterbox = bool(model.network.cfg.net.get_int("letter_box", 0))
+    paths = []
+    for path in iter_images([images]):
+        paths.append(path)
+        if len(paths) >= limit:
+            break
+    return [torch.from_numpy(np.ascontiguousarray(
+        preprocess(p, net.width, net.height, letterbox)[0]))[None] for p in paths]

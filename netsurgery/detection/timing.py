@@ -114,4 +114,66 @@ def format_timing(timing: Timing | MergedTiming) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["MergedTiming", "Timing", "format_timing", "time_merged", "time_model"]
+@dataclass
+class GatedTiming:
+    """A gated merged network on real images: mean ms per image with and without the gates,
+    per round, and how many images each gate let through."""
+
+    images: int
+    gated_ms: list[float] = field(default_factory=list)  # per round: mean over the images
+    ungated_ms: list[float] = field(default_factory=list)
+    passed: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        """Measured gated / ungated time (medians over rounds)."""
+        return statistics.median(self.gated_ms) / statistics.median(self.ungated_ms)
+
+
+def time_gated(model: DarknetModel, heads: MergedHeads, images: Sequence[torch.Tensor],
+               repeat: int = 3,
+               progress: Callable[[int, int], None] | None = None) -> GatedTiming:
+    """Every head with the gates against every head without them, on ``images`` (each a
+    preprocessed (1, 3, H, W) batch of one), image by image alternately so machine load biases
+    both alike. What a gate saves depends on the images, so this needs real ones."""
+    if repeat < 1:
+        raise UsageError(f"repeat={repeat}: expected at least 1 timed round")
+    if not images:
+        raise UsageError("timing with gates needs at least one image")
+    merged = MergedModel(model, heads)
+    result = GatedTiming(len(images))
+    with torch.inference_mode():
+        merged.run(images[0])  # warm-up: both paths' first-call allocations
+        merged.run(images[0], gates=False)
+        for r in range(repeat):
+            spent = {True: 0.0, False: 0.0}
+            for i, x in enumerate(images):
+                for gates in ((True, False) if (r + i) % 2 == 0 else (False, True)):
+                    t0 = time.perf_counter()
+                    runs = merged.run(x, gates=gates)
+                    spent[gates] += time.perf_counter() - t0
+                    if gates and r == 0:
+                        for name, run in runs.items():
+                            ran = len(x) if run.images is None else len(run.images)
+                            result.passed[name] = result.passed.get(name, 0) + ran
+            result.gated_ms.append(spent[True] * 1000 / len(images))
+            result.ungated_ms.append(spent[False] * 1000 / len(images))
+            if progress is not None:
+                progress(r + 1, repeat)
+    return result
+
+
+def format_gated(timing: GatedTiming) -> str:
+    lines = [f"  on {timing.images} images      ms per image (median of "
+             f"{len(timing.gated_ms)} rounds, batch 1)",
+             f"  {'without gates':<20} {statistics.median(timing.ungated_ms):>10.2f}",
+             f"  {'with gates':<20} {statistics.median(timing.gated_ms):>10.2f}",
+             f"  gated / ungated: time {timing.ratio:.3f}"]
+    for name, n in timing.passed.items():
+        if n != timing.images:
+            lines.append(f"  head '{name}' ran on {n} of {timing.images} images")
+    return "\n".join(lines)
+
+
+__all__ = ["GatedTiming", "MergedTiming", "Timing", "format_gated", "format_timing",
+           "time_gated", "time_merged", "time_model"]
