@@ -29,6 +29,7 @@ from netsurgery.darknet.weights import (
 )
 from netsurgery.errors import NetsurgeryError
 from netsurgery.fileio import atomic_write_text, check_output
+from netsurgery.surgery.gates import Gate, calibrate_threshold, check_gate_target
 from netsurgery.surgery.heads import check_heads, load_heads, parse_heads
 from netsurgery.surgery.merge import TaskInput, merge, merge_files, parse_task_option, split
 from netsurgery.surgery.weighted import load_weighted
@@ -486,6 +487,47 @@ def _merge_names_count(tmp):
 def _merge_pad_without_weights(tmp):
     cfg = merge_files_on_disk(tmp, "base")[0]
     merge(load_weighted(cfg), [TaskInput("t", load_weighted(cfg), 0)], common_classes=True)
+
+
+# -- gates -----------------------------------------------------------------------------------
+def _merged_for_gate(tmp):
+    base, task = graphs(tmp)
+    return merge(base, [TaskInput("t", task, 0)])  # 16×16: trunk 0, base head 1..2
+
+
+produces("E-GATE-BASE-HEAD")(
+    lambda tmp: check_gate_target(
+        _merged_for_gate(tmp)[1], "base", None))
+produces("E-GATE-AT")(
+    lambda tmp: check_gate_target(
+        _merged_for_gate(tmp)[1], "t", 9))
+produces("E-GATE-RECALL")(
+    lambda tmp: calibrate_threshold(
+        [0.5] * 400, recall=1.0))
+produces("E-GATE-FEW-POSITIVES")(
+    lambda tmp: calibrate_threshold(
+        [0.5] * 40, recall=0.99))
+
+
+@produces("E-GATE-ALREADY")
+def _gate_twice(tmp):
+    heads = _merged_for_gate(tmp)[1]
+    heads.group("t").gate = Gate(0, [5, 8], 4, 0.5, 0.9, 0.95, 30, 0.9, 1.0, 0.1, 30, 30)
+    check_gate_target(heads, "t", None)
+
+
+def _gate_on_stream(tmp, negatives: float, valid_fraction: float):
+    from netsurgery.training.gate import train_gate
+    from netsurgery.training.synth import make_shapes_dataset
+
+    merged, heads = _merged_for_gate(tmp)
+    data = make_shapes_dataset(tmp / "stream", 6, seed=0, size=(32, 32), classes=("circle",),
+                               valid_fraction=valid_fraction, negative_fraction=negatives)
+    train_gate(merged, heads, "t", data.data)
+
+
+produces("E-GATE-NEEDS-BOTH")(lambda tmp: _gate_on_stream(tmp, 0.0, 0.5))
+produces("E-GATE-VALID-SMALL")(lambda tmp: _gate_on_stream(tmp, 0.5, 0.1))
 
 
 # =============================================================================================
