@@ -496,17 +496,10 @@ def _merged_for_gate(tmp):
 
 
 produces("E-GATE-BASE-HEAD")(
-    lambda tmp: check_gate_target(
-        _merged_for_gate(tmp)[1], "base", None))
-produces("E-GATE-AT")(
-    lambda tmp: check_gate_target(
-        _merged_for_gate(tmp)[1], "t", 9))
-produces("E-GATE-RECALL")(
-    lambda tmp: calibrate_threshold(
-        [0.5] * 400, recall=1.0))
-produces("E-GATE-FEW-POSITIVES")(
-    lambda tmp: calibrate_threshold(
-        [0.5] * 40, recall=0.99))
+    lambda tmp: check_gate_target(_merged_for_gate(tmp)[1], "base", None))
+produces("E-GATE-AT")(lambda tmp: check_gate_target(_merged_for_gate(tmp)[1], "t", 9))
+produces("E-GATE-RECALL")(lambda tmp: calibrate_threshold([0.5] * 400, recall=1.0))
+produces("E-GATE-FEW-POSITIVES")(lambda tmp: calibrate_threshold([0.5] * 40, recall=0.99))
 
 
 @produces("E-GATE-ALREADY")
