@@ -84,7 +84,7 @@ def test_fit_gate_separates_a_planted_signal():
     f = features[0].numpy().reshape(c, -1)
     hidden = weights.hidden_weights @ f + weights.hidden_biases[:, None]
     hidden = np.where(hidden > 0, hidden, 0.1 * hidden).mean(axis=1)
-    z = float(weights.score_weights @ hidden + weights.score_bias)
+    z = float((weights.score_weights @ hidden + weights.score_bias)[0])
     assert scores[0] == pytest.approx(1 / (1 + math.exp(-z)), rel=1e-5)
 
 
