@@ -3,6 +3,7 @@ two lines on stderr, internal errors exit 1 with a hint, ``--debug`` shows trace
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import signal
 import sys
@@ -58,6 +59,7 @@ class LazyGroup(click.Group):
 
     _summaries_only = False
 
+    @functools.cached_property
     def catalogue(self) -> dict[str, tuple[str, click.Command]]:
         """Command name → (module, a stand-in command holding its help), from the
         ``@main.command`` decorators in this package's modules."""
@@ -75,17 +77,23 @@ class LazyGroup(click.Group):
         return found
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(self.catalogue()))
+        return sorted(set(super().list_commands(ctx)) | set(self.catalogue))
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         command = super().get_command(ctx, name)
-        if command is None:
-            entry = self.catalogue().get(name)
-            if entry is None:
-                return None
-            if self._summaries_only:
-                return entry[1]
-            importlib.import_module(entry[0])  # its decorators register the command
+        if command is not None:
+            return command
+        if self._summaries_only:
+            entry = self.catalogue.get(name)
+            return None if entry is None else entry[1]
+        # the usual home, cli/<name>.py, is imported without reading every module's source
+        stem = name.replace("-", "_")
+        if stem.isidentifier() and stem not in ("app", "__init__") and \
+                Path(__file__).with_name(f"{stem}.py").is_file():
+            importlib.import_module(f"{__package__}.{stem}")  # its decorators register it
+            command = super().get_command(ctx, name)
+        if command is None and name in self.catalogue:
+            importlib.import_module(self.catalogue[name][0])
             command = super().get_command(ctx, name)
         return command
 
