@@ -119,6 +119,7 @@ def run_demo(out_dir: str | os.PathLike = "demo", k: int | None = None, quick: b
     from .surgery.multihead import MergedModel
     from .surgery.weighted import load_weighted
     from .training.synth import TextStyle, make_text_dataset
+    from .training.config import TrainConfig
     from .training.train import train
 
     t0 = time.perf_counter()
@@ -146,13 +147,15 @@ def run_demo(out_dir: str | os.PathLike = "demo", k: int | None = None, quick: b
 
     log(f"3/7 retraining layers {settings.k + 1}.. on text (layers 0..{settings.k} frozen)")
     train_dir = out / "train"
-    result = train(task_cfg, base.weights, dataset.data, freeze_until=settings.k,
-                   iterations=settings.iterations, batch=settings.batch, out_dir=train_dir,
-                   seed=settings.seed, base_cfg=base.cfg, overwrite=True, validate=False,
-                   log=lambda m: log("   " + m), progress=_progress_printer(log),
-                   # yolov3-tiny.cfg says random=1; multi-scale measured no better here (text
-                   # mAP 54.4 % vs 54.5 %) at a third more time: the demo stays at 416
-                   multi_scale=False)
+    config = TrainConfig(task_cfg, base.weights, dataset.data, train_dir,
+                         freeze_until=settings.k, iterations=settings.iterations,
+                         batch=settings.batch, seed=settings.seed, base_cfg=base.cfg,
+                         overwrite=True, validate=False,
+                         # yolov3-tiny.cfg says random=1; multi-scale measured no better
+                         # here (text mAP 54.4 % vs 54.5 %) at a third more time: the demo
+                         # stays at 416
+                         multi_scale=False)
+    result = train(config, log=lambda m: log("   " + m), progress=_progress_printer(log))
     text_cfg, text_weights = result.cfg_path, result.final_weights
 
     log("4/7 diff base vs text model")

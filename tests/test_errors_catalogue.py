@@ -491,6 +491,22 @@ def _merge_pad_without_weights(tmp):
 # =============================================================================================
 # Tests
 # =============================================================================================
+@produces("E-SWEEP-SETTINGS-DIFFER")
+def _sweep_settings_differ(tmp):
+    from netsurgery.analysis.sweep import SweepPlan, _compare_earlier
+
+    write(tmp / "k_3" / "result.json", json.dumps({"settings": {"iterations": 30}, "point": {}}))
+    _compare_earlier(SweepPlan(3, tmp / "k_3", None, {"iterations": 60}), overwrite=False)
+
+
+@produces("E-SWEEP-UNRECORDED-RUN")
+def _sweep_unrecorded_run(tmp):
+    from netsurgery.analysis.sweep import SweepPlan, _compare_earlier
+
+    write(tmp / "k_3" / "task_state.json", "{}")
+    _compare_earlier(SweepPlan(3, tmp / "k_3", None, {"iterations": 60}), overwrite=False)
+
+
 CATALOGUE = read_catalogue() if DOC.exists() else {}
 CASES = [(ident, i) for ident in sorted(PRODUCERS) for i in range(len(PRODUCERS[ident]))]
 

@@ -22,10 +22,6 @@ from netsurgery.surgery.heads import MergedHeads, check_heads
 
 from .decode import (
     Detection,
-    RegionHead,
-    YoloHead,
-    decode_region,
-    decode_yolo,
     do_nms_sort,
     printed_detections,
     to_pixels,
@@ -100,14 +96,10 @@ def heads_of(model: DarknetModel, heads: MergedHeads | None = None,
 
 def _decoder(model: DarknetModel, layer: int, name: str):
     spec = model.network.layers[layer]
-    if spec.type_name == "yolo":
-        head = YoloHead(list(spec.mask), list(spec.anchors), spec.classes, spec.new_coords, name)
-        return head, decode_yolo, layer
-    if spec.type_name == "region":
-        head = RegionHead(list(spec.anchors), spec.classes, spec.num, spec.coords, spec.softmax,
-                          name)
-        return head, decode_region, layer - 1  # region decodes from its raw input
-    raise NetsurgeryError(f"layer {layer} [{spec.section.header}] is not a detection layer")
+    decoder = spec.decoder(name) if spec.is_detection else None
+    if decoder is None:
+        raise NetsurgeryError(f"layer {layer} [{spec.section.header}] is not a detection layer")
+    return decoder
 
 
 def detect_batch(model: DarknetModel, batch: np.ndarray, sizes: Sequence[tuple[int, int]],
