@@ -390,7 +390,7 @@ def _no_constant(name: str):
 
 # -- against a network ---------------------------------------------------------------------
 def detection_layers(network: Network) -> list[int]:
-    """The detection layers a head may own ([yolo], [region], [Gaussian_yolo])."""
+    """The detection layers a head may own (the specs that declare ``is_detection``)."""
     return network.heads()
 
 
@@ -416,7 +416,7 @@ def check_heads(heads: MergedHeads, network: Network) -> None:
                           f"reading {route.inputs()}, expected [route] layers="
                           f"{g.share_until}")
             for spec in network.layers[first:last + 1]:  # base layers read only earlier ones
-                outside = [i for i in spec.inputs()
+                outside = [i for i in spec.inputs() + spec.references()
                            if not (g.route <= i <= last or 0 <= i <= g.share_until)]
                 if outside:
                     raise bad(f"head '{g.name}': layer {spec.index} reads layer {outside[0]}, "

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from netsurgery.analysis.cost import bit_identical
 from netsurgery.darknet.cfg import load_cfg
 from netsurgery.darknet.model import DarknetModel
 from netsurgery.darknet.network import Network, build_network
@@ -157,7 +158,6 @@ def compare_trunk(saved: str | os.PathLike, saved_net: Network, base: str | os.P
             continue
         for name, arr in lb.arrays.items():
             other = la.arrays.get(name)
-            if other is None or other.shape != arr.shape or \
-                    not np.array_equal(other.view(np.uint32), arr.view(np.uint32)):
+            if other is None or not bit_identical(other, arr):
                 problems.append(f"layer {index} {name}")
     return problems
