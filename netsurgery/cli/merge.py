@@ -7,7 +7,7 @@ from netsurgery.fileio import check_output, staged_outputs
 from netsurgery.surgery.editing import load_graph
 from netsurgery.surgery.merge import format_savings, load_heads, merge_files, merge_savings, split
 
-from .app import main
+from .app import main, strict_option
 
 
 def _pairs(values, what):
@@ -21,6 +21,7 @@ def _pairs(values, what):
 
 
 @main.command()
+@strict_option
 @click.option("--base", "base", nargs=2, required=True, metavar="BASE.cfg BASE.weights",
               help="The deployed model; its layers and detections stay unchanged.")
 @click.option("--task", "tasks", multiple=True, required=True,
@@ -56,6 +57,7 @@ def merge(base, tasks, share_until, out, base_name, names, common_classes, force
 
 
 @main.command("split")
+@strict_option
 @click.argument("cfg", type=click.Path(dir_okay=False))
 @click.argument("weights", type=click.Path(dir_okay=False))
 @click.option("--heads", "heads_path", required=True, type=click.Path(dir_okay=False),
