@@ -7,8 +7,8 @@ import torch
 from conftest import SHARED, shared_path
 
 from netsurgery import CfgError, build_network, load_cfg, load_model, parse_cfg_text
-from netsurgery.errors import CfgWarning
 from netsurgery.darknet.cfg import make_section
+from netsurgery.errors import CfgWarning
 
 NET = "[net]\nwidth=32\nheight=32\nchannels=3\n\n"  # lines 1-4, then a blank line 5
 

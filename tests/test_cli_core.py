@@ -88,11 +88,14 @@ def test_malformed_cfg_exits_2_without_a_traceback(processes):
     assert out == "" and not (folder / "o.npz").exists()
 
 
+STRICT_CASES = [(flag, m) for m in WARNED[:2] for flag in ("cmd", "group")]
+
+
 @pytest.mark.parametrize("strict,body,line,message",
                          [("", *m[1:]) for m in MALFORMED] +
-                         [(flag, *m[1:]) for m in WARNED[:2] for flag in ("cmd", "group")],
+                         [(flag, *m[1:]) for flag, m in STRICT_CASES],
                          ids=[m[0] for m in MALFORMED] +
-                         [f"{m[0]} --strict {flag}" for m in WARNED[:2] for flag in ("cmd", "group")])
+                         [f"{m[0]} --strict {flag}" for flag, m in STRICT_CASES])
 def test_every_malformed_cfg_is_one_line_and_exit_2(tmp_path, capsys, strict, body, line,
                                                    message):
     bad = tmp_path / "bad.cfg"

@@ -83,7 +83,7 @@ def run(argv: list[str] | None = None) -> int:
     """Entry point with the error policy applied. Returns the exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     _terminate_cleanly()
-    token = STRICT_DEFAULT.set(False)  # --strict lasts one run, also when run() is called in-process
+    token = STRICT_DEFAULT.set(False)  # --strict lasts one run (also for in-process calls)
     try:
         with warnings.catch_warnings():
             _show_cfg_warnings()
