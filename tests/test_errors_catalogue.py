@@ -144,7 +144,26 @@ produces("E-CFG-BAD-LIST")(lambda tmp: build(NET + "[route]\nlayers=\n"))
 produces("E-CFG-MISSING-KEY")(lambda tmp: build(NET + "[convolutional]\n[route]\n"))
 produces("E-CFG-MISSING-KEY")(lambda tmp: build(NET + "[conv]\n[shortcut]\nactivation=linear\n"))
 produces("E-CFG-NO-LAYERS")(lambda tmp: build(NET))
-produces("E-CFG-UNSUPPORTED-LAYER")(lambda tmp: build(NET + "[lstm]\noutput=4\n"))
+produces("E-CFG-CROP-SIZE")(lambda tmp: build(NET + "[crop]\ncrop_height=20\ncrop_width=4\n"))
+produces("E-CFG-DETECTION-INPUTS")(lambda tmp: build(NET + "[conn]\noutput=9\n[detection]\n"
+                                                           "side=2\n"))
+produces("E-CFG-GAUSSIAN-FILTERS")(lambda tmp: build(NET + "[conv]\nfilters=20\n"
+                                                           "[Gaussian_yolo]\nmask=0\nclasses=1\n"))
+produces("E-CFG-MASK-RANGE")(lambda tmp: build(NET + "[conv]\nfilters=10\n"
+                                                     "[Gaussian_yolo]\nmask=1\nclasses=1\n"))
+produces("E-CFG-LOCAL-PAD")(lambda tmp: build(NET + "[local]\nsize=5\npad=1\n"))
+produces("E-CFG-RECURRENT-SIZE")(lambda tmp: build(NET + "[crnn]\nsize=3\n"))
+produces("E-CFG-RECURRENT-SIZE")(lambda tmp: build(NET + "[conv_lstm]\nstride=2\npad=1\n"))
+produces("E-CFG-RECURRENT-GROUPS")(lambda tmp: build(NET + "[crnn]\npad=1\ngroups=2\n"))
+produces("E-CFG-RECURRENT-GROUPS")(
+    lambda tmp: build(NET + "[conv]\nfilters=4\n[crnn]\npad=1\ngroups=2\noutput=2\nhidden=3\n"))
+produces("E-CFG-CONTRASTIVE-YOLO")(lambda tmp: build(NET + "[conv]\n[contrastive]\n"))
+produces("E-CFG-CONTRASTIVE-YOLO")(
+    lambda tmp: build(NET + "[conv]\n[contrastive]\nyolo_layer=-1\n"))
+produces("E-CFG-CONTRASTIVE-YOLO")(
+    lambda tmp: build(NET + "[conv]\nfilters=12\n[conv]\nfilters=18\n[yolo]\nmask=0,1,2\n"
+                            "num=3\nclasses=1\nembedding_layer=-2\n[route]\nlayers=1\n"
+                            "[contrastive]\nyolo_layer=-2\n"))
 produces("E-CFG-NET-SIZE")(lambda tmp: build("[net]\nwidth=0\nheight=16\nchannels=3\n[conv]\n"))
 produces("E-CFG-NET-SIZE")(lambda tmp: build("[net]\nwidth=16\nheight=16\n[conv]\n"))
 produces("E-CFG-BAD-REFERENCE")(lambda tmp: build(NET + "[conv]\n[route]\nlayers=5\n"))
@@ -215,6 +234,14 @@ def _model_option(tmp):
 @produces("E-MODEL-UNSUPPORTED")
 def _model_reverse_upsample(tmp):
     return load_model(parse_cfg_text(NET + "[upsample]\nstride=-2\n", "bad.cfg"))
+
+
+@produces("E-MODEL-RECURRENT-TRAINING")
+def _train_recurrent(tmp):
+    model = load_model(parse_cfg_text(NET + "[conv]\npad=1\n[crnn]\npad=1\n", "r.cfg"))
+    import torch
+
+    return model.train()(torch.zeros(1, 3, 16, 16))
 
 
 @produces("E-MODEL-RESIZE")

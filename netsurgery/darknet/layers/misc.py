@@ -166,7 +166,7 @@ class ImplicitModule(LayerModule):
 
     def forward(self, x, outputs):
         # the batch size comes from the previous output, which the layer otherwise ignores
-        return self.weights.unsqueeze(0).expand(x.shape[0], -1, -1, -1)
+        return self.weights.unsqueeze(0).repeat(x.shape[0], 1, 1, 1)
 
 
 @register("contrastive")
