@@ -439,3 +439,33 @@ def test_contrastive_and_errors():
     with pytest.raises(Exception, match=r"\[crnn\] layer 0: size=3, stride=1, padding=0 turn "
                                         r"the 8x8 input into 6x6"):
         build_network(parse_cfg_text(NET.format(w=8, h=8, c=3) + "[crnn]\n", "c.cfg"))
+
+
+def test_partial_and_diff_handle_the_new_layer_types(tmp_path):
+    """``partial`` cuts between layers with sub-layers; ``diff`` compares their arrays."""
+    from netsurgery.analysis.diff import diff_weights
+    from netsurgery.surgery.partial import write_partial
+
+    text = NET.format(w=4, h=4, c=2) + (
+        "[crnn]\nsize=3\npad=1\noutput=2\nhidden=3\nbatch_normalize=1\n"
+        "[local]\nfilters=2\nsize=3\npad=1\n"
+        "[connected]\noutput=5\n[lstm]\noutput=3\n[implicit]\nfilters=2\n")
+    cfg = tmp_path / "n.cfg"
+    cfg.write_text(text)
+    network = build_network(cfg)
+    full = tmp_path / "full.weights"
+    save_weights(full, WeightsHeader(), network.layers, random_arrays(network.layers, 3))
+    cut = tmp_path / "cut.weights"
+    write_partial(cfg, full, cut, 2)
+    expected = 20 + 4 * sum(s.params for s in network.layers[:2])
+    assert cut.read_bytes() == full.read_bytes()[:expected]
+    other = tmp_path / "other.weights"
+    save_weights(other, WeightsHeader(), network.layers, random_arrays(network.layers, 4))
+    report = diff_weights(cfg, full, cfg, other)
+    assert [layer.index for layer in report.layers] == [0, 1, 2, 3, 4]
+    assert list(report.layers[0].tensors)[:5] == [
+        "input_layer.biases", "input_layer.scales", "input_layer.rolling_mean",
+        "input_layer.rolling_variance", "input_layer.weights"]
+    assert not any(layer.identical for layer in report.layers)
+    same = diff_weights(cfg, full, cfg, full)
+    assert all(layer.identical for layer in same.layers)
