@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from netsurgery.darknet.cfg import Section
 
 from .base import BuildContext, LayerModule, LayerSpec, Shape, positive, register
-from .yolo import read_anchors
+from .yolo import YoloSpec, read_anchors
 
 
 @register("detection")
@@ -107,12 +107,9 @@ class GaussianYoloSpec(LayerSpec):
         spec.out_shape = spec.in_shape
         return spec
 
-    @property
-    def head_anchors(self) -> list[tuple[float, float]]:
-        return [(self.anchors[2 * m], self.anchors[2 * m + 1]) for m in self.mask]
-
-    def describe(self) -> str:
-        return f"{self.classes} classes, mask {','.join(map(str, self.mask))}"
+    # the same facts as [yolo]'s (not a subclass: the YOLO loss and checks must not take it)
+    head_anchors = YoloSpec.head_anchors
+    describe = YoloSpec.describe
 
     def build(self):
         return GaussianYoloModule(self)
