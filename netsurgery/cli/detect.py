@@ -8,7 +8,7 @@ import click
 from netsurgery.darknet.model import load_model
 from netsurgery.detection.detect import detect_images, heads_of, write_json
 from netsurgery.fileio import check_output
-from netsurgery.surgery.merge import load_heads
+from netsurgery.surgery.heads import load_heads
 
 from .app import SIZE, main, strict_option
 
@@ -41,7 +41,7 @@ def detect(cfg, weights, images, heads_path, names, thresh, nms, letterbox, size
     if json_path:
         check_output(json_path, [cfg, weights, *images], overwrite)
     model = load_model(cfg, weights, size=size, inference=True, device=device)
-    heads = heads_of(model, load_heads(heads_path) if heads_path else None, names)
+    heads = heads_of(model, load_heads(heads_path, model.network) if heads_path else None, names)
     show = sys.stderr.isatty()
 
     def progress(i, what):

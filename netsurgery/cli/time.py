@@ -9,7 +9,7 @@ import torch
 from netsurgery.darknet.model import load_model
 from netsurgery.detection.timing import format_timing, time_merged, time_model
 from netsurgery.errors import UsageError
-from netsurgery.surgery.merge import load_heads
+from netsurgery.surgery.heads import load_heads
 
 from .app import SIZE, main, strict_option
 
@@ -30,8 +30,8 @@ def time_cmd(cfg, weights, heads_path, repeat, size, threads):
         if threads < 1:
             raise UsageError(f"--threads {threads}: expected a positive number")
         torch.set_num_threads(threads)
-    heads = load_heads(heads_path) if heads_path else None
     model = load_model(cfg, weights, size=size, inference=True)
+    heads = load_heads(heads_path, model.network) if heads_path else None
     show = sys.stderr.isatty()
 
     def progress(done: int, total: int) -> None:

@@ -17,8 +17,19 @@ from dataclasses import dataclass
 from netsurgery.darknet.cfg import Section
 
 from .activation import activation_of
-from .base import BuildContext, LayerModule, LayerSpec, Shape, WeightArray, positive, register
+from .base import (
+    BuildContext,
+    LayerModule,
+    LayerSpec,
+    Shape,
+    WeightArray,
+    lazy_torch,
+    positive,
+    register,
+)
 from .recurrent import RecurrentModule, SubLayer
+
+torch, nn, F = lazy_torch(globals())
 
 
 @dataclass(eq=False)
@@ -187,8 +198,6 @@ class ConvLstmModule(RecurrentModule):
         self.state_constrain = spec.state_constrain
 
     def forward(self, x, outputs):
-        import torch
-
         self.check_inference()
         shape = (x.shape[0], *self.out_shape)
         h = self.carried("h", x, shape)
@@ -243,7 +252,5 @@ class HistoryModule(LayerModule):
         self.slots = spec.history_size
 
     def forward(self, x, outputs):
-        import torch
-
         empty = x.new_zeros((x.shape[0], x.shape[1] * (self.slots - 1), *x.shape[2:]))
         return torch.cat([x, empty], dim=1)

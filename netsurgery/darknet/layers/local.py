@@ -7,7 +7,18 @@ from dataclasses import dataclass
 from netsurgery.darknet.cfg import Section
 
 from .activation import activate, activation_of
-from .base import BuildContext, LayerModule, LayerSpec, Shape, WeightArray, positive, register
+from .base import (
+    BuildContext,
+    LayerModule,
+    LayerSpec,
+    Shape,
+    WeightArray,
+    lazy_torch,
+    positive,
+    register,
+)
+
+torch, nn, F = lazy_torch(globals())
 
 
 @register("local")
@@ -66,8 +77,6 @@ class LocalModule(LayerModule):
 
     def __init__(self, spec: LocalSpec):
         super().__init__(spec)
-        import torch
-        from torch import nn
 
         biases, weights = spec.weight_arrays()
         self.biases = nn.Parameter(torch.zeros(biases.shape))
@@ -79,9 +88,6 @@ class LocalModule(LayerModule):
         return [("biases", self.biases), ("weights", self.weights)]
 
     def forward(self, x, outputs):
-        import torch
-        import torch.nn.functional as F
-
         cols = F.unfold(x, self.size, padding=self.pad, stride=self.stride)  # (n, c·k·k, L)
         y = torch.einsum("lfk,nkl->nfl", self.weights, cols)
         y = y.view(x.shape[0], *self.biases.shape) + self.biases

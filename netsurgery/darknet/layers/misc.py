@@ -7,7 +7,19 @@ from dataclasses import dataclass
 
 from netsurgery.darknet.cfg import Section
 
-from .base import BuildContext, LayerModule, LayerSpec, Shape, WeightArray, positive, register
+from .base import (
+    BuildContext,
+    LayerModule,
+    LayerSpec,
+    ReferenceKey,
+    Shape,
+    WeightArray,
+    lazy_torch,
+    positive,
+    register,
+)
+
+torch, nn, F = lazy_torch(globals())
 
 
 @register("crop")
@@ -102,7 +114,6 @@ class NormalizationSpec(LayerSpec):
 class NormalizationModule(LayerModule):
     def __init__(self, spec: NormalizationSpec):
         super().__init__(spec)
-        import torch
 
         c = spec.in_shape.c
         first, added, removed = spec.window_changes()
@@ -118,8 +129,6 @@ class NormalizationModule(LayerModule):
         self.alpha, self.beta, self.kappa = spec.alpha, spec.beta, spec.kappa
 
     def forward(self, x, outputs):
-        import torch
-
         sums = torch.einsum("kj,njhw->nkhw", self.window.to(x.dtype), x * x)
         return x * (self.kappa + self.alpha * sums).pow(-self.beta)
 
@@ -156,8 +165,6 @@ class ImplicitSpec(LayerSpec):
 class ImplicitModule(LayerModule):
     def __init__(self, spec: ImplicitSpec):
         super().__init__(spec)
-        import torch
-        from torch import nn
 
         self.weights = nn.Parameter(torch.zeros(spec.filters, spec.atoms, 1))
 
@@ -174,6 +181,8 @@ class ImplicitModule(LayerModule):
 class ContrastiveSpec(LayerSpec):
     """Contrastive-loss layer for training embeddings (tracking). At inference Darknet's
     forward returns at once and the output stays zeros; so does ours."""
+
+    reference_keys = (ReferenceKey("yolo_layer", none=0),)
 
     classes: int = 1000
     yolo_layer: int | None = None

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 
 from netsurgery.darknet.cfg import Section
 
-from .base import BuildContext, LayerModule, LayerSpec, Shape, positive, register
+from .base import BuildContext, LayerModule, LayerSpec, Shape, lazy_torch, positive, register
 from .yolo import YoloSpec, read_anchors
+
+torch, nn, F = lazy_torch(globals())
 
 
 @register("detection")
@@ -25,6 +27,7 @@ class DetectionSpec(LayerSpec):
     side: int = 7
     softmax: bool = False
     sqrt: bool = False
+    anchors: list[float] = field(default_factory=list)  # YOLOv1 has none: boxes are direct
 
     @classmethod
     def parse(cls, index: int, section: Section, ctx: BuildContext) -> "DetectionSpec":
@@ -36,13 +39,17 @@ class DetectionSpec(LayerSpec):
         spec.side = positive(s, index, "side", s.get_int("side", 7))
         spec.softmax = bool(s.get_int("softmax", 0))
         spec.sqrt = bool(s.get_int("sqrt", 0))
-        expected = spec.side ** 2 * ((1 + spec.coords) * spec.num + spec.classes)
+        expected, rule = spec.input_channels()
         if spec.in_shape.numel != expected:  # Darknet's assert in make_detection_layer
-            raise spec.error(f"input has {spec.in_shape.numel} values: expected side²·((1+coords)"
-                             f"·num + classes) = {spec.side}²·((1+{spec.coords})·{spec.num} + "
-                             f"{spec.classes}) = {expected}")
+            raise spec.error(f"input has {spec.in_shape.numel} values: expected {rule}")
         spec.out_shape = Shape(expected, 1, 1)
         return spec
+
+    def input_channels(self) -> tuple[int, str]:
+        """The values the [connected] layer before it must output (its channels)."""
+        expected = self.side ** 2 * ((1 + self.coords) * self.num + self.classes)
+        return expected, (f"side²·((1+coords)·num + classes) = {self.side}²·((1+{self.coords})"
+                          f"·{self.num} + {self.classes}) = {expected}")
 
     def describe(self) -> str:
         return f"{self.classes} classes, {self.side}x{self.side}x{self.num}"
@@ -58,8 +65,6 @@ class DetectionModule(LayerModule):
         self.class_block = (spec.side ** 2, spec.classes)
 
     def forward(self, x, outputs):
-        import torch
-
         flat = x.reshape(x.shape[0], -1)
         if not self.softmax:
             return flat.clone().view(x.shape[0], -1, 1, 1)
@@ -95,17 +100,20 @@ class GaussianYoloSpec(LayerSpec):
             if not 0 <= m < spec.total:
                 raise spec.error(f"mask index {m} is outside 0..{spec.total - 1} (num="
                                  f"{spec.total})", "mask")
-        n = spec.total if mask is None else len(mask)
-        expected = (spec.classes + 9) * n
-        if spec.in_shape.c != expected:
-            raise spec.error(f"input has {spec.in_shape.c} channels: expected (classes+9)·"
-                             f"len(mask) = ({spec.classes}+9)·{n} = {expected}")
         spec.mask = list(range(spec.total)) if mask is None else mask
+        expected, rule = spec.input_channels()
+        if spec.in_shape.c != expected:
+            raise spec.error(f"input has {spec.in_shape.c} channels: expected {rule}")
         spec.anchors = read_anchors(s, index, spec.total, ctx) if s.has("anchors") else \
             [0.5] * (2 * spec.total)
         spec.scale_x_y = s.get_float("scale_x_y", 1.0)
         spec.out_shape = spec.in_shape
         return spec
+
+    def input_channels(self) -> tuple[int, str]:
+        n = len(self.mask)
+        expected = (self.classes + 9) * n
+        return expected, f"(classes+9)·len(mask) = ({self.classes}+9)·{n} = {expected}"
 
     # the same facts as [yolo]'s (not a subclass: the YOLO loss and checks must not take it)
     head_anchors = YoloSpec.head_anchors
@@ -126,8 +134,6 @@ class GaussianYoloModule(LayerModule):
         self.scale = spec.scale_x_y
 
     def forward(self, x, outputs):
-        import torch
-
         b, _, h, w = x.shape
         v = x.reshape(b, self.n, self.per_anchor, h, w)
         y = torch.sigmoid(v)

@@ -20,7 +20,18 @@ from netsurgery.darknet.cfg import Section
 from netsurgery.errors import UsageError
 
 from .activation import activate, activation_of
-from .base import BuildContext, LayerModule, LayerSpec, Shape, WeightArray, positive, register
+from .base import (
+    BuildContext,
+    LayerModule,
+    LayerSpec,
+    Shape,
+    WeightArray,
+    lazy_torch,
+    positive,
+    register,
+)
+
+torch, nn, F = lazy_torch(globals())
 
 # normalize_cpu divides by sqrt(variance) + 1e-6 (not sqrt(variance + eps))
 NORMALIZE_EPS = 1e-6
@@ -64,8 +75,6 @@ class SubLayer:
 def sub_parameters(module, sub: SubLayer, batch_normalize: bool) -> None:
     """Register ``sub``'s arrays on ``module`` as ``<sub>__<array>`` (torch names cannot hold
     a dot); :func:`sub_tensors` gives them back under Darknet's names, in file order."""
-    import torch
-    from torch import nn
 
     name = sub.name
     module.register_parameter(f"{name}__weights", nn.Parameter(torch.zeros(sub.weight_shape)))
@@ -87,7 +96,6 @@ def sub_forward(module, sub: SubLayer, x, activation: str, batch_normalize: bool
     """Darknet's unfused forward of a sub-layer: y = W·x (a convolution for a kernel), with
     batch_normalize normalised by the rolling statistics (normalize_cpu: divided by
     sqrt(variance) + 1e-6) and scaled, plus the biases, then the activation."""
-    import torch.nn.functional as F
 
     def get(array):
         return getattr(module, f"{sub.name}__{array}")
@@ -133,8 +141,6 @@ class RecurrentModule(LayerModule):
     def carried(self, key: str, like, shape) -> object:
         """The state ``key`` from the previous call (zeros at first, or when the batch
         size changed)."""
-        import torch
-
         old = self.state.get(key)
         if old is None or old.shape != shape or old.device != like.device:
             return torch.zeros(shape, dtype=like.dtype, device=like.device)
@@ -255,8 +261,6 @@ class GruSpec(RecurrentSpec):
 
 class GruModule(RecurrentModule):
     def forward(self, x, outputs):
-        import torch
-
         self.check_inference()
         sub = self.sub
         state = self.carried("state", x, (x.shape[0], self.out_shape[0]))
@@ -290,8 +294,6 @@ class LstmSpec(RecurrentSpec):
 
 class LstmModule(RecurrentModule):
     def forward(self, x, outputs):
-        import torch
-
         self.check_inference()
         shape = (x.shape[0], self.out_shape[0])
         h = self.carried("h", x, shape)

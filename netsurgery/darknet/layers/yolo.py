@@ -3,12 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-from torch import nn
-
 from netsurgery.darknet.cfg import Section
 
-from .base import BuildContext, LayerModule, LayerSpec, positive, register
+from .base import BuildContext, LayerModule, LayerSpec, ReferenceKey, lazy_torch, positive, register
+
+torch, nn, F = lazy_torch(globals())
 
 
 def read_anchors(section: Section, index: int, num: int, ctx: BuildContext,
@@ -29,6 +28,9 @@ def read_anchors(section: Section, index: int, num: int, ctx: BuildContext,
 @register("yolo")
 @dataclass(eq=False)
 class YoloSpec(LayerSpec):
+    is_detection = True
+    reference_keys = (ReferenceKey("embedding_layer", none=999999),)  # Darknet's "none"
+
     classes: int = 20
     total: int = 1  # num= : how many anchors the anchors= list holds
     mask: list[int] = field(default_factory=list)
@@ -62,7 +64,7 @@ class YoloSpec(LayerSpec):
         spec.scale_x_y = s.get_float("scale_x_y", 1.0)
         spec.new_coords = bool(s.get_int("new_coords", 0))
         n_mask = spec.total if mask is None else len(mask)
-        expected = (spec.classes + 5) * n_mask
+        expected, rule = spec.channel_rule(spec.classes, n_mask)
         if spec.in_shape.c != expected:
             if index == 0:
                 raise spec.error(f"the network input has {spec.in_shape.c} channels: a [yolo] "
@@ -71,13 +73,28 @@ class YoloSpec(LayerSpec):
             where = ctx.specs[index - 1].section
             raise where.error(
                 f"layer {index - 1}: filters={spec.in_shape.c} does not fit the [yolo] layer "
-                f"{index} after it: expected (classes+5)·len(mask) = ({spec.classes}+5)·"
-                f"{n_mask} = {expected}", "filters")
+                f"{index} after it: expected {rule}", "filters")
         spec.mask = list(range(spec.total)) if mask is None else mask
         if not spec.anchors:
             spec.anchors = [0.5] * (2 * spec.total)  # Darknet's default biases
         spec.out_shape = spec.in_shape
         return spec
+
+    @staticmethod
+    def channel_rule(classes: int, n_anchors: int) -> tuple[int, str]:
+        """The channels a [yolo] layer with ``classes`` and ``n_anchors`` (its mask) reads,
+        and that rule written out."""
+        n = (classes + 5) * n_anchors
+        return n, f"(classes+5)·len(mask) = ({classes}+5)·{n_anchors} = {n}"
+
+    def input_channels(self) -> tuple[int, str]:
+        return self.channel_rule(self.classes, len(self.mask))
+
+    def decoder(self, name: str | None = None) -> tuple:
+        from netsurgery.detection.decode import YoloHead, decode_yolo
+
+        head = YoloHead(list(self.mask), list(self.anchors), self.classes, self.new_coords, name)
+        return head, decode_yolo, self.index
 
     @property
     def head_anchors(self) -> list[tuple[float, float]]:
@@ -86,7 +103,7 @@ class YoloSpec(LayerSpec):
     def describe(self) -> str:
         return f"{self.classes} classes, mask {','.join(map(str, self.mask))}"
 
-    def build(self) -> nn.Module:
+    def build(self) -> LayerModule:
         return YoloModule(self)
 
 
@@ -119,6 +136,8 @@ class YoloModule(LayerModule):
 @register("region")
 @dataclass(eq=False)
 class RegionSpec(LayerSpec):
+    is_detection = True
+
     classes: int = 20
     coords: int = 4
     num: int = 1
@@ -135,19 +154,29 @@ class RegionSpec(LayerSpec):
         spec.softmax = bool(s.get_int("softmax", 0))
         if s.has("anchors"):
             spec.anchors = read_anchors(s, index, spec.num, ctx)
-        expected = spec.num * (spec.classes + spec.coords + 1)
+        expected, rule = spec.input_channels()
         if spec.in_shape.c != expected:
-            raise spec.error(f"input has {spec.in_shape.c} channels: expected num·(classes+"
-                             f"coords+1) = {expected}")
+            raise spec.error(f"input has {spec.in_shape.c} channels: expected {rule}")
         if not s.has("anchors"):  # built after the check: a huge num= must not exhaust memory
             spec.anchors = [0.5] * (2 * spec.num)
         spec.out_shape = spec.in_shape
         return spec
 
+    def input_channels(self) -> tuple[int, str]:
+        n = self.num * (self.classes + self.coords + 1)
+        return n, f"num·(classes+coords+1) = {n}"
+
+    def decoder(self, name: str | None = None) -> tuple:
+        from netsurgery.detection.decode import RegionHead, decode_region
+
+        head = RegionHead(list(self.anchors), self.classes, self.num, self.coords,
+                          self.softmax, name)
+        return head, decode_region, self.index - 1  # region decodes its raw input
+
     def describe(self) -> str:
         return f"{self.classes} classes, {self.num} anchors"
 
-    def build(self) -> nn.Module:
+    def build(self) -> LayerModule:
         if self.section.has("tree"):
             raise self.error("softmax trees (tree=) are not supported", "tree")
         return RegionModule(self)
