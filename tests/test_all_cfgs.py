@@ -32,13 +32,11 @@ import warnings
 
 import pytest
 import torch
-from conftest import SHARED
+from conftest import data_path
 
 from netsurgery import CfgError, build_network, load_cfg
 from netsurgery.analysis.cost import darknet_total_bflops
 from netsurgery.darknet.model import DarknetModel
-
-FOLDER = SHARED / "darknet-cfg-all"
 
 DARKNET_TOTAL_BFLOPS = {
     "Gaussian_yolov3_BDD.cfg": 99.066, "alexnet.cfg": 2.154, "cd53paspp-gamma.cfg": 91.095,
@@ -113,16 +111,9 @@ NO_FORWARD = {
 SMALL_SIZES = (32, 64, 128, 256)  # the first that every layer accepts
 
 
-def cfg_names() -> list[str]:
-    if not FOLDER.is_dir():
-        return []
-    return sorted(p.name for p in FOLDER.glob("*.cfg"))
-
-
 def test_the_folder_holds_the_87_cfgs():
-    if not FOLDER.is_dir():
-        pytest.skip(f"../shared not found ({FOLDER}): run beside the shared data folder")
-    assert cfg_names() == sorted(DARKNET_TOTAL_BFLOPS)
+    folder = data_path("darknet-cfg-all")
+    assert sorted(p.name for p in folder.glob("*.cfg")) == sorted(DARKNET_TOTAL_BFLOPS)
 
 
 def small_network(cfg):
@@ -136,9 +127,7 @@ def small_network(cfg):
 
 @pytest.mark.parametrize("name", sorted(DARKNET_TOTAL_BFLOPS))
 def test_cfg_reads_builds_runs_and_costs_as_darknet(name):
-    path = FOLDER / name
-    if not path.exists():
-        pytest.skip(f"../shared not found ({path}): run beside the shared data folder")
+    path = data_path("darknet-cfg-all", name)
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         cfg = load_cfg(path)
