@@ -84,8 +84,13 @@ def produces(ident: str):
 NET = "[net]\nwidth=16\nheight=16\nchannels=3\n"
 
 
-def build(text: str, path: str = "bad.cfg"):
-    return build_network(parse_cfg_text(text, path))
+def build(text: str, path: str = "bad.cfg", strict: bool = False):
+    return build_network(parse_cfg_text(text, path, strict))
+
+
+def strict(text: str, path: str = "bad.cfg"):
+    """What Darknet accepts (a warning by default) is an error with strict=True."""
+    return build(text, path, strict=True)
 
 
 def write(path: Path, content: str | bytes) -> Path:
@@ -110,8 +115,13 @@ produces("E-CFG-UNKNOWN-SECTION")(lambda tmp: build(NET + "[Convolutional]\n"))
 produces("E-CFG-BEFORE-FIRST-SECTION")(lambda tmp: build("width=8\n" + NET))
 produces("E-CFG-NOT-KEY-VALUE")(lambda tmp: build(NET + "[convolutional]\nfilters 16\n"))
 produces("E-CFG-EMPTY-KEY")(lambda tmp: build(NET + "[convolutional]\n=16\n"))
-produces("E-CFG-UNKNOWN-KEY")(lambda tmp: build(NET + "[convolutional]\nfilter=16\n"))
-produces("E-CFG-UNKNOWN-KEY")(lambda tmp: build(NET + "[maxpool]\nfilters=16\n"))
+produces("E-CFG-UNKNOWN-KEY")(lambda tmp: strict(NET + "[convolutional]\nfilter=16\n"))
+produces("E-CFG-UNKNOWN-KEY")(lambda tmp: strict(NET + "[maxpool]\nfilters=16\n"))
+produces("E-CFG-UNKNOWN-KEY")(lambda tmp: strict(NET + "[convolutional]\nsiez=3\n"))
+produces("E-CFG-UNKNOWN-KEY")(lambda tmp: load_cfg(write(tmp / "s.cfg", NET + "seen=0\n"),
+                                                   strict=True))
+produces("E-CFG-DUPLICATE-KEY")(lambda tmp: strict(NET + "[convolutional]\nsize=1\nsize=3\n"))
+produces("E-CFG-INLINE-COMMENT")(lambda tmp: strict(NET + "[convolutional]\nactivation=leaky #\n"))
 produces("E-CFG-NO-SECTIONS")(lambda tmp: build("# nothing\n\n"))
 produces("E-CFG-FIRST-NOT-NET")(lambda tmp: build("[convolutional]\nfilters=2\n"))
 produces("E-CFG-SECOND-NET")(lambda tmp: build(NET + "[convolutional]\n" + NET))
@@ -129,7 +139,26 @@ produces("E-CFG-BAD-LIST")(lambda tmp: build(NET + "[route]\nlayers=\n"))
 produces("E-CFG-MISSING-KEY")(lambda tmp: build(NET + "[convolutional]\n[route]\n"))
 produces("E-CFG-MISSING-KEY")(lambda tmp: build(NET + "[conv]\n[shortcut]\nactivation=linear\n"))
 produces("E-CFG-NO-LAYERS")(lambda tmp: build(NET))
-produces("E-CFG-UNSUPPORTED-LAYER")(lambda tmp: build(NET + "[lstm]\noutput=4\n"))
+produces("E-CFG-CROP-SIZE")(lambda tmp: build(NET + "[crop]\ncrop_height=20\ncrop_width=4\n"))
+produces("E-CFG-DETECTION-INPUTS")(lambda tmp: build(NET + "[conn]\noutput=9\n[detection]\n"
+                                                           "side=2\n"))
+produces("E-CFG-GAUSSIAN-FILTERS")(lambda tmp: build(NET + "[conv]\nfilters=20\n"
+                                                           "[Gaussian_yolo]\nmask=0\nclasses=1\n"))
+produces("E-CFG-MASK-RANGE")(lambda tmp: build(NET + "[conv]\nfilters=10\n"
+                                                     "[Gaussian_yolo]\nmask=1\nclasses=1\n"))
+produces("E-CFG-LOCAL-PAD")(lambda tmp: build(NET + "[local]\nsize=5\npad=1\n"))
+produces("E-CFG-RECURRENT-SIZE")(lambda tmp: build(NET + "[crnn]\nsize=3\n"))
+produces("E-CFG-RECURRENT-SIZE")(lambda tmp: build(NET + "[conv_lstm]\nstride=2\npad=1\n"))
+produces("E-CFG-RECURRENT-GROUPS")(lambda tmp: build(NET + "[crnn]\npad=1\ngroups=2\n"))
+produces("E-CFG-RECURRENT-GROUPS")(
+    lambda tmp: build(NET + "[conv]\nfilters=4\n[crnn]\npad=1\ngroups=2\noutput=2\nhidden=3\n"))
+produces("E-CFG-CONTRASTIVE-YOLO")(lambda tmp: build(NET + "[conv]\n[contrastive]\n"))
+produces("E-CFG-CONTRASTIVE-YOLO")(
+    lambda tmp: build(NET + "[conv]\n[contrastive]\nyolo_layer=-1\n"))
+produces("E-CFG-CONTRASTIVE-YOLO")(
+    lambda tmp: build(NET + "[conv]\nfilters=12\n[conv]\nfilters=18\n[yolo]\nmask=0,1,2\n"
+                            "num=3\nclasses=1\nembedding_layer=-2\n[route]\nlayers=1\n"
+                            "[contrastive]\nyolo_layer=-2\n"))
 produces("E-CFG-NET-SIZE")(lambda tmp: build("[net]\nwidth=0\nheight=16\nchannels=3\n[conv]\n"))
 produces("E-CFG-NET-SIZE")(lambda tmp: build("[net]\nwidth=16\nheight=16\n[conv]\n"))
 produces("E-CFG-BAD-REFERENCE")(lambda tmp: build(NET + "[conv]\n[route]\nlayers=5\n"))
@@ -162,11 +191,14 @@ produces("E-CFG-YOLO-FILTERS")(
     lambda tmp: build(NET + "[maxpool]\n[yolo]\nmask=0\nnum=1\nclasses=1\n"))
 produces("E-CFG-YOLO-FIRST")(lambda tmp: build(NET + "[yolo]\nmask=0\nclasses=1\n"))
 produces("E-CFG-ANCHORS-COUNT")(
-    lambda tmp: build(NET + "[conv]\nfilters=6\n[yolo]\nmask=0\nnum=2\nclasses=1\n"
-                            "anchors=10,14,23\n"))
+    lambda tmp: strict(NET + "[conv]\nfilters=6\n[yolo]\nmask=0\nnum=2\nclasses=1\n"
+                             "anchors=10,14,23\n"))
 produces("E-CFG-ANCHORS-COUNT")(
-    lambda tmp: build(NET + "[conv]\nfilters=6\n[region]\nnum=1\nclasses=1\n"
-                            "anchors=1,2,3,4\n"))
+    lambda tmp: strict(NET + "[conv]\nfilters=6\n[region]\nnum=1\nclasses=1\n"
+                             "anchors=1,2,3,4\n"))
+produces("E-CFG-MASK-PAST-NUM")(
+    lambda tmp: strict(NET + "[conv]\nfilters=6\n[yolo]\nmask=2\nnum=2\nclasses=1\n"
+                             "anchors=1,2,3,4,5,6\n"))
 produces("E-CFG-MASK-RANGE")(
     lambda tmp: build(NET + "[conv]\nfilters=6\n[yolo]\nmask=3\nnum=3\nclasses=1\n"))
 produces("E-CFG-MASK-RANGE")(
@@ -197,6 +229,14 @@ def _model_option(tmp):
 @produces("E-MODEL-UNSUPPORTED")
 def _model_reverse_upsample(tmp):
     return load_model(parse_cfg_text(NET + "[upsample]\nstride=-2\n", "bad.cfg"))
+
+
+@produces("E-MODEL-RECURRENT-TRAINING")
+def _train_recurrent(tmp):
+    model = load_model(parse_cfg_text(NET + "[conv]\npad=1\n[crnn]\npad=1\n", "r.cfg"))
+    import torch
+
+    return model.train()(torch.zeros(1, 3, 16, 16))
 
 
 @produces("E-MODEL-RESIZE")
@@ -601,11 +641,17 @@ def test_user_error_exits_2_with_one_line(tmp_path, capsys):
 
 def test_user_error_in_a_cfg_names_file_and_line(tmp_path, capsys):
     cfg = write(tmp_path / "typo.cfg", NET + "[convolutional]\nfilters=8\nszie=3\n")
-    assert run(["info", str(cfg)]) == 2
+    message = (f"{cfg}:7: [convolutional] unknown key 'szie': Darknet does not read it in "
+               "[convolutional] (typo? did you mean 'size'?)")
+    assert run(["info", "--strict", str(cfg)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert 1 <= len(lines) <= 2
-    assert lines[0] == (f"netsurgery: error: {cfg}:7: [convolutional] unknown key 'szie': "
-                        "Darknet does not read it in [convolutional] (typo?)")
+    assert lines[0] == f"netsurgery: error: {message}"
+    # without --strict: Darknet's leniency, the same text as a warning, and the table
+    assert run(["info", str(cfg)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == f"netsurgery: warning: {message}\n"
+    assert "total: " in captured.out
 
 
 def test_debug_shows_the_traceback_of_a_user_error(tmp_path, capsys):

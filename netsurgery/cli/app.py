@@ -8,11 +8,13 @@ import importlib
 import signal
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import click
 
-from netsurgery.errors import NetsurgeryError
+from netsurgery.darknet.cfg import STRICT_DEFAULT, strict_reading
+from netsurgery.errors import CfgWarning, NetsurgeryError
 
 
 class SizeParam(click.ParamType):
@@ -50,6 +52,19 @@ class IntListParam(click.ParamType):
 
 SIZE = SizeParam()
 INT_LIST = IntListParam()
+
+
+def _set_strict(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value or param.name == "strict_all":  # the group's flag sets it for the whole run
+        strict_reading(value)
+    return value
+
+
+STRICT_HELP = ("Refuse what Darknet accepts with a warning in a cfg (a key it does not read, "
+               "surplus or missing anchors, a duplicate key) instead of warning.")
+
+strict_option = click.option("--strict", is_flag=True, expose_value=False, callback=_set_strict,
+                             is_eager=True, help=STRICT_HELP)
 
 
 class LazyGroup(click.Group):
@@ -119,6 +134,8 @@ def _declared_command(deco: ast.expr, func: ast.FunctionDef) -> click.Command | 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("--strict", "strict_all", is_flag=True, expose_value=False, callback=_set_strict,
+              is_eager=True, help=STRICT_HELP + " For every command.")
 @click.version_option(package_name="netsurgery")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
@@ -135,8 +152,11 @@ def run(argv: list[str] | None = None) -> int:
     """Entry point with the error policy applied. Returns the exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     _terminate_cleanly()
+    token = STRICT_DEFAULT.set(False)  # --strict lasts one run (also for in-process calls)
     try:
-        main.main(args=argv, prog_name="netsurgery", standalone_mode=False)
+        with warnings.catch_warnings():
+            _show_cfg_warnings()
+            main.main(args=argv, prog_name="netsurgery", standalone_mode=False)
         return 0
     except click.exceptions.Abort:
         echo_err("netsurgery: interrupted")
@@ -169,6 +189,24 @@ def run(argv: list[str] | None = None) -> int:
             echo_err(f"netsurgery: internal error: {exc_type.__name__}: {exc}")
             echo_err("This is a bug in netsurgery. Re-run with --debug and report the traceback.")
         return 1
+    finally:
+        STRICT_DEFAULT.reset(token)
+
+
+def _show_cfg_warnings() -> None:
+    """Inside ``catch_warnings``: each cfg warning once, as ``netsurgery: warning: ...``."""
+    shown: set[str] = set()
+    default_show = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, CfgWarning):
+            return default_show(message, category, filename, lineno, file, line)
+        if str(message) not in shown:
+            shown.add(str(message))
+            echo_err(f"netsurgery: warning: {message}")
+
+    warnings.simplefilter("always", CfgWarning)
+    warnings.showwarning = show
 
 
 def _terminate_cleanly() -> None:

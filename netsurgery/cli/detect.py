@@ -10,10 +10,11 @@ from netsurgery.detection.detect import detect_images, heads_of, write_json
 from netsurgery.fileio import check_output
 from netsurgery.surgery.heads import load_heads
 
-from .app import SIZE, main
+from .app import SIZE, main, strict_option
 
 
 @main.command()
+@strict_option
 @click.argument("cfg", type=click.Path(dir_okay=False))
 @click.argument("weights", type=click.Path(dir_okay=False))
 @click.argument("images", nargs=-1, required=True)

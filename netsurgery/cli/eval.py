@@ -12,10 +12,11 @@ from netsurgery.detection.evaluate import evaluate_model, format_result, result_
 from netsurgery.fileio import atomic_write_text, check_output
 from netsurgery.surgery.heads import load_heads
 
-from .app import SIZE, main
+from .app import SIZE, main, strict_option
 
 
 @main.command("eval")
+@strict_option
 @click.argument("cfg", type=click.Path(dir_okay=False))
 @click.argument("weights", type=click.Path(dir_okay=False))
 @click.option("--data", "data_files", multiple=True, required=True, metavar="[HEAD=]X.data",

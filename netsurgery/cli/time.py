@@ -11,10 +11,11 @@ from netsurgery.detection.timing import format_timing, time_merged, time_model
 from netsurgery.errors import UsageError
 from netsurgery.surgery.heads import load_heads
 
-from .app import SIZE, main
+from .app import SIZE, main, strict_option
 
 
 @main.command("time")
+@strict_option
 @click.argument("cfg", type=click.Path(dir_okay=False))
 @click.argument("weights", type=click.Path(dir_okay=False))
 @click.option("--heads", "heads_path", type=click.Path(dir_okay=False),
