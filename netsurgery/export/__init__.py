@@ -3,6 +3,7 @@ running the exported graph in onnxruntime (:mod:`netsurgery.export.runtime`). Ne
 optional ``onnx`` / ``onnxruntime`` packages (``pip install -e '.[onnx]'``)."""
 from .onnx_export import (
     DEFAULT_OPSET,
+    ExportedModel,
     ExportInfo,
     ExportResult,
     OnnxOutput,
@@ -12,5 +13,5 @@ from .onnx_export import (
     read_info,
 )
 
-__all__ = ["DEFAULT_OPSET", "ExportInfo", "ExportResult", "OnnxOutput", "build_onnx",
+__all__ = ["DEFAULT_OPSET", "ExportedModel", "ExportInfo", "ExportResult", "OnnxOutput", "build_onnx",
            "export_heads", "export_onnx", "read_info"]

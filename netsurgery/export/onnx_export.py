@@ -105,11 +105,20 @@ def check_opset(opset: int) -> int:
     return opset
 
 
+@dataclass
+class ExportedModel:
+    """An exported graph: the ``onnx.ModelProto``, its serialised bytes (what is written
+    and what onnxruntime loads) and its metadata."""
+
+    proto: object
+    data: bytes
+    info: ExportInfo
+
+
 def build_onnx(model: DarknetModel, heads: Sequence[HeadInfo], batch: int | None = 1,
                decode: bool = False, opset: int = DEFAULT_OPSET,
-               extra_layers: Sequence[int] = (), cfg_name: str = ""):
-    """The ONNX model (``onnx.ModelProto``) of ``model`` for ``heads``, checked with
-    ``onnx.checker``. ``batch`` None makes the batch dimension dynamic. ``extra_layers``
+               extra_layers: Sequence[int] = (), cfg_name: str = "") -> ExportedModel:
+    """The ONNX model of ``model`` for ``heads``, checked with ``onnx.checker``. ``batch`` None makes the batch dimension dynamic. ``extra_layers``
     adds raw outputs ``layer/N`` (e.g. what a [region] head decodes from). Only the layers
     the outputs depend on are in the graph."""
     onnx = require("onnx")
@@ -150,19 +159,23 @@ def build_onnx(model: DarknetModel, heads: Sequence[HeadInfo], batch: int | None
 
     dim0 = batch if batch is not None else "batch"
     net = network.net
-    graph = helper.make_graph(
-        g.nodes, "netsurgery", [helper.make_tensor_value_info(
-            INPUT_NAME, TensorProto.FLOAT, [dim0, net.channels, net.height, net.width])],
-        [helper.make_tensor_value_info(o.name, TensorProto.FLOAT, [dim0, *shape])
-         for o, _, shape in outputs], initializer=g.initializers)
     size = sum(len(t.raw_data) for t in g.initializers)
     if size > MAX_BYTES:
         raise NetsurgeryError(f"{network.path}: {size / 1e9:.1f} GB of weights: an ONNX file "
                               "holds at most 2 GB without external data files")
     opsets = [helper.make_opsetid("", opset)]
-    proto = helper.make_model(graph, opset_imports=opsets, producer_name="netsurgery",
-                              producer_version=__version__,
-                              ir_version=helper.find_min_ir_version_for(opsets))
+    # filled in place: make_graph + make_model would copy every weight twice
+    proto = onnx.ModelProto(ir_version=helper.find_min_ir_version_for(opsets),
+                            producer_name="netsurgery", producer_version=__version__)
+    proto.opset_import.extend(opsets)
+    graph = proto.graph
+    graph.name = "netsurgery"
+    graph.node.extend(g.nodes)
+    graph.initializer.extend(g.initializers)
+    graph.input.append(helper.make_tensor_value_info(
+        INPUT_NAME, TensorProto.FLOAT, [dim0, net.channels, net.height, net.width]))
+    graph.output.extend(helper.make_tensor_value_info(o.name, TensorProto.FLOAT, [dim0, *shape])
+                        for o, _, shape in outputs)
     info = ExportInfo(cfg_name or Path(network.path or "network").name, net.width, net.height,
                       net.channels, batch, decode, opset,
                       [{"name": h.name, "layers": list(h.layers),
@@ -170,8 +183,9 @@ def build_onnx(model: DarknetModel, heads: Sequence[HeadInfo], batch: int | None
                         "class_names": list(h.class_names)} for h in heads],
                       [o for o, _, _ in outputs])
     helper.set_model_props(proto, {METADATA_KEY: info.to_json()})
-    onnx.checker.check_model(proto, full_check=True)
-    return proto
+    data = proto.SerializeToString(deterministic=True)
+    onnx.checker.check_model(data, full_check=True)  # bytes: no second serialisation
+    return ExportedModel(proto, data, info)
 
 
 def _name_outputs(g: OnnxGraph, wanted: list[tuple[str, str]]) -> None:
@@ -208,12 +222,9 @@ def export_onnx(cfg: str | os.PathLike, weights: str | os.PathLike, out: str | o
     check_opset(opset)
     model = load_model(cfg, weights, size=size)  # eval mode: the emitters fold BatchNorm
     heads = export_heads(model, heads_path, names_path, Path(cfg).stem)
-    proto = build_onnx(model, heads, batch, decode, opset, cfg_name=Path(cfg).name)
-    data = proto.SerializeToString(deterministic=True)
-    atomic_write_bytes(out, data)
-    info = ExportInfo.from_json(next(p.value for p in proto.metadata_props
-                                     if p.key == METADATA_KEY))
-    return ExportResult(Path(out), len(data), info)
+    exported = build_onnx(model, heads, batch, decode, opset, cfg_name=Path(cfg).name)
+    atomic_write_bytes(out, exported.data)
+    return ExportResult(Path(out), len(exported.data), exported.info)
 
 
 def read_info(proto) -> ExportInfo:

@@ -63,8 +63,8 @@ class OnnxRunner:
         """Export ``model`` in memory (dynamic batch) with ``layers`` as outputs (default:
         what detection reads) and open it."""
         layers = list(layers) if layers is not None else default_layers(model.network)
-        proto = build_onnx(model, [], batch=None, extra_layers=layers)
-        return cls(model.network, proto.SerializeToString(deterministic=True), threads)
+        return cls(model.network, build_onnx(model, [], batch=None, extra_layers=layers).data,
+                   threads)
 
     @classmethod
     def from_file(cls, network: Network, path: str | os.PathLike,
