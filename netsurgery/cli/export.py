@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import click
 
-from netsurgery.errors import UsageError
-
 from .app import SIZE, main
 
 
@@ -31,7 +29,7 @@ def export_cmd(cfg, weights, out, heads_path, names, size, batch, dynamic_batch,
     from netsurgery.export import DEFAULT_OPSET, export_onnx
 
     if batch is not None and dynamic_batch:
-        raise UsageError("--batch and --dynamic-batch exclude each other")
+        raise click.UsageError("--batch and --dynamic-batch exclude each other")
     result = export_onnx(cfg, weights, out, heads_path, names, size,
                          None if dynamic_batch else (batch or 1), decode,
                          opset or DEFAULT_OPSET, overwrite)

@@ -36,8 +36,8 @@ def time_cmd(cfg, weights, heads_path, repeat, size, threads, runtime, onnx_path
     heads = load_heads(heads_path) if heads_path else None
     onnx = runtime == "onnxruntime" or onnx_path is not None
     if heads is not None and onnx_path is not None:
-        raise UsageError("--heads with --onnx: each head alone needs its own graph; give "
-                         "--runtime onnxruntime without --onnx to export them from CFG WEIGHTS")
+        raise click.UsageError("--heads with --onnx: each head alone needs its own graph; "
+                               "give --runtime onnxruntime without --onnx to export them")
     if heads is not None and onnx:
         model = load_model(cfg, weights, size=size)
     else:

@@ -13,5 +13,5 @@ from .onnx_export import (
     read_info,
 )
 
-__all__ = ["DEFAULT_OPSET", "ExportedModel", "ExportInfo", "ExportResult", "OnnxOutput", "build_onnx",
-           "export_heads", "export_onnx", "read_info"]
+__all__ = ["DEFAULT_OPSET", "ExportedModel", "ExportInfo", "ExportResult", "OnnxOutput",
+           "build_onnx", "export_heads", "export_onnx", "read_info"]

@@ -82,7 +82,7 @@ def activation(g: OnnxGraph, name: str, x: str) -> str:
         return g.op("Mul", [g.op("Mul", [x, c(0.5)]), one_plus], name)
     if name in _PIECEWISE:
         return _piecewise(g, x, *_PIECEWISE[name], name)
-    raise NetsurgeryError(f"activation '{name}' has no ONNX export")
+    raise ValueError(f"activation '{name}' has no ONNX export")  # activation_of checked it
 
 
 # piecewise activations: (low threshold, f below it, high threshold, f above it, f between);

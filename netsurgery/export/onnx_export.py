@@ -118,9 +118,10 @@ class ExportedModel:
 def build_onnx(model: DarknetModel, heads: Sequence[HeadInfo], batch: int | None = 1,
                decode: bool = False, opset: int = DEFAULT_OPSET,
                extra_layers: Sequence[int] = (), cfg_name: str = "") -> ExportedModel:
-    """The ONNX model of ``model`` for ``heads``, checked with ``onnx.checker``. ``batch`` None makes the batch dimension dynamic. ``extra_layers``
-    adds raw outputs ``layer/N`` (e.g. what a [region] head decodes from). Only the layers
-    the outputs depend on are in the graph."""
+    """The ONNX model of ``model`` for ``heads``, checked with ``onnx.checker``.
+    ``batch`` None makes the batch dimension dynamic. ``extra_layers`` adds raw outputs
+    ``layer/N`` (e.g. what a [region] head decodes from). Only the layers the outputs depend
+    on are in the graph."""
     onnx = require("onnx")
     from onnx import TensorProto, helper
 
@@ -227,10 +228,13 @@ def export_onnx(cfg: str | os.PathLike, weights: str | os.PathLike, out: str | o
     return ExportResult(Path(out), len(exported.data), exported.info)
 
 
-def read_info(proto) -> ExportInfo:
+def read_info(proto, source: str = "<onnx>") -> ExportInfo:
     """The ``netsurgery`` metadata of an exported model (ModelProto or onnxruntime's
     ``get_modelmeta().custom_metadata_map``)."""
     props = proto if isinstance(proto, dict) else {p.key: p.value for p in proto.metadata_props}
-    if METADATA_KEY not in props:
-        raise NetsurgeryError("not exported by netsurgery (no 'netsurgery' metadata)")
-    return ExportInfo.from_json(props[METADATA_KEY])
+    try:
+        return ExportInfo.from_json(props[METADATA_KEY])
+    except (KeyError, TypeError, ValueError):
+        raise NetsurgeryError(f"{source}: not exported by netsurgery (no readable "
+                              f"'{METADATA_KEY}' metadata): export it with netsurgery "
+                              "export") from None

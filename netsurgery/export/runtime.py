@@ -19,7 +19,7 @@ from netsurgery.darknet.network import Network
 from netsurgery.errors import NetsurgeryError, UsageError
 
 from .graph import require
-from .onnx_export import INPUT_NAME, ExportInfo, build_onnx, read_info
+from .onnx_export import INPUT_NAME, build_onnx, read_info
 
 
 def default_layers(network: Network) -> list[int]:
@@ -47,14 +47,11 @@ class OnnxRunner:
                 model if isinstance(model, bytes) else str(model), options,
                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own types for unreadable files
-            raise NetsurgeryError(f"{source}: onnxruntime cannot load it ({exc})") from None
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise NetsurgeryError(f"{source}: onnxruntime cannot load it ({reason})") from None
         self.network = network
         self.source = source
-        self.info = read_info(self.session.get_modelmeta().custom_metadata_map) \
-            if _has_info(self.session) else None
-        if self.info is None:
-            raise NetsurgeryError(f"{source}: not exported by netsurgery (no 'netsurgery' "
-                                  "metadata): export it with netsurgery export")
+        self.info = read_info(self.session.get_modelmeta().custom_metadata_map, source)
         self._check_fits()
 
     @classmethod
@@ -70,7 +67,7 @@ class OnnxRunner:
     def from_file(cls, network: Network, path: str | os.PathLike,
                   threads: int | None = None) -> "OnnxRunner":
         if not os.path.isfile(path):
-            raise NetsurgeryError(f"{path}: file not found")
+            raise NetsurgeryError(f"{path}: ONNX file not found")
         return cls(network, path, threads, str(path))
 
     def _check_fits(self) -> None:
@@ -113,12 +110,6 @@ class OnnxRunner:
         targets = [o.layer for o in self.info.outputs if o.layer is not None]
         out = self.run(x, targets)
         return [out[t] for t in targets]
-
-
-def _has_info(session) -> bool:
-    from .onnx_export import METADATA_KEY
-
-    return METADATA_KEY in session.get_modelmeta().custom_metadata_map
 
 
 def time_merged_onnx(model: DarknetModel, heads, repeat: int = 20, progress=None,
