@@ -366,3 +366,38 @@ def test_export_errors(yolov3_tiny, tmp_path, capsys, monkeypatch):
     assert run(["export", cfg, weights, "-o", out]) == 2
     assert "pip install onnx onnxruntime" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_eval_cli_runtime_onnxruntime(yolov3_tiny, tmp_path):
+    """eval on dog.jpg and person.jpg labelled with Darknet's own boxes: the same report from
+    both runtimes."""
+    import cv2
+    from test_detect import darknet_detections
+
+    expected = darknet_detections()
+    names = [n.strip() for n in shared_path("models", "coco.names").read_text().splitlines()]
+    lines = []
+    for image in ("dog.jpg", "person.jpg"):
+        src = shared_path("images", image)
+        h, w = cv2.imread(str(src)).shape[:2]
+        (tmp_path / image).symlink_to(src)
+        labels = [f"{names.index(n)} {(left + bw / 2) / w:.6f} {(top + bh / 2) / h:.6f} "
+                  f"{bw / w:.6f} {bh / h:.6f}" for n, _, (left, top, bw, bh) in
+                  expected[(image, "resize")]]
+        (tmp_path / image).with_suffix(".txt").write_text("\n".join(labels) + "\n")
+        lines.append(str(tmp_path / image))
+    (tmp_path / "valid.txt").write_text("\n".join(lines) + "\n")
+    data = tmp_path / "x.data"
+    data.write_text(f"classes=80\nvalid={tmp_path / 'valid.txt'}\n"
+                    f"names={shared_path('models', 'coco.names')}\n")
+    reports = {}
+    for runtime in ("torch", "onnxruntime"):
+        out = tmp_path / f"{runtime}.json"
+        assert run(["eval", *(str(p) for p in yolov3_tiny), "--data", str(data), "--json",
+                    str(out), "--runtime", runtime]) == 0
+        reports[runtime] = json.loads(out.read_text())
+    want, got = reports["torch"], reports["onnxruntime"]
+    assert want["map_present"] > 0.5
+    assert got["map"] == pytest.approx(want["map"], abs=1e-4)
+    assert [(c["name"], c["tp"], c["fp"], c["n_truth"]) for c in got["classes"]] == \
+        [(c["name"], c["tp"], c["fp"], c["n_truth"]) for c in want["classes"]]

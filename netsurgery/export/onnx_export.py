@@ -139,31 +139,15 @@ def build_onnx(model: DarknetModel, heads: Sequence[HeadInfo], batch: int | None
         g.prefix = f"L{i:03d}"
         x = INPUT_NAME if i == 0 else tensors.get(i - 1, "")
         tensors[i] = emit_layer(g, network.layers[i], model.layers[i], x, tensors)
-    outputs: list[tuple[OnnxOutput, str, list]] = []
-    for h in heads:
-        if decode:
-            boxes, objectness, probs = decode_head(g, network, h.layers, tensors)
-            k = sum(network.layers[y].out_shape.h * network.layers[y].out_shape.w *
-                    len(network.layers[y].mask) for y in h.layers)
-            classes = network.layers[h.layers[0]].classes
-            outputs += [(OnnxOutput(f"{h.name}/boxes", "boxes", head=h.name), boxes, [k, 4]),
-                        (OnnxOutput(f"{h.name}/objectness", "objectness", head=h.name),
-                         objectness, [k]),
-                        (OnnxOutput(f"{h.name}/probs", "probs", head=h.name), probs,
-                         [k, classes])]
-        else:
-            outputs += [(OnnxOutput(f"{h.name}/{y}", "head", y, h.name), tensors[y],
-                         network.layers[y].out_shape.as_list()) for y in h.layers]
-    outputs += [(OnnxOutput(f"layer/{i}", "layer", i), tensors[i],
-                 network.layers[i].out_shape.as_list()) for i in extra_layers]
+    outputs = _outputs(g, network, heads, tensors, decode, extra_layers)
     _name_outputs(g, [(o.name, t) for o, t, _ in outputs])
-
-    dim0 = batch if batch is not None else "batch"
-    net = network.net
     size = sum(len(t.raw_data) for t in g.initializers)
     if size > MAX_BYTES:
         raise NetsurgeryError(f"{network.path}: {size / 1e9:.1f} GB of weights: an ONNX file "
                               "holds at most 2 GB without external data files")
+
+    dim0 = batch if batch is not None else "batch"
+    net = network.net
     opsets = [helper.make_opsetid("", opset)]
     # filled in place: make_graph + make_model would copy every weight twice
     proto = onnx.ModelProto(ir_version=helper.find_min_ir_version_for(opsets),
@@ -187,6 +171,27 @@ def build_onnx(model: DarknetModel, heads: Sequence[HeadInfo], batch: int | None
     data = proto.SerializeToString(deterministic=True)
     onnx.checker.check_model(data, full_check=True)  # bytes: no second serialisation
     return ExportedModel(proto, data, info)
+
+
+def _outputs(g: OnnxGraph, network, heads: Sequence[HeadInfo], tensors: dict[int, str],
+             decode: bool, extra_layers: Sequence[int]) -> list[tuple[OnnxOutput, str, list]]:
+    """(what, internal tensor, shape without the batch) of every graph output."""
+    outputs: list[tuple[OnnxOutput, str, list]] = []
+    for h in heads:
+        if not decode:
+            outputs += [(OnnxOutput(f"{h.name}/{y}", "head", y, h.name), tensors[y],
+                         network.layers[y].out_shape.as_list()) for y in h.layers]
+            continue
+        boxes, objectness, probs = decode_head(g, network, h.layers, tensors)
+        specs = [network.layers[y] for y in h.layers]
+        k = sum(s.out_shape.h * s.out_shape.w * len(s.mask) for s in specs)
+        outputs += [(OnnxOutput(f"{h.name}/boxes", "boxes", head=h.name), boxes, [k, 4]),
+                    (OnnxOutput(f"{h.name}/objectness", "objectness", head=h.name),
+                     objectness, [k]),
+                    (OnnxOutput(f"{h.name}/probs", "probs", head=h.name), probs,
+                     [k, specs[0].classes])]
+    return outputs + [(OnnxOutput(f"layer/{i}", "layer", i), tensors[i],
+                       network.layers[i].out_shape.as_list()) for i in extra_layers]
 
 
 def _name_outputs(g: OnnxGraph, wanted: list[tuple[str, str]]) -> None:
