@@ -92,14 +92,96 @@ def test_conformance_cases(case):
     assert compared == len(got)
 
 
-def random_model(name: str, size: int = 128) -> DarknetModel:
-    network = build_network(shared_path("darknet-cfg-all", f"{name}.cfg"), size=(size, size))
+def with_random_weights(network, seed: int = 1) -> DarknetModel:
+    """Our model of ``network`` with plausible random weights, in the fast inference mode."""
     model = DarknetModel(network)
     with torch.no_grad():
-        for index, arrays in random_arrays(network.layers, seed=1).items():
+        for index, arrays in random_arrays(network.layers, seed).items():
             for key, tensor in model.layers[index].weight_tensors():
                 tensor.copy_(torch.from_numpy(arrays[key]).view_as(tensor))
     return model.inference()
+
+
+def random_model(name: str, size: int = 128) -> DarknetModel:
+    return with_random_weights(build_network(shared_path("darknet-cfg-all", f"{name}.cfg"),
+                                             size=(size, size)))
+
+
+# every layer type and activation the conformance cases leave out
+EVERY_LAYER_CFG = "[net]\nwidth=16\nheight=16\nchannels=3\n" + \
+    "[convolutional]\nfilters=8\nsize=3\npad=1\nbatch_normalize=1\nactivation=relu6\n" + \
+    "".join(f"[activation]\nactivation={a}\n" for a in (
+        "elu", "selu", "gelu", "loggy", "ramp", "lhtan", "hardtan", "plse", "relie",
+        "hard_mish")) + """[batchnorm]
+[convolutional]
+filters=8
+size=1
+activation=tanh
+[shortcut]
+from=-3
+weights_type=per_feature
+weights_normalization=relu
+activation=swish
+[shortcut]
+from=-2
+weights_type=per_channel
+weights_normalization=softmax
+[convolutional]
+filters=4
+size=1
+activation=linear
+[route]
+layers=14
+[shortcut]
+from=15
+[shortcut]
+from=15
+weights_type=per_channel
+[local_avgpool]
+size=3
+stride=2
+[reorg3d]
+stride=2
+[upsample]
+stride=2
+scale=0.5
+[maxpool]
+size=3
+stride=2
+padding=0
+[connected]
+output=10
+batch_normalize=1
+activation=leaky
+[softmax]
+groups=2
+temperature=2
+[cost]
+"""
+
+
+def test_every_layer_type_and_activation(tmp_path):
+    from netsurgery.darknet.layers import REGISTRY
+    from netsurgery.export.layers import EMITTERS
+
+    assert set(REGISTRY) == set(EMITTERS)  # a new layer type needs its emitter
+    cfg = tmp_path / "every.cfg"
+    cfg.write_text(EVERY_LAYER_CFG)
+    network = build_network(cfg)
+    assert {s.type_name for s in network.layers} >= set(REGISTRY) - {
+        "yolo", "region", "reorg", "avgpool", "route", "sam", "scale_channels", "dropout",
+        "empty"}  # those: in the conformance cases and tests above
+    model = with_random_weights(network, seed=4)
+    x = np.random.default_rng(2).random((1, 3, 16, 16), dtype=np.float32) * 4 - 2
+    every = list(range(len(network.layers)))  # every layer's output, not only the last
+    got = outputs_by_layer(session(build_onnx(model, [], batch=None, extra_layers=every)),
+                           batch_of_three(x))
+    with torch.inference_mode():
+        want = model.layer_outputs(torch.from_numpy(batch_of_three(x)))
+    for layer in every:
+        assert rel_error(got[layer], want[layer].numpy()) <= REL_TOL, layer
+    spec = network.layers[22]
+    assert spec.type_name == "maxpool" and min(spec.pads()) < 0  # a window crop
 
 
 @pytest.mark.parametrize("name", BIG_CFGS)

@@ -220,6 +220,11 @@ def _reorg(g, spec, m, x, outputs):
     return g.reshape(moved, [0, *spec.out_shape.as_list()], "reorg")
 
 
+@emits("activation")
+def _activation(g, spec, m, x, outputs):
+    return activation(g, spec.activation, x)
+
+
 @emits("dropout", "empty", "cost")
 def _identity(g, spec, m, x, outputs):
     return x
