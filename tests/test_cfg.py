@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SHARED, shared_path
+from conftest import find_data, shared_path
 
 from netsurgery import CfgError, build_network, load_cfg, load_model, parse_cfg_text
 from netsurgery.darknet.cfg import make_section
@@ -204,7 +204,7 @@ def test_missing_and_binary_files(tmp_path):
 
 
 # -- the reference cfgs -------------------------------------------------------------------
-CFG_NAMES = sorted(p.name for p in (SHARED / "darknet-cfg").glob("*.cfg")) or ["yolov3.cfg"]
+CFG_NAMES = sorted(p.name for p in find_data("darknet-cfg").glob("*.cfg"))
 
 # Darknet's "Total BFLOPS" at the cfg's own size (SPEC.md); Darknet prints %.3f of a float sum.
 DARKNET_BFLOPS = {

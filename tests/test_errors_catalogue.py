@@ -29,15 +29,9 @@ from netsurgery.darknet.weights import (
 )
 from netsurgery.errors import NetsurgeryError
 from netsurgery.fileio import atomic_write_text, check_output
-from netsurgery.surgery.editing import load_graph
-from netsurgery.surgery.merge import (
-    MergedHeads,
-    TaskInput,
-    load_heads,
-    merge,
-    parse_task_option,
-    split,
-)
+from netsurgery.surgery.heads import check_heads, load_heads, parse_heads
+from netsurgery.surgery.merge import TaskInput, merge, merge_files, parse_task_option, split
+from netsurgery.surgery.weighted import load_weighted
 from netsurgery.training.data import load_data_file, load_dataset, load_names, read_labels
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
@@ -377,8 +371,8 @@ def merge_files_on_disk(tmp: Path, name: str, classes: int = 1, seed: int = 0,
 
 
 def graphs(tmp: Path, task_seed: int = 0, task_cfg: str | None = None, classes: int = 1):
-    base = load_graph(*merge_files_on_disk(tmp, "base"))
-    task = load_graph(*merge_files_on_disk(tmp, "task", classes, task_seed, task_cfg))
+    base = load_weighted(*merge_files_on_disk(tmp, "base"))
+    task = load_weighted(*merge_files_on_disk(tmp, "task", classes, task_seed, task_cfg))
     return base, task
 
 
@@ -411,8 +405,8 @@ produces("E-MERGE-TRUNK-DIFFERS")(
 
 @produces("E-MERGE-ARRAY")
 def _merge_task_without_weights(tmp):
-    base = load_graph(*merge_files_on_disk(tmp, "base"))
-    task = load_graph(merge_files_on_disk(tmp, "task")[0])  # cfg only: no arrays
+    base = load_weighted(*merge_files_on_disk(tmp, "base"))
+    task = load_weighted(merge_files_on_disk(tmp, "task")[0])  # cfg only: no arrays
     merge(base, [TaskInput("t", task, 0)])
 
 
@@ -421,8 +415,8 @@ def _merge_mixed_classes(tmp):
     text = MERGE_CFG.format(filters=6, classes=1) + \
         "[route]\nlayers=0\n[convolutional]\nfilters=7\nsize=1\nactivation=linear\n" \
         "[yolo]\nmask=1\nanchors=1,1,2,2\nnum=2\nclasses=2\n"
-    base = load_graph(*merge_files_on_disk(tmp, "base", cfg_text=text))
-    task = load_graph(*merge_files_on_disk(tmp, "task"))
+    base = load_weighted(*merge_files_on_disk(tmp, "base", cfg_text=text))
+    task = load_weighted(*merge_files_on_disk(tmp, "task"))
     merge(base, [TaskInput("t", task, 0)])
 
 
@@ -437,16 +431,48 @@ produces("E-MERGE-HEADS-NOT-FOUND")(lambda tmp: load_heads(tmp / "m.heads.json")
 produces("E-MERGE-HEADS-JSON")(lambda tmp: load_heads(write(tmp / "m.heads.json", "{base:")))
 produces("E-MERGE-HEADS-FILE")(lambda tmp: load_heads(write(tmp / "m.heads.json", "[]")))
 produces("E-MERGE-HEADS-FILE")(
-    lambda tmp: load_heads(write(tmp / "m.heads.json", json.dumps({"format": "other/1"}))))
+    lambda tmp: load_heads(write(tmp / "m.heads.json", json.dumps({"schema": "other/1"}))))
 produces("E-MERGE-HEADS-FILE")(
-    lambda tmp: MergedHeads.from_json({"format": "netsurgery-heads/1", "base": {}},
-                                      "m.heads.json"))
+    lambda tmp: parse_heads({"schema": "netsurgery.heads/2", "base": {}, "tasks": [{}]},
+                            "m.heads.json"))
+produces("E-HEADS-NOT-A-FILE")(lambda tmp: load_heads(tmp))
 
 
-@produces("E-MERGE-NAMES-READ")
-def _merge_names_unreadable(tmp):
+def _legacy_heads_json(tmp: Path) -> dict:
+    """A format-1 heads file as merge wrote it before format 2."""
+    data = _merged(tmp)[1].to_json()
+    del data["schema"]
+    data["format"] = "netsurgery-heads/1"
+    return data
+
+
+@produces("E-HEADS-MISMATCH")
+def _heads_of_another_network(tmp):
     base, task = graphs(tmp)
-    merge(base, [TaskInput("t", task, 0, str(tmp / "missing.names"))], common_classes=True)
+    check_heads(_merged(tmp)[1], base.network)
+
+
+@produces("E-HEADS-LEGACY-NAMES")
+def _legacy_heads_without_names_file(tmp):
+    data = _legacy_heads_json(tmp)
+    data["base"].pop("class_names")
+    data["base"]["names_file"] = "weights/coco.names"
+    parse_heads(data, str(tmp / "m.heads.json"))
+
+
+@produces("E-HEADS-LEGACY-COUNT")
+def _legacy_heads_short_names_file(tmp):
+    data = _legacy_heads_json(tmp)
+    data["tasks"][0].update(class_names=None, names_file="t.names", classes=3)
+    write(tmp / "t.names", "car\nbus\n")
+    parse_heads(data, str(tmp / "m.heads.json"))
+
+
+@produces("E-MERGE-NAMES-HEAD")
+def _merge_names_of_no_head(tmp):
+    cfg, weights = merge_files_on_disk(tmp, "base")
+    merge_files(cfg, weights, [f"t={cfg}:{weights}"], str(tmp / "m"), 0,
+                names={"logo": "logo.names"})
 
 
 @produces("E-MERGE-NAMES-COUNT")
@@ -459,7 +485,7 @@ def _merge_names_count(tmp):
 @produces("E-MERGE-CONV-BEFORE-YOLO")
 def _merge_pad_without_weights(tmp):
     cfg = merge_files_on_disk(tmp, "base")[0]
-    merge(load_graph(cfg), [TaskInput("t", load_graph(cfg), 0)], common_classes=True)
+    merge(load_weighted(cfg), [TaskInput("t", load_weighted(cfg), 0)], common_classes=True)
 
 
 # -- ONNX export and onnxruntime ---------------------------------------------------------------
@@ -558,6 +584,22 @@ produces("E-RUNTIME-DEVICE")(
 # =============================================================================================
 # Tests
 # =============================================================================================
+@produces("E-SWEEP-SETTINGS-DIFFER")
+def _sweep_settings_differ(tmp):
+    from netsurgery.analysis.sweep import SweepPlan, _compare_earlier
+
+    write(tmp / "k_3" / "result.json", json.dumps({"settings": {"iterations": 30}, "point": {}}))
+    _compare_earlier(SweepPlan(3, tmp / "k_3", None, {"iterations": 60}), overwrite=False)
+
+
+@produces("E-SWEEP-UNRECORDED-RUN")
+def _sweep_unrecorded_run(tmp):
+    from netsurgery.analysis.sweep import SweepPlan, _compare_earlier
+
+    write(tmp / "k_3" / "task_state.json", "{}")
+    _compare_earlier(SweepPlan(3, tmp / "k_3", None, {"iterations": 60}), overwrite=False)
+
+
 CATALOGUE = read_catalogue() if DOC.exists() else {}
 CASES = [(ident, i) for ident in sorted(PRODUCERS) for i in range(len(PRODUCERS[ident]))]
 

@@ -202,18 +202,18 @@ def test_big_cfgs_with_random_weights(name):
 def merged(tmp_path_factory, yolov3_tiny):
     from test_merge import make_task
 
-    from netsurgery.surgery.editing import load_graph
     from netsurgery.surgery.merge import merge_files
+    from netsurgery.surgery.weighted import load_weighted
 
     root = tmp_path_factory.mktemp("onnx_merged")
     cfg, weights = yolov3_tiny
-    base = load_graph(cfg, weights)
+    base = load_weighted(cfg, weights)
     task = make_task(base, 12, 3, seed=5)
-    for i, layer in enumerate(task.layers):  # the text head: COCO's first 3 classes, so
-        if layer.section.type == "yolo":     # it finds real objects (random: thousands)
+    for spec in task.network.layers:  # the text head: COCO's first 3 classes, so that it
+        if spec.type_name == "yolo":  # finds real objects (random weights: thousands)
             rows = [a * 85 + f for a in range(3) for f in range(8)]
-            task.layers[i - 1].arrays = {k: v[rows] for k, v in
-                                         base.layers[i - 1].arrays.items()}
+            task.arrays[spec.index - 1] = {k: v[rows] for k, v in
+                                           base.arrays[spec.index - 1].items()}
     task.save(root / "text.cfg", root / "text.weights")
     out = root / "merged"
     merge_files(str(cfg), str(weights), [f"text={root}/text.cfg:{root}/text.weights"], str(out),
@@ -379,7 +379,7 @@ def test_detect_with_onnxruntime_equals_pytorch(yolov3_tiny, merged):
     heads = heads_of(model, names=shared_path("models", "coco.names"))
     assert assert_same_detections(model, runner, heads) >= 8
     assert assert_same_detections(model, runner, heads, letterbox=True) >= 8
-    from netsurgery.surgery.merge import load_heads
+    from netsurgery.surgery.heads import load_heads
 
     model = load_model(f"{merged}.cfg", f"{merged}.weights", inference=True)
     heads = heads_of(model, load_heads(f"{merged}.heads.json"))

@@ -39,6 +39,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from netsurgery.darknet.cfg import Cfg
+from netsurgery.darknet.layers import LayerSpec
 from netsurgery.darknet.network import Network, build_network
 from netsurgery.darknet.weights import WeightsFile, file_layout, load_weights
 from netsurgery.errors import UsageError
@@ -442,12 +443,9 @@ def check_same_layers(base: Network, task: Network) -> None:
                 "weights layer by layer")
 
 
-def _canonical(arrays: dict[str, np.ndarray], type_name: str, transposed: bool):
-    """[connected] kernels of a transposed file, back to (outputs, inputs)."""
-    if transposed and type_name == "connected" and "weights" in arrays:
-        arrays = dict(arrays)
-        arrays["weights"] = arrays["weights"].T
-    return arrays
+def _canonical(arrays: dict[str, np.ndarray], spec: LayerSpec, transposed: bool):
+    """A layer's arrays from a file in the module's layout (the same for any file header)."""
+    return {name: spec.to_module_layout(name, a, transposed) for name, a in arrays.items()}
 
 
 def _kernel_shape(arrays: dict[str, np.ndarray]) -> tuple[int, ...]:
@@ -526,8 +524,10 @@ def diff_weights(base_cfg: Cfg | Network | str | os.PathLike,
     for index in sorted(stored):
         type_name = base_net.layers[index].type_name
         b, t = base_wf.layers.get(index), task_wf.layers.get(index)
-        b = None if b is None else _canonical(b.arrays, type_name, base_wf.header.transposed)
-        t = None if t is None else _canonical(t.arrays, type_name, task_wf.header.transposed)
+        b = None if b is None else _canonical(b.arrays, base_net.layers[index],
+                                              base_wf.header.transposed)
+        t = None if t is None else _canonical(t.arrays, task_net.layers[index],
+                                              task_wf.header.transposed)
         skip = _skip(index, type_name, b, t, base_wf.path, task_wf.path)
         if skip is not None:
             skipped.append(skip)

@@ -246,3 +246,29 @@ def plot_pr_curves(result, path: str | os.PathLike, title: str = "") -> Chart:
         ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return _save(fig, path)
+
+
+# -- training loss (netsurgery train) ---------------------------------------------------------
+def plot_loss(iterations: Sequence[int], losses: Sequence[float],
+              path: str | os.PathLike) -> Chart:
+    """Loss per image against the iteration, with a running mean of up to 20 iterations; a
+    log axis when the loss spans more than a factor 20. PNG or SVG by extension."""
+    import numpy as np
+
+    chart_format(path)
+    its, loss = np.array(iterations, dtype=int), np.array(losses, dtype=float)
+    fig = Figure(figsize=(7, 4), dpi=DPI)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(its, loss, lw=0.8, alpha=0.5, label="loss per image")
+    if len(loss) >= 5:
+        k = min(20, len(loss))
+        smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+        ax.plot(its[k - 1:], smooth, lw=1.6, label=f"mean of {k}")
+    if len(loss) and loss.min() > 0 and loss.max() / loss.min() > 20:
+        ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss per image")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)

@@ -2,9 +2,12 @@
 two lines on stderr, internal errors exit 1 with a hint, ``--debug`` shows tracebacks."""
 from __future__ import annotations
 
+import ast
+import importlib
 import signal
 import sys
 import traceback
+from pathlib import Path
 
 import click
 
@@ -48,7 +51,65 @@ SIZE = SizeParam()
 INT_LIST = IntListParam()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """Commands defined one module each (or a few) in this package, imported only when one of
+    their commands runs: ``netsurgery info`` does not load what ``detect`` needs (torch).
+    ``--help`` reads the command summaries from the modules' source, importing none."""
+
+    _summaries_only = False
+
+    def catalogue(self) -> dict[str, tuple[str, click.Command]]:
+        """Command name → (module, a stand-in command holding its help), from the
+        ``@main.command`` decorators in this package's modules."""
+        found: dict[str, tuple[str, click.Command]] = {}
+        for path in sorted(Path(__file__).parent.glob("*.py")):
+            if path.stem in ("__init__", "app"):
+                continue
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in tree.body:
+                if isinstance(node, ast.FunctionDef):
+                    for deco in node.decorator_list:
+                        command = _declared_command(deco, node)
+                        if command is not None:
+                            found[command.name] = (f"{__package__}.{path.stem}", command)
+        return found
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.catalogue()))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is None:
+            entry = self.catalogue().get(name)
+            if entry is None:
+                return None
+            if self._summaries_only:
+                return entry[1]
+            importlib.import_module(entry[0])  # its decorators register the command
+            command = super().get_command(ctx, name)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self._summaries_only = True
+        try:
+            super().format_commands(ctx, formatter)
+        finally:
+            self._summaries_only = False
+
+
+def _declared_command(deco: ast.expr, func: ast.FunctionDef) -> click.Command | None:
+    """The command a ``@main.command(...)`` decorator declares (name and help only)."""
+    if not (isinstance(deco, ast.Call) and isinstance(deco.func, ast.Attribute)
+            and deco.func.attr == "command" and isinstance(deco.func.value, ast.Name)
+            and deco.func.value.id == "main"):
+        return None
+    keywords = {k.arg: k.value.value for k in deco.keywords if isinstance(k.value, ast.Constant)}
+    name = deco.args[0].value if deco.args and isinstance(deco.args[0], ast.Constant) else \
+        keywords.get("name", func.name.lower().replace("_", "-"))
+    return click.Command(name, help=ast.get_docstring(func), short_help=keywords.get("short_help"))
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.version_option(package_name="netsurgery")
 @click.pass_context

@@ -8,7 +8,7 @@ import click
 from netsurgery.detection.detect import detect_images, heads_of, write_json
 from netsurgery.detection.runner import load_runner
 from netsurgery.fileio import check_output
-from netsurgery.surgery.merge import load_heads
+from netsurgery.surgery.heads import load_heads
 
 from .app import SIZE, main
 from .runtime_options import runtime_options
@@ -42,7 +42,7 @@ def detect(cfg, weights, images, heads_path, names, thresh, nms, letterbox, size
     if json_path:
         check_output(json_path, [cfg, weights, *images], overwrite)
     model = load_runner(cfg, weights, size, device, runtime, onnx_path)
-    heads = heads_of(model, load_heads(heads_path) if heads_path else None, names)
+    heads = heads_of(model, load_heads(heads_path, model.network) if heads_path else None, names)
     show = sys.stderr.isatty()
 
     def progress(i, what):

@@ -10,7 +10,7 @@ from netsurgery.detection.detect import heads_of
 from netsurgery.detection.evaluate import evaluate_model, format_result, result_to_json
 from netsurgery.detection.runner import load_runner
 from netsurgery.fileio import atomic_write_text, check_output
-from netsurgery.surgery.merge import load_heads
+from netsurgery.surgery.heads import load_heads
 
 from .app import SIZE, main
 from .runtime_options import runtime_options
@@ -44,7 +44,7 @@ def eval_cmd(cfg, weights, data_files, heads_path, iou, points, thresh, letterbo
     if json_path:
         check_output(json_path, [cfg, weights], overwrite)
     model = load_runner(cfg, weights, size, device, runtime, onnx_path)
-    heads = heads_of(model, load_heads(heads_path) if heads_path else None)
+    heads = heads_of(model, load_heads(heads_path, model.network) if heads_path else None)
     by_head = {}
     for item in data_files:
         name, _, path = item.rpartition("=")

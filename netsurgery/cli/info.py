@@ -36,9 +36,10 @@ def info(cfg, weights, size, share_until, json_path, heads_path, overwrite):
     click.echo(format_report(report), nl=False)
     savings = None
     if heads_path:
-        from netsurgery.surgery.merge import format_savings, load_heads, merge_savings
+        from netsurgery.analysis.cost import format_savings, merge_savings, savings_to_json
+        from netsurgery.surgery.heads import load_heads
 
-        savings = merge_savings(network, load_heads(heads_path))
+        savings = merge_savings(network, load_heads(heads_path, network))
         click.echo("\nmerged network against separate networks:")
         click.echo(format_savings(savings))
     problems = validate_network(network)
@@ -51,11 +52,6 @@ def info(cfg, weights, size, share_until, json_path, heads_path, overwrite):
         data["problems"] = [{"index": p.index, "line": p.line, "severity": p.severity,
                              "message": p.message} for p in problems]
         if savings is not None:
-            data["merge"] = {"separate_params": savings.separate_params,
-                             "merged_params": savings.merged_params,
-                             "separate_bflops": savings.separate_bflops,
-                             "merged_bflops": savings.merged_bflops,
-                             "heads": [{"name": n, "params": p, "bflops": f}
-                                       for n, p, f in savings.per_head]}
+            data["merge"] = savings_to_json(savings)
         atomic_write_text(json_path, json.dumps(data, indent=1) + "\n")
         click.echo(f"wrote {json_path}")

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import click
 
+from netsurgery.analysis.cost import format_savings, merge_savings
 from netsurgery.fileio import check_output, staged_outputs
-from netsurgery.surgery.editing import load_graph
-from netsurgery.surgery.merge import format_savings, load_heads, merge_files, merge_savings, split
+from netsurgery.surgery.heads import load_heads
+from netsurgery.surgery.merge import merge_files, merged_outputs, split
+from netsurgery.surgery.weighted import load_weighted
 
 from .app import main
 
@@ -30,7 +32,8 @@ def _pairs(values, what):
 @click.option("--share-until", "share_until", type=int, default=None,
               help="Layers 0..K (Darknet indices, inclusive) are shared.")
 @click.option("-o", "--out", required=True, metavar="OUT",
-              help="Writes OUT.cfg, OUT.weights and OUT.heads.json.")
+              help="Writes OUT.cfg, OUT.weights, OUT.heads.json and OUT.names (with "
+                   "--common-classes also OUT.data).")
 @click.option("--base-name", default="base", show_default=True, help="Name of the base head.")
 @click.option("--names", "names", multiple=True, metavar="NAME=FILE",
               help="Class names file of a head (repeatable).")
@@ -45,14 +48,14 @@ def merge(base, tasks, share_until, out, base_name, names, common_classes, force
     merged, heads = merge_files(base[0], base[1], tasks, out, share_until,
                                 _pairs(names, "--names"), base_name, force, common_classes,
                                 overwrite, warn)
-    click.echo(f"wrote {out}.cfg ({len(merged.layers)} layers), {out}.weights, "
-               f"{out}.heads.json")
+    written = merged_outputs(out, common_classes)
+    click.echo(f"wrote {written[0]} ({len(merged)} layers), {', '.join(written[1:])}")
     for g in heads.groups():
         where = "base" if g.route is None else f"shares 0..{g.share_until}, route {g.route}, " \
                                                 f"tail {g.tail[0]}..{g.tail[1]}"
         click.echo(f"  head {g.name}: {g.classes} classes, yolo layers "
                    f"{','.join(map(str, g.yolo_layers))} ({where})")
-    click.echo(format_savings(merge_savings(merged.network(), heads)))
+    click.echo(format_savings(merge_savings(merged.network, heads)))
 
 
 @main.command("split")
@@ -68,8 +71,9 @@ def split_cmd(cfg, weights, heads_path, name, out, overwrite):
     outs = [f"{out}.cfg", f"{out}.weights"]
     for o in outs:
         check_output(o, [cfg, weights, heads_path], overwrite)
-    graph = split(load_graph(cfg, weights), load_heads(heads_path), name)
+    merged = load_weighted(cfg, weights)
+    alone = split(merged, load_heads(heads_path, merged.network), name)
     with staged_outputs(outs) as staged:  # both or none
-        graph.save(staged[0], staged[1])
-    click.echo(f"wrote {outs[0]} ({len(graph.layers)} layers) and {outs[1]}")
+        alone.save(staged[0], staged[1])
+    click.echo(f"wrote {outs[0]} ({len(alone)} layers) and {outs[1]}")
 

@@ -10,7 +10,7 @@ from netsurgery.darknet.model import load_model
 from netsurgery.detection.runner import load_runner
 from netsurgery.detection.timing import format_timing, time_merged, time_model
 from netsurgery.errors import UsageError
-from netsurgery.surgery.merge import load_heads
+from netsurgery.surgery.heads import load_heads
 
 from .app import SIZE, main
 from .runtime_options import runtime_options
@@ -33,15 +33,15 @@ def time_cmd(cfg, weights, heads_path, repeat, size, threads, runtime, onnx_path
         if threads < 1:
             raise UsageError(f"--threads {threads}: expected a positive number")
         torch.set_num_threads(threads)
-    heads = load_heads(heads_path) if heads_path else None
     onnx = runtime == "onnxruntime" or onnx_path is not None
-    if heads is not None and onnx_path is not None:
+    if heads_path and onnx_path is not None:
         raise click.UsageError("--heads with --onnx: each head alone needs its own graph; "
                                "give --runtime onnxruntime without --onnx to export them")
-    if heads is not None and onnx:
+    if heads_path and onnx:
         model = load_model(cfg, weights, size=size)
     else:
         model = load_runner(cfg, weights, size, "cpu", runtime, onnx_path, threads)
+    heads = load_heads(heads_path, model.network) if heads_path else None
     show = sys.stderr.isatty()
 
     def progress(done: int, total: int) -> None:

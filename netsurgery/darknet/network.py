@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from netsurgery.errors import CfgError
 
 from .cfg import Cfg, load_cfg
-from .layers import REGISTRY, BuildContext, LayerSpec, NetInput, Shape
+from .layers import BuildContext, LayerSpec, NetInput, Shape
+from .layers.base import spec_class
 
 
 @dataclass
@@ -29,8 +30,8 @@ class Network:
         return self.cfg.path
 
     def heads(self) -> list[int]:
-        """Indices of the detection layers ([yolo], [region])."""
-        return [s.index for s in self.layers if s.type_name in ("yolo", "region", "Gaussian_yolo")]
+        """Indices of the detection layers ([yolo], [region] ...: ``spec.is_detection``)."""
+        return [s.index for s in self.layers if s.is_detection]
 
     def outputs(self) -> list[int]:
         """Layers whose output the model returns: the heads, else the last layer."""
@@ -78,11 +79,7 @@ def build_network(cfg: Cfg | str | os.PathLike, size: tuple[int, int] | None = N
     if not cfg.layers:
         raise CfgError(cfg.path, cfg.net.line, "no layers after [net]")
     for index, section in enumerate(cfg.layers):
-        cls = REGISTRY.get(section.type)
-        if cls is None:
-            raise CfgError(cfg.path, section.line,
-                           f"layer {index} [{section.header}]: this layer type is read by "
-                           "Darknet but not supported by netsurgery")
+        cls = spec_class(section, index)
         try:
             spec = cls.parse(index, section, ctx)
         except CfgError as exc:

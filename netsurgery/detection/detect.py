@@ -17,14 +17,10 @@ import numpy as np
 import torch
 
 from netsurgery.errors import DataError, NetsurgeryError
-from netsurgery.surgery.merge import MergedHeads
+from netsurgery.surgery.heads import MergedHeads, check_heads
 
 from .decode import (
     Detection,
-    RegionHead,
-    YoloHead,
-    decode_region,
-    decode_yolo,
     do_nms_sort,
     printed_detections,
     to_pixels,
@@ -91,28 +87,19 @@ def heads_of(model: Runner, heads: MergedHeads | None = None,
             raise NetsurgeryError(f"{network.path}: no [yolo] or [region] layer to detect with")
         classes = network.layers[layers[0]].classes
         return [HeadInfo("model", layers, read_names(names, classes))]
-    out = []
-    for g in heads.groups():
-        if heads.common_classes is not None:
-            class_names = list(heads.common_classes)
-        elif g.class_names:
-            class_names = list(g.class_names)
-        else:
-            class_names = read_names(g.names_file, g.classes, f"{g.name}:")
-        out.append(HeadInfo(g.name, list(g.yolo_layers), class_names))
-    return out
+    check_heads(heads, network)
+    return [HeadInfo(g.name, list(g.yolo_layers), list(heads.common_classes
+                                                     if heads.common_classes is not None
+                                                     else g.class_names))
+            for g in heads.groups()]
 
 
 def _decoder(model: Runner, layer: int, name: str):
     spec = model.network.layers[layer]
-    if spec.type_name == "yolo":
-        head = YoloHead(list(spec.mask), list(spec.anchors), spec.classes, spec.new_coords, name)
-        return head, decode_yolo, layer
-    if spec.type_name == "region":
-        head = RegionHead(list(spec.anchors), spec.classes, spec.num, spec.coords, spec.softmax,
-                          name)
-        return head, decode_region, layer - 1  # region decodes from its raw input
-    raise NetsurgeryError(f"layer {layer} [{spec.section.header}] is not a detection layer")
+    decoder = spec.decoder(name) if spec.is_detection else None
+    if decoder is None:
+        raise NetsurgeryError(f"layer {layer} [{spec.section.header}] is not a detection layer")
+    return decoder
 
 
 def detect_batch(model: Runner, batch: np.ndarray, sizes: Sequence[tuple[int, int]],

@@ -19,10 +19,11 @@ from typing import Callable, Sequence
 
 import torch
 
+from netsurgery.analysis.cost import merge_savings
 from netsurgery.darknet.model import DarknetModel
 from netsurgery.darknet.network import Network
 from netsurgery.errors import UsageError
-from netsurgery.surgery.merge import MergedHeads, merge_savings
+from netsurgery.surgery.heads import MergedHeads
 from netsurgery.surgery.multihead import MergedModel
 
 from .runner import Runner

@@ -26,7 +26,7 @@ from netsurgery.darknet.model import DarknetModel, load_model
 from netsurgery.detection.detect import HeadInfo, heads_of
 from netsurgery.errors import NetsurgeryError, UsageError
 from netsurgery.fileio import atomic_write_bytes, check_output
-from netsurgery.surgery.merge import load_heads
+from netsurgery.surgery.heads import load_heads
 
 from .decode import decode_head
 from .graph import OnnxGraph, require
@@ -87,7 +87,7 @@ def export_heads(model: DarknetModel, heads_path: str | os.PathLike | None = Non
                  base_name: str | None = None) -> list[HeadInfo]:
     """The heads to export: from a merged network's heads file, else one head (all detection
     layers) named ``base_name`` (the cfg's stem). The one place that reads a heads file."""
-    heads = load_heads(heads_path) if heads_path else None
+    heads = load_heads(heads_path, model.network) if heads_path else None
     if heads is None and not model.network.heads():
         return []  # a classifier: build_onnx exports its last layer
     infos = heads_of(model, heads, names_path)

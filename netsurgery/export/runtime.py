@@ -25,10 +25,8 @@ from .onnx_export import INPUT_NAME, build_onnx, read_info
 def default_layers(network: Network) -> list[int]:
     """What detection reads: the detection layers ([region]: its raw input, which
     ``decode_region`` decodes), else the last layer."""
-    layers = []
-    for i in network.outputs():
-        layers.append(i - 1 if network.layers[i].type_name == "region" else i)
-    return layers
+    return [network.layers[i].decoder()[2] if network.layers[i].is_detection else i
+            for i in network.outputs()]
 
 
 class OnnxRunner:
@@ -116,8 +114,8 @@ def time_merged_onnx(model: DarknetModel, heads, repeat: int = 20, progress=None
                      threads: int | None = None):
     """``time --heads`` in onnxruntime: each head's own graph (trunk + its tail, exported
     with only its outputs) against the graph of all heads; see ``detection.timing``."""
+    from netsurgery.analysis.cost import merge_savings
     from netsurgery.detection.timing import input_of, time_heads
-    from netsurgery.surgery.merge import merge_savings
 
     x = input_of(model.network)
     alone = {}

@@ -8,9 +8,10 @@ from typing import Sequence
 
 import torch
 
+from netsurgery.analysis.cost import frontier
 from netsurgery.darknet.model import DarknetModel, load_model
 
-from .merge import MergedHeads, load_heads
+from .heads import MergedHeads, check_heads, load_heads
 
 
 class MergedModel:
@@ -19,11 +20,7 @@ class MergedModel:
     def __init__(self, model: DarknetModel, heads: MergedHeads):
         self.model = model
         self.heads = heads
-        n = len(model.layers)
-        for group in heads.groups():
-            for y in group.yolo_layers:
-                if not 0 <= y < n:
-                    raise ValueError(f"head '{group.name}': layer {y} outside the network")
+        check_heads(heads, model.network)
 
     @property
     def head_names(self) -> list[str]:
@@ -33,11 +30,9 @@ class MergedModel:
         """Trunk outputs the task tails read (each task's frontier), for caching."""
         network = self.model.network
         wanted: set[int] = set()
-        for group in self.heads.tasks:
-            first, last = group.tail
-            for spec in network.layers[first:last + 1]:
-                wanted.update(i for i in spec.inputs() if 0 <= i < group.route)
-            wanted.add(group.share_until)
+        for group in self.heads.tasks:  # the route and the tail read the trunk 0..k
+            wanted.update(frontier(network, group.share_until,
+                                   range(group.route, group.tail[1] + 1)))
         return sorted(wanted)
 
     def trunk(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -64,6 +59,7 @@ class MergedModel:
 def load_merged(cfg: str | os.PathLike, weights: str | os.PathLike,
                 heads: str | os.PathLike | MergedHeads, inference: bool = True) -> MergedModel:
     """Load ``OUT.cfg``/``OUT.weights``/``OUT.heads.json`` written by ``netsurgery merge``."""
+    model = load_model(cfg, weights, inference=inference)
     if not isinstance(heads, MergedHeads):
-        heads = load_heads(heads)
-    return MergedModel(load_model(cfg, weights, inference=inference), heads)
+        heads = load_heads(heads, model.network)
+    return MergedModel(model, heads)
