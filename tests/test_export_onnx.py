@@ -174,12 +174,13 @@ def test_every_layer_type_and_activation(tmp_path):
     model = with_random_weights(network, seed=4)
     x = np.random.default_rng(2).random((1, 3, 16, 16), dtype=np.float32) * 4 - 2
     every = list(range(len(network.layers)))  # every layer's output, not only the last
-    got = outputs_by_layer(session(build_onnx(model, [], batch=None, extra_layers=every)),
-                           batch_of_three(x))
     with torch.inference_mode():
         want = model.layer_outputs(torch.from_numpy(batch_of_three(x)))
-    for layer in every:
-        assert rel_error(got[layer], want[layer].numpy()) <= REL_TOL, layer
+    for opset in (13, 17, onnx.defs.onnx_opset_version()):  # the oldest, default, newest
+        exported = build_onnx(model, [], batch=None, opset=opset, extra_layers=every)
+        got = outputs_by_layer(session(exported), batch_of_three(x))
+        for layer in every:
+            assert rel_error(got[layer], want[layer].numpy()) <= REL_TOL, (opset, layer)
     spec = network.layers[22]
     assert spec.type_name == "maxpool" and min(spec.pads()) < 0  # a window crop
 
