@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import shared_path
+from conftest import data_path
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -75,13 +75,13 @@ def check_both_batches(model: DarknetModel, heads, x: np.ndarray) -> None:
 
 @pytest.mark.parametrize("case", CONFORMANCE)
 def test_conformance_cases(case):
-    folder = shared_path("conformance", case)
-    model = load_model(folder / "net.cfg", folder / "net.weights", inference=True)
+    model = load_model(data_path("conformance", case, "net.cfg"),
+                       data_path("conformance", case, "net.weights"), inference=True)
     heads = export_heads(model, base_name="net")
-    x = np.load(folder / "input.npy")
+    x = np.load(data_path("conformance", case, "input.npy"))
     check_both_batches(model, heads, x)
     # and Darknet's own outputs, where the case stored them
-    stored = np.load(folder / "layers.npz")
+    stored = np.load(data_path("conformance", case, "layers.npz"))
     got = outputs_by_layer(session(build_onnx(model, heads)), x)
     compared = 0
     for layer, out in got.items():
@@ -103,7 +103,7 @@ def with_random_weights(network, seed: int = 1) -> DarknetModel:
 
 
 def random_model(name: str, size: int = 128) -> DarknetModel:
-    return with_random_weights(build_network(shared_path("darknet-cfg-all", f"{name}.cfg"),
+    return with_random_weights(build_network(data_path("darknet-cfg-all", f"{name}.cfg"),
                                              size=(size, size)))
 
 
@@ -219,7 +219,7 @@ def merged(tmp_path_factory, yolov3_tiny):
     out = root / "merged"
     merge_files(str(cfg), str(weights), [f"text={root}/text.cfg:{root}/text.weights"], str(out),
                 share_until=12, base_name="coco",
-                names={"coco": str(shared_path("models", "coco.names"))})
+                names={"coco": str(data_path("models", "coco.names"))})
     return out
 
 
@@ -227,7 +227,7 @@ def test_merged_network_outputs(merged):
     model = load_model(f"{merged}.cfg", f"{merged}.weights", inference=True)
     heads = export_heads(model, f"{merged}.heads.json")
     assert [(h.name, h.layers) for h in heads] == [("coco", [16, 23]), ("text", [28, 35])]
-    x = np.load(shared_path("conformance", "yolov3-tiny-coco", "input.npy"))
+    x = np.load(data_path("conformance", "yolov3-tiny-coco", "input.npy"))
     check_both_batches(model, heads, x)
 
 
@@ -305,7 +305,7 @@ def decoded_by_us(model: DarknetModel, layers, x: np.ndarray):
 def test_decode_equals_our_decoder(which, yolov3_tiny, tmp_path):
     if which == "yolov3-tiny":
         model = load_model(*yolov3_tiny, inference=True)
-        x = np.load(shared_path("conformance", "yolov3-tiny-coco", "input.npy"))
+        x = np.load(data_path("conformance", "yolov3-tiny-coco", "input.npy"))
     else:
         cfg = tmp_path / "nc.cfg"
         cfg.write_text(NEW_COORDS_CFG)
@@ -353,7 +353,7 @@ def detections(runner, heads, images, letterbox=False):
 def assert_same_detections(model, runner, heads, letterbox=False) -> int:
     """Every (class, prob, box) Darknet would print (prob > 0.25) is found once in the other
     runtime's list: same class, box within 0.5 px, prob within 1e-4. Returns the count."""
-    images = sorted(shared_path("images").iterdir())
+    images = sorted(data_path("images").iterdir())
     want, sizes = detections(model, heads, images, letterbox)
     got, _ = detections(runner, heads, images, letterbox)
     total = 0
@@ -377,7 +377,7 @@ def assert_same_detections(model, runner, heads, letterbox=False) -> int:
 def test_detect_with_onnxruntime_equals_pytorch(yolov3_tiny, merged):
     model = load_model(*yolov3_tiny, inference=True)
     runner = OnnxRunner.from_model(model)
-    heads = heads_of(model, names=shared_path("models", "coco.names"))
+    heads = heads_of(model, names=data_path("models", "coco.names"))
     assert assert_same_detections(model, runner, heads) >= 8
     assert assert_same_detections(model, runner, heads, letterbox=True) >= 8
     from netsurgery.surgery.heads import load_heads
@@ -389,7 +389,7 @@ def test_detect_with_onnxruntime_equals_pytorch(yolov3_tiny, merged):
 
 def test_detect_cli_runtime_and_onnx_file(yolov3_tiny, tmp_path, capsys):
     cfg, weights = (str(p) for p in yolov3_tiny)
-    images = str(shared_path("images"))
+    images = str(data_path("images"))
     assert run(["detect", cfg, weights, images, "--json", str(tmp_path / "torch.json")]) == 0
     assert run(["detect", cfg, weights, images, "--runtime", "onnxruntime",
                 "--json", str(tmp_path / "ort.json")]) == 0
@@ -458,10 +458,10 @@ def test_eval_cli_runtime_onnxruntime(yolov3_tiny, tmp_path):
     from test_detect import darknet_detections
 
     expected = darknet_detections()
-    names = [n.strip() for n in shared_path("models", "coco.names").read_text().splitlines()]
+    names = [n.strip() for n in data_path("models", "coco.names").read_text().splitlines()]
     lines = []
     for image in ("dog.jpg", "person.jpg"):
-        src = shared_path("images", image)
+        src = data_path("images", image)
         h, w = cv2.imread(str(src)).shape[:2]
         (tmp_path / image).symlink_to(src)
         labels = [f"{names.index(n)} {(left + bw / 2) / w:.6f} {(top + bh / 2) / h:.6f} "
@@ -472,7 +472,7 @@ def test_eval_cli_runtime_onnxruntime(yolov3_tiny, tmp_path):
     (tmp_path / "valid.txt").write_text("\n".join(lines) + "\n")
     data = tmp_path / "x.data"
     data.write_text(f"classes=80\nvalid={tmp_path / 'valid.txt'}\n"
-                    f"names={shared_path('models', 'coco.names')}\n")
+                    f"names={data_path('models', 'coco.names')}\n")
     reports = {}
     for runtime in ("torch", "onnxruntime"):
         out = tmp_path / f"{runtime}.json"
