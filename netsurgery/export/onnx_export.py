@@ -35,7 +35,7 @@ from .layers import emit_layer
 METADATA_KEY = "netsurgery"
 METADATA_FORMAT = "netsurgery-onnx/1"
 INPUT_NAME = "input"
-DEFAULT_OPSET = 17  # onnxruntime ≥ 1.14, TensorRT ≥ 8.6, OpenVINO ≥ 2023 read it
+DEFAULT_OPSET = 17  # widely read by deployment runtimes; any of 13..newest works here
 MIN_OPSET = 13  # Slice/Pad/Clip/Resize/Softmax with today's signatures
 MAX_BYTES = 2_000_000_000  # protobuf's 2 GiB message limit, with room for the graph
 
