@@ -561,6 +561,97 @@ def _gate_on_stream(tmp, negatives: float, valid_fraction: float):
 
 produces("E-GATE-NEEDS-BOTH")(lambda tmp: _gate_on_stream(tmp, 0.0, 0.5))
 produces("E-GATE-VALID-SMALL")(lambda tmp: _gate_on_stream(tmp, 0.5, 0.1))
+# -- ONNX export and onnxruntime ---------------------------------------------------------------
+def _tiny_model(tmp: Path, text: str = MERGE_CFG.format(filters=6, classes=1)):
+    return load_model(write(tmp / "t.cfg", text))
+
+
+def _export(tmp: Path, **kwargs):
+    from netsurgery.export import build_onnx, export_heads
+
+    model = _tiny_model(tmp, kwargs.pop("text", MERGE_CFG.format(filters=6, classes=1)))
+    return build_onnx(model, export_heads(model), **kwargs)
+
+
+@produces("E-ONNX-NOT-INSTALLED")
+def _onnx_missing(tmp):
+    import builtins
+
+    from netsurgery.export.graph import require
+
+    real = builtins.__import__
+    builtins.__import__ = lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name)) \
+        if name == "onnx" else real(name, *a, **k)
+    try:
+        require("onnx")
+    finally:
+        builtins.__import__ = real
+
+
+@produces("E-ONNX-LAYER")
+def _onnx_no_emitter(tmp):
+    from netsurgery.export import layers
+
+    emitter = layers.EMITTERS.pop("convolutional")
+    try:
+        _export(tmp)
+    finally:
+        layers.EMITTERS["convolutional"] = emitter
+
+
+produces("E-ONNX-POOL-PADDING")(lambda tmp: _export(tmp, text=NET + "[maxpool]\nsize=2\n"
+                                                    "stride=1\npadding=4\n"))
+produces("E-ONNX-DECODE-REGION")(lambda tmp: _export(
+    tmp, decode=True, text=NET + "[convolutional]\nfilters=14\nsize=1\n[region]\nclasses=2\n"
+    "num=2\n"))
+produces("E-ONNX-OPSET")(lambda tmp: _export(tmp, opset=12))
+produces("E-ONNX-BATCH")(lambda tmp: _export(tmp, batch=0))
+
+
+@produces("E-ONNX-TOO-BIG")
+def _onnx_too_big(tmp):
+    from netsurgery.export import onnx_export
+
+    limit, onnx_export.MAX_BYTES = onnx_export.MAX_BYTES, 10
+    try:
+        _export(tmp)
+    finally:
+        onnx_export.MAX_BYTES = limit
+
+
+def _onnx_runner(tmp: Path, onnx_file: Path, size=None):
+    from netsurgery.detection.runner import load_runner
+
+    cfg = write(tmp / "r.cfg", MERGE_CFG.format(filters=6, classes=1))
+    return load_runner(cfg, "unused.weights", size, onnx_path=onnx_file)
+
+
+produces("E-ONNX-FILE-NOT-FOUND")(lambda tmp: _onnx_runner(tmp, tmp / "missing.onnx"))
+produces("E-ONNX-LOAD")(lambda tmp: _onnx_runner(tmp, write(tmp / "x.onnx", b"not onnx")))
+
+
+@produces("E-ONNX-NOT-OURS")
+def _onnx_foreign(tmp):
+    import onnx
+
+    proto = onnx.load_from_string(_export(tmp).data)
+    del proto.metadata_props[:]
+    _onnx_runner(tmp, write(tmp / "f.onnx", proto.SerializeToString()))
+
+
+produces("E-ONNX-INPUT-SIZE")(
+    lambda tmp: _onnx_runner(tmp, write(tmp / "a.onnx", _export(tmp).data), (32, 32)))
+produces("E-ONNX-DECODED")(
+    lambda tmp: _onnx_runner(tmp, write(tmp / "d.onnx", _export(tmp, decode=True).data)))
+produces("E-ONNX-NO-OUTPUT")(
+    lambda tmp: _onnx_runner(tmp, write(tmp / "l.onnx", _export(tmp, extra_layers=[0]).data)
+                             ).run(__import__("torch").zeros(1, 3, 16, 16), [0, 5]))
+produces("E-RUNTIME-NAME")(
+    lambda tmp: __import__("netsurgery.detection.runner").detection.runner.load_runner(
+        "x.cfg", "x.weights", runtime="tvm"))
+produces("E-RUNTIME-DEVICE")(
+    lambda tmp: __import__("netsurgery.detection.runner").detection.runner.load_runner(
+        "x.cfg", "x.weights", runtime="onnxruntime", device="cuda"))
 
 
 # =============================================================================================

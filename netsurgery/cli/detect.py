@@ -5,12 +5,13 @@ import sys
 
 import click
 
-from netsurgery.darknet.model import load_model
 from netsurgery.detection.detect import detect_images, heads_of, write_json
+from netsurgery.detection.runner import load_runner
 from netsurgery.fileio import check_output
 from netsurgery.surgery.heads import load_heads
 
 from .app import SIZE, main, strict_option
+from .runtime_options import runtime_options
 
 
 @main.command()
@@ -37,12 +38,13 @@ from .app import SIZE, main, strict_option
 @click.option("--batch", default=4, show_default=True, type=int, help="Images per forward.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--overwrite", is_flag=True)
+@runtime_options
 def detect(cfg, weights, images, heads_path, names, thresh, nms, letterbox, size, out_dir,
-           json_path, batch, device, overwrite, no_gates):
+           json_path, batch, device, overwrite, runtime, onnx_path, no_gates):
     """Detect objects in IMAGES (files, folders, or .txt lists) like `darknet detector test`."""
     if json_path:
         check_output(json_path, [cfg, weights, *images], overwrite)
-    model = load_model(cfg, weights, size=size, inference=True, device=device)
+    model = load_runner(cfg, weights, size, device, runtime, onnx_path)
     heads = heads_of(model, load_heads(heads_path, model.network) if heads_path else None, names,
                      gates=not no_gates)
     show = sys.stderr.isatty()

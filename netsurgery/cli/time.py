@@ -7,11 +7,13 @@ import click
 import torch
 
 from netsurgery.darknet.model import load_model
+from netsurgery.detection.runner import load_runner
 from netsurgery.detection.timing import format_timing, time_merged, time_model
 from netsurgery.errors import UsageError
 from netsurgery.surgery.heads import load_heads
 
 from .app import SIZE, main, strict_option
+from .runtime_options import runtime_options
 
 
 @main.command("time")
@@ -23,19 +25,29 @@ from .app import SIZE, main, strict_option
                    "network) against all heads at once.")
 @click.option("--repeat", default=20, show_default=True, type=int, help="Timed rounds.")
 @click.option("--size", type=SIZE, default=None, help="Input W,H instead of the cfg's.")
-@click.option("--threads", type=int, default=None, help="CPU threads for torch.")
+@click.option("--threads", type=int, default=None,
+              help="CPU threads for torch (and onnxruntime).")
 @click.option("--images", "images", default=None,
               help="With a gated merged network: time every head with and without the gates "
                    "on these images (a folder, a .txt list or a .data file's valid list).")
 @click.option("--max-images", default=200, show_default=True, type=int,
               help="Use at most this many of --images (the first ones).")
-def time_cmd(cfg, weights, heads_path, repeat, size, threads, images, max_images):
+@runtime_options
+def time_cmd(cfg, weights, heads_path, repeat, size, threads, images, max_images, runtime,
+             onnx_path):
     """Median inference time per image of CFG/WEIGHTS (fast inference mode, batch 1, CPU)."""
     if threads is not None:
         if threads < 1:
             raise UsageError(f"--threads {threads}: expected a positive number")
         torch.set_num_threads(threads)
-    model = load_model(cfg, weights, size=size, inference=True)
+    onnx = runtime == "onnxruntime" or onnx_path is not None
+    if heads_path and onnx_path is not None:
+        raise click.UsageError("--heads with --onnx: each head alone needs its own graph; "
+                               "give --runtime onnxruntime without --onnx to export them")
+    if heads_path and onnx:
+        model = load_model(cfg, weights, size=size)
+    else:
+        model = load_runner(cfg, weights, size, "cpu", runtime, onnx_path, threads)
     heads = load_heads(heads_path, model.network) if heads_path else None
     show = sys.stderr.isatty()
 
@@ -44,9 +56,15 @@ def time_cmd(cfg, weights, heads_path, repeat, size, threads, images, max_images
             click.echo(f"\r  round {done}/{total}", err=True, nl=done == total)
 
     net = model.network.net
-    click.echo(f"{cfg} at {net.width}x{net.height}, {torch.get_num_threads()} threads:")
+    engine = "onnxruntime" if onnx else "torch"
+    click.echo(f"{cfg} at {net.width}x{net.height}, {engine}, "
+               f"{threads or torch.get_num_threads()} threads:")
     if heads is None:
         click.echo("  " + format_timing(time_model(model, repeat, progress)))
+    elif onnx:
+        from netsurgery.export.runtime import time_merged_onnx
+
+        click.echo(format_timing(time_merged_onnx(model, heads, repeat, progress, threads)))
     elif images is None:
         click.echo(format_timing(time_merged(model, heads, repeat, progress)))
     else:

@@ -16,7 +16,6 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from netsurgery.darknet.model import DarknetModel
 from netsurgery.errors import DataError, NetsurgeryError
 from netsurgery.surgery.heads import MergedHeads, check_heads
 from netsurgery.surgery.multihead import GatedRun, gated_run, run_heads
@@ -28,6 +27,7 @@ from .decode import (
     to_pixels,
 )
 from .image import load_image, preprocess
+from .runner import Runner
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 
@@ -78,7 +78,7 @@ def read_names(path: str | os.PathLike | None, classes: int, prefix: str = "") -
     return names
 
 
-def heads_of(model: DarknetModel, heads: MergedHeads | None = None,
+def heads_of(model: Runner, heads: MergedHeads | None = None,
              names: str | os.PathLike | None = None, gates: bool = True) -> list[HeadInfo]:
     """The heads to decode: from a merged network's heads file, else one head of all
     detection layers. A gated task head carries its gate unless ``gates`` is False."""
@@ -97,7 +97,7 @@ def heads_of(model: DarknetModel, heads: MergedHeads | None = None,
             for g in heads.groups()]
 
 
-def _decoder(model: DarknetModel, layer: int, name: str):
+def _decoder(model: Runner, layer: int, name: str):
     spec = model.network.layers[layer]
     decoder = spec.decoder(name) if spec.is_detection else None
     if decoder is None:
@@ -105,7 +105,7 @@ def _decoder(model: DarknetModel, layer: int, name: str):
     return decoder
 
 
-def detect_batch(model: DarknetModel, batch: np.ndarray, sizes: Sequence[tuple[int, int]],
+def detect_batch(model: Runner, batch: np.ndarray, sizes: Sequence[tuple[int, int]],
                  heads: Sequence[HeadInfo], thresh: float = 0.25, nms: float = 0.45,
                  letterbox: bool = False) -> list[dict[str, list[Detection]]]:
     """Decode + NMS for a preprocessed batch (N, 3, H, W); per image {head: detections}."""
@@ -204,7 +204,7 @@ class DetectResult:
     images: int = 0
 
 
-def detect_images(model: DarknetModel, images: Iterable[str | os.PathLike],
+def detect_images(model: Runner, images: Iterable[str | os.PathLike],
                   heads: Sequence[HeadInfo], thresh: float = 0.25, nms: float = 0.45,
                   letterbox: bool = False, batch_size: int = 4, out_dir=None,
                   progress: Callable[[int, str], None] | None = None) -> DetectResult:

@@ -21,9 +21,12 @@ import torch
 
 from netsurgery.analysis.cost import merge_savings
 from netsurgery.darknet.model import DarknetModel
+from netsurgery.darknet.network import Network
 from netsurgery.errors import UsageError
 from netsurgery.surgery.heads import MergedHeads
 from netsurgery.surgery.multihead import MergedModel
+
+from .runner import Runner
 
 
 @dataclass
@@ -57,8 +60,9 @@ class MergedTiming:
         return self.merged.median_ms / self.separate_ms
 
 
-def _input(model: DarknetModel) -> torch.Tensor:
-    net = model.network.net
+def input_of(network: Network) -> torch.Tensor:
+    """The random image (fixed seed) every timing runs on."""
+    net = network.net
     return torch.rand((1, net.channels, net.height, net.width),
                       generator=torch.Generator().manual_seed(0))
 
@@ -81,24 +85,30 @@ def _rounds(candidates: Sequence[tuple[str, Callable[[], object]]], repeat: int,
     return timings
 
 
-def time_model(model: DarknetModel, repeat: int = 20,
+def time_model(model: Runner, repeat: int = 20,
                progress: Callable[[int, int], None] | None = None) -> Timing:
-    """Median time of ``model`` on one random image of its input size."""
-    x = _input(model)
+    """Median time of ``model`` (our model, or an onnxruntime runner) on one random image
+    of its input size."""
+    x = input_of(model.network)
     return _rounds([("network", lambda: model(x))], repeat, progress)[0]
+
+
+def time_heads(alone: dict[str, Callable[[], object]], together: Callable[[], object],
+               bflops_ratio: float, repeat: int = 20,
+               progress: Callable[[int, int], None] | None = None) -> MergedTiming:
+    """Each head alone (name → call) and all heads at once, in interleaved rounds."""
+    timings = _rounds([*alone.items(), ("merged", together)], repeat, progress)
+    return MergedTiming(timings[:-1], timings[-1], bflops_ratio)
 
 
 def time_merged(model: DarknetModel, heads: MergedHeads, repeat: int = 20,
                 progress: Callable[[int, int], None] | None = None) -> MergedTiming:
     """Each head alone and all heads together, interleaved (see the module docstring)."""
     merged = MergedModel(model, heads)
-    x = _input(model)
-    names = merged.head_names
-    candidates = [(name, lambda name=name: merged(x, [name])) for name in names]
-    candidates.append(("merged", lambda: merged(x)))
-    timings = _rounds(candidates, repeat, progress)
-    return MergedTiming(timings[:-1], timings[-1],
-                        merge_savings(model.network, heads).bflops_ratio)
+    x = input_of(model.network)
+    alone = {name: (lambda name=name: merged(x, [name])) for name in merged.head_names}
+    return time_heads(alone, lambda: merged(x), merge_savings(model.network, heads).bflops_ratio,
+                      repeat, progress)
 
 
 def format_timing(timing: Timing | MergedTiming) -> str:
@@ -176,4 +186,4 @@ def format_gated(timing: GatedTiming) -> str:
 
 
 __all__ = ["GatedTiming", "MergedTiming", "Timing", "format_gated", "format_timing",
-           "time_gated", "time_merged", "time_model"]
+           "input_of", "time_gated", "time_heads", "time_merged", "time_model"]

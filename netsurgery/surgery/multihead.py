@@ -11,6 +11,7 @@ import torch
 
 from netsurgery.analysis.cost import frontier
 from netsurgery.darknet.model import DarknetModel, load_model
+from netsurgery.errors import UsageError
 
 from .heads import HeadGroup, MergedHeads, check_heads, load_heads
 
@@ -57,10 +58,13 @@ def run_heads(model: DarknetModel, x: torch.Tensor,
     head and every gate in one pass, then each gated tail only on the images whose score
     passes (on none, it does not run at all)."""
     gated = [(name, layers, gate) for name, layers, gate in heads if gate is not None]
+    if gated and not isinstance(model, DarknetModel):  # e.g. the ONNX graph in onnxruntime
+        raise UsageError(f"head '{gated[0][0]}' is gated, which needs our model to skip its "
+                         "tail: use --runtime torch, or --no-gates to run every tail")
     targets = {y for _, layers, gate in heads if gate is None for y in layers}
     for _, _, gate in gated:
         targets.update([gate.score_layer, *gate.trunk_reads])
-    out = model.run(x, sorted(targets), cache)
+    out = model.run(x, sorted(targets), cache) if cache else model.run(x, sorted(targets))
     runs = {name: HeadRun({y: out[y] for y in layers})
             for name, layers, gate in heads if gate is None}
     for name, layers, gate in gated:
