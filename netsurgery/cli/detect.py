@@ -5,7 +5,6 @@ import sys
 
 import click
 
-from netsurgery.darknet.model import load_model
 from netsurgery.detection.detect import (
     check_detector_weights,
     detect_images,
@@ -14,17 +13,22 @@ from netsurgery.detection.detect import (
     plan_drawings,
     write_json,
 )
+from netsurgery.detection.runner import load_runner
 from netsurgery.errors import DataError
 from netsurgery.fileio import HeadsInput, ImagesInput, OutputGuard, check_outputs
 from netsurgery.surgery.heads import load_heads
 
-from .app import DEVICE, FRACTION, POSITIVE, SIZE, main
+from .app import DEVICE, FRACTION, POSITIVE, SIZE, main, strict_option
+from .runtime_options import runtime_options
 
 
 @main.command()
+@strict_option
 @click.argument("cfg", type=click.Path(dir_okay=False))
 @click.argument("weights", type=click.Path(dir_okay=False))
 @click.argument("images", nargs=-1, required=True)
+@click.option("--no-gates", is_flag=True,
+              help="Run every head's tail on every image, even where a gate would skip it.")
 @click.option("--heads", "heads_path", type=click.Path(dir_okay=False),
               help="OUT.heads.json of a merged network: decode each head on its own.")
 @click.option("--names", type=click.Path(dir_okay=False), help="Class names (plain network).")
@@ -43,8 +47,9 @@ from .app import DEVICE, FRACTION, POSITIVE, SIZE, main
 @click.option("--batch", default=4, show_default=True, type=POSITIVE, help="Images per forward.")
 @click.option("--device", default="cpu", show_default=True, type=DEVICE)
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (never an input).")
+@runtime_options
 def detect(cfg, weights, images, heads_path, names, thresh, nms, letterbox, size, out_dir,
-           json_path, batch, device, overwrite):
+           json_path, batch, device, overwrite, runtime, onnx_path, no_gates):
     """Detect objects in IMAGES (files, folders, or .txt lists) like `darknet detector test`."""
     inputs = [cfg, weights, HeadsInput(heads_path) if heads_path else None, names,
               *map(ImagesInput, images)]
@@ -56,9 +61,10 @@ def detect(cfg, weights, images, heads_path, names, thresh, nms, letterbox, size
     check_outputs([json_path], inputs, overwrite)
     for drawing in (drawings or {}).values():
         guard.check(drawing)
-    model = load_model(cfg, weights, size=size, inference=True, device=device)
+    model = load_runner(cfg, weights, size, device, runtime, onnx_path)
     check_detector_weights(model, weights)
-    heads = heads_of(model, load_heads(heads_path, model.network) if heads_path else None, names)
+    heads = heads_of(model, load_heads(heads_path, model.network) if heads_path else None, names,
+                     gates=not no_gates)
     show = sys.stderr.isatty()
 
     def progress(i, what):

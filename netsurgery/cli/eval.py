@@ -7,14 +7,16 @@ from pathlib import Path
 
 import click
 
-from netsurgery.darknet.model import load_model
+from netsurgery.darknet.cfg import STRICT_DEFAULT
 from netsurgery.detection.detect import check_detector_weights, heads_of
 from netsurgery.detection.evaluate import evaluate_model, format_result, result_to_json
+from netsurgery.detection.runner import load_runner
 from netsurgery.errors import UsageError
 from netsurgery.fileio import DataInput, HeadsInput, atomic_write_text, check_outputs
 from netsurgery.surgery.heads import load_heads
 
-from .app import DEVICE, FRACTION, SIZE, main
+from .app import DEVICE, FRACTION, SIZE, main, strict_option
+from .runtime_options import runtime_options
 
 
 def _data_by_head(data_files: tuple[str, ...], head_names: list[str] | None) -> dict[str, str]:
@@ -35,10 +37,13 @@ def _data_by_head(data_files: tuple[str, ...], head_names: list[str] | None) -> 
 
 
 @main.command("eval")
+@strict_option
 @click.argument("cfg", type=click.Path(dir_okay=False))
 @click.argument("weights", type=click.Path(dir_okay=False))
 @click.option("--data", "data_files", multiple=True, required=True, metavar="[HEAD=]X.data",
               help="Dataset (.data). For a merged network give one per head: NAME=X.data.")
+@click.option("--no-gates", is_flag=True,
+              help="Run every head's tail on every image, even where a gate would skip it.")
 @click.option("--heads", "heads_path", type=click.Path(dir_okay=False),
               help="OUT.heads.json of a merged network.")
 @click.option("--iou", default=0.5, show_default=True, type=FRACTION)
@@ -50,17 +55,17 @@ def _data_by_head(data_files: tuple[str, ...], head_names: list[str] | None) -> 
 @click.option("--size", type=SIZE, default=None,
               help="Run the network at W,H instead of the cfg's width, height (multiples of 32 "
                    "for YOLO cfgs).")
-@click.option("--strict", is_flag=True,
-              help="Stop at the first bad label line or unreadable image (default: skip the "
-                   "image and count it).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False))
 @click.option("--pr-chart", "pr_chart", type=click.Path(dir_okay=False),
               help="Precision-recall chart (.png/.svg); per head NAME_ prefixed if several.")
 @click.option("--device", default="cpu", show_default=True, type=DEVICE)
 @click.option("--overwrite", is_flag=True)
+@runtime_options
 def eval_cmd(cfg, weights, data_files, heads_path, iou, points, thresh, letterbox, size,
-             strict, json_path, pr_chart, device, overwrite):
-    """mAP with `darknet detector map` semantics (per head for merged networks)."""
+             json_path, pr_chart, device, overwrite, runtime, onnx_path, no_gates):
+    """mAP with `darknet detector map` semantics (per head for merged networks). With
+    --strict a bad label line or an unreadable image stops the run (default: the image is
+    skipped and counted)."""
     merged = load_heads(heads_path) if heads_path else None
     by_head = _data_by_head(data_files, [g.name for g in merged.groups()] if merged else None)
     charts = {}
@@ -72,9 +77,10 @@ def eval_cmd(cfg, weights, data_files, heads_path, iou, points, thresh, letterbo
     inputs = [cfg, weights, HeadsInput(heads_path) if heads_path else None,
               *map(DataInput, by_head.values())]
     check_outputs([json_path, *charts.values()], inputs, overwrite)
-    model = load_model(cfg, weights, size=size, inference=True, device=device)
+    model = load_runner(cfg, weights, size, device, runtime, onnx_path)
     check_detector_weights(model, weights)
-    heads = heads_of(model, load_heads(heads_path, model.network) if heads_path else None)
+    heads = heads_of(model, load_heads(heads_path, model.network) if heads_path else None,
+                     gates=not no_gates)
     if "" in by_head:
         by_head[heads[0].name] = by_head.pop("")
         charts[heads[0].name] = charts.pop("", None)
@@ -90,7 +96,8 @@ def eval_cmd(cfg, weights, data_files, heads_path, iou, points, thresh, letterbo
         progress = (lambda i, n: click.echo(f"\r{head.name}: {i}/{n}", err=True, nl=False)) \
             if show else None
         result = evaluate_model(model, by_head[head.name], head, iou, int(points), letterbox,
-                                thresh, progress=progress, strict=strict)
+                                thresh, progress=progress,
+                                strict=STRICT_DEFAULT.get())
         if show:
             click.echo("", err=True)
         for issue in result.coverage.issues:

@@ -5,10 +5,11 @@ import click
 
 from netsurgery.fileio import DataInput, check_output
 
-from .app import POSITIVE, main
+from .app import POSITIVE, main, strict_option
 
 
 @main.command("task-cfg")
+@strict_option
 @click.argument("base_cfg", type=click.Path(dir_okay=False))
 @click.option("--classes", type=POSITIVE, help="Class count of the task (default: from --data).")
 @click.option("--data", type=click.Path(dir_okay=False),
