@@ -29,6 +29,10 @@ def __getattr__(name: str):
     globals()[name] = value
     return value
 
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 __all__ = ["Cfg", "Option", "Section", "load_cfg", "parse_cfg_text", "CfgError", "DataError",
            "NetsurgeryError", "UsageError", "WeightsError", "DarknetModel", "load_model",
            "Network", "build_network", "WeightsFile", "WeightsHeader", "load_weights",

@@ -3,11 +3,10 @@ it meant through insert, remove and extract. A layer's identity is the line its 
 from in the original cfg (unique per layer, kept by every edit)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from conftest import data_path
 
 from netsurgery.darknet.cfg import Section, make_section, parse_cfg_text
 from netsurgery.darknet.model import DarknetModel
@@ -15,8 +14,6 @@ from netsurgery.darknet.network import Network, build_network
 from netsurgery.darknet.weights import random_arrays
 from netsurgery.errors import CfgError
 from netsurgery.surgery.editing import Graph, Layer, extract, insert, remove
-
-SHARED_CFGS = Path("/work/shared/darknet-cfg-all")
 
 NET = "[net]\nwidth=8\nheight=8\nchannels=3\n"
 CONV = "[convolutional]\nfilters=4\nsize={size}\npad=1\nactivation={act}\n"
@@ -109,9 +106,7 @@ def test_insert_at_0_computes_the_same_outputs(kind):
                                   "resnet152_trident.cfg"])
 def test_insert_at_0_in_darknet_cfgs(name):
     """AlexeyAB's cfgs with [sam], [scale_channels] and share_index references."""
-    path = SHARED_CFGS / name
-    if not path.is_file():
-        pytest.skip(f"{path} not present")
+    path = data_path("darknet-cfg-all", name)
     try:
         before = build_network(path)
     except CfgError as exc:

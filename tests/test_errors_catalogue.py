@@ -29,6 +29,7 @@ from netsurgery.darknet.weights import (
 )
 from netsurgery.errors import NetsurgeryError
 from netsurgery.fileio import atomic_write_text, check_output
+from netsurgery.surgery.gates import Gate, calibrate_threshold, check_gate_target
 from netsurgery.surgery.heads import check_heads, load_heads, parse_heads
 from netsurgery.surgery.merge import TaskInput, merge, merge_files, parse_task_option, split
 from netsurgery.surgery.weighted import load_weighted
@@ -83,8 +84,13 @@ def produces(ident: str):
 NET = "[net]\nwidth=16\nheight=16\nchannels=3\n"
 
 
-def build(text: str, path: str = "bad.cfg"):
-    return build_network(parse_cfg_text(text, path))
+def build(text: str, path: str = "bad.cfg", strict: bool = False):
+    return build_network(parse_cfg_text(text, path, strict))
+
+
+def strict(text: str, path: str = "bad.cfg"):
+    """What Darknet accepts (a warning by default) is an error with strict=True."""
+    return build(text, path, strict=True)
 
 
 def write(path: Path, content: str | bytes) -> Path:
@@ -109,8 +115,13 @@ produces("E-CFG-UNKNOWN-SECTION")(lambda tmp: build(NET + "[Convolutional]\n"))
 produces("E-CFG-BEFORE-FIRST-SECTION")(lambda tmp: build("width=8\n" + NET))
 produces("E-CFG-NOT-KEY-VALUE")(lambda tmp: build(NET + "[convolutional]\nfilters 16\n"))
 produces("E-CFG-EMPTY-KEY")(lambda tmp: build(NET + "[convolutional]\n=16\n"))
-produces("E-CFG-UNKNOWN-KEY")(lambda tmp: build(NET + "[convolutional]\nfilter=16\n"))
-produces("E-CFG-UNKNOWN-KEY")(lambda tmp: build(NET + "[maxpool]\nfilters=16\n"))
+produces("E-CFG-UNKNOWN-KEY")(lambda tmp: strict(NET + "[convolutional]\nfilter=16\n"))
+produces("E-CFG-UNKNOWN-KEY")(lambda tmp: strict(NET + "[maxpool]\nfilters=16\n"))
+produces("E-CFG-UNKNOWN-KEY")(lambda tmp: strict(NET + "[convolutional]\nsiez=3\n"))
+produces("E-CFG-UNKNOWN-KEY")(lambda tmp: load_cfg(write(tmp / "s.cfg", NET + "seen=0\n"),
+                                                   strict=True))
+produces("E-CFG-DUPLICATE-KEY")(lambda tmp: strict(NET + "[convolutional]\nsize=1\nsize=3\n"))
+produces("E-CFG-INLINE-COMMENT")(lambda tmp: strict(NET + "[convolutional]\nactivation=leaky #\n"))
 produces("E-CFG-NO-SECTIONS")(lambda tmp: build("# nothing\n\n"))
 produces("E-CFG-FIRST-NOT-NET")(lambda tmp: build("[convolutional]\nfilters=2\n"))
 produces("E-CFG-SECOND-NET")(lambda tmp: build(NET + "[convolutional]\n" + NET))
@@ -128,7 +139,26 @@ produces("E-CFG-BAD-LIST")(lambda tmp: build(NET + "[route]\nlayers=\n"))
 produces("E-CFG-MISSING-KEY")(lambda tmp: build(NET + "[convolutional]\n[route]\n"))
 produces("E-CFG-MISSING-KEY")(lambda tmp: build(NET + "[conv]\n[shortcut]\nactivation=linear\n"))
 produces("E-CFG-NO-LAYERS")(lambda tmp: build(NET))
-produces("E-CFG-UNSUPPORTED-LAYER")(lambda tmp: build(NET + "[lstm]\noutput=4\n"))
+produces("E-CFG-CROP-SIZE")(lambda tmp: build(NET + "[crop]\ncrop_height=20\ncrop_width=4\n"))
+produces("E-CFG-DETECTION-INPUTS")(lambda tmp: build(NET + "[conn]\noutput=9\n[detection]\n"
+                                                           "side=2\n"))
+produces("E-CFG-GAUSSIAN-FILTERS")(lambda tmp: build(NET + "[conv]\nfilters=20\n"
+                                                           "[Gaussian_yolo]\nmask=0\nclasses=1\n"))
+produces("E-CFG-MASK-RANGE")(lambda tmp: build(NET + "[conv]\nfilters=10\n"
+                                                     "[Gaussian_yolo]\nmask=1\nclasses=1\n"))
+produces("E-CFG-LOCAL-PAD")(lambda tmp: build(NET + "[local]\nsize=5\npad=1\n"))
+produces("E-CFG-RECURRENT-SIZE")(lambda tmp: build(NET + "[crnn]\nsize=3\n"))
+produces("E-CFG-RECURRENT-SIZE")(lambda tmp: build(NET + "[conv_lstm]\nstride=2\npad=1\n"))
+produces("E-CFG-RECURRENT-GROUPS")(lambda tmp: build(NET + "[crnn]\npad=1\ngroups=2\n"))
+produces("E-CFG-RECURRENT-GROUPS")(
+    lambda tmp: build(NET + "[conv]\nfilters=4\n[crnn]\npad=1\ngroups=2\noutput=2\nhidden=3\n"))
+produces("E-CFG-CONTRASTIVE-YOLO")(lambda tmp: build(NET + "[conv]\n[contrastive]\n"))
+produces("E-CFG-CONTRASTIVE-YOLO")(
+    lambda tmp: build(NET + "[conv]\n[contrastive]\nyolo_layer=-1\n"))
+produces("E-CFG-CONTRASTIVE-YOLO")(
+    lambda tmp: build(NET + "[conv]\nfilters=12\n[conv]\nfilters=18\n[yolo]\nmask=0,1,2\n"
+                            "num=3\nclasses=1\nembedding_layer=-2\n[route]\nlayers=1\n"
+                            "[contrastive]\nyolo_layer=-2\n"))
 produces("E-CFG-NET-SIZE")(lambda tmp: build("[net]\nwidth=0\nheight=16\nchannels=3\n[conv]\n"))
 produces("E-CFG-NET-SIZE")(lambda tmp: build("[net]\nwidth=16\nheight=16\n[conv]\n"))
 produces("E-CFG-BAD-REFERENCE")(lambda tmp: build(NET + "[conv]\n[route]\nlayers=5\n"))
@@ -161,11 +191,14 @@ produces("E-CFG-YOLO-FILTERS")(
     lambda tmp: build(NET + "[maxpool]\n[yolo]\nmask=0\nnum=1\nclasses=1\n"))
 produces("E-CFG-YOLO-FIRST")(lambda tmp: build(NET + "[yolo]\nmask=0\nclasses=1\n"))
 produces("E-CFG-ANCHORS-COUNT")(
-    lambda tmp: build(NET + "[conv]\nfilters=6\n[yolo]\nmask=0\nnum=2\nclasses=1\n"
-                            "anchors=10,14,23\n"))
+    lambda tmp: strict(NET + "[conv]\nfilters=6\n[yolo]\nmask=0\nnum=2\nclasses=1\n"
+                             "anchors=10,14,23\n"))
 produces("E-CFG-ANCHORS-COUNT")(
-    lambda tmp: build(NET + "[conv]\nfilters=6\n[region]\nnum=1\nclasses=1\n"
-                            "anchors=1,2,3,4\n"))
+    lambda tmp: strict(NET + "[conv]\nfilters=6\n[region]\nnum=1\nclasses=1\n"
+                             "anchors=1,2,3,4\n"))
+produces("E-CFG-MASK-PAST-NUM")(
+    lambda tmp: strict(NET + "[conv]\nfilters=6\n[yolo]\nmask=2\nnum=2\nclasses=1\n"
+                             "anchors=1,2,3,4,5,6\n"))
 produces("E-CFG-MASK-RANGE")(
     lambda tmp: build(NET + "[conv]\nfilters=6\n[yolo]\nmask=3\nnum=3\nclasses=1\n"))
 produces("E-CFG-MASK-RANGE")(
@@ -196,6 +229,14 @@ def _model_option(tmp):
 @produces("E-MODEL-UNSUPPORTED")
 def _model_reverse_upsample(tmp):
     return load_model(parse_cfg_text(NET + "[upsample]\nstride=-2\n", "bad.cfg"))
+
+
+@produces("E-MODEL-RECURRENT-TRAINING")
+def _train_recurrent(tmp):
+    model = load_model(parse_cfg_text(NET + "[conv]\npad=1\n[crnn]\npad=1\n", "r.cfg"))
+    import torch
+
+    return model.train()(torch.zeros(1, 3, 16, 16))
 
 
 @produces("E-MODEL-RESIZE")
@@ -488,6 +529,131 @@ def _merge_pad_without_weights(tmp):
     merge(load_weighted(cfg), [TaskInput("t", load_weighted(cfg), 0)], common_classes=True)
 
 
+# -- gates -----------------------------------------------------------------------------------
+def _merged_for_gate(tmp):
+    base, task = graphs(tmp)
+    return merge(base, [TaskInput("t", task, 0)])  # 16×16: trunk 0, base head 1..2
+
+
+produces("E-GATE-BASE-HEAD")(
+    lambda tmp: check_gate_target(_merged_for_gate(tmp)[1], "base", None))
+produces("E-GATE-AT")(lambda tmp: check_gate_target(_merged_for_gate(tmp)[1], "t", 9))
+produces("E-GATE-RECALL")(lambda tmp: calibrate_threshold([0.5] * 400, recall=1.0))
+produces("E-GATE-FEW-POSITIVES")(lambda tmp: calibrate_threshold([0.5] * 40, recall=0.99))
+
+
+@produces("E-GATE-ALREADY")
+def _gate_twice(tmp):
+    heads = _merged_for_gate(tmp)[1]
+    heads.group("t").gate = Gate(0, [5, 8], 4, 0.5, 0.9, 0.95, 30, 0.9, 1.0, 0.1, 30, 30)
+    check_gate_target(heads, "t", None)
+
+
+def _gate_on_stream(tmp, negatives: float, valid_fraction: float):
+    from netsurgery.training.gate import train_gate
+    from netsurgery.training.synth import make_shapes_dataset
+
+    merged, heads = _merged_for_gate(tmp)
+    data = make_shapes_dataset(tmp / "stream", 6, seed=0, size=(32, 32), classes=("circle",),
+                               valid_fraction=valid_fraction, negative_fraction=negatives)
+    train_gate(merged, heads, "t", data.data)
+
+
+produces("E-GATE-NEEDS-BOTH")(lambda tmp: _gate_on_stream(tmp, 0.0, 0.5))
+produces("E-GATE-VALID-SMALL")(lambda tmp: _gate_on_stream(tmp, 0.5, 0.1))
+# -- ONNX export and onnxruntime ---------------------------------------------------------------
+def _tiny_model(tmp: Path, text: str = MERGE_CFG.format(filters=6, classes=1)):
+    return load_model(write(tmp / "t.cfg", text))
+
+
+def _export(tmp: Path, **kwargs):
+    from netsurgery.export import build_onnx, export_heads
+
+    model = _tiny_model(tmp, kwargs.pop("text", MERGE_CFG.format(filters=6, classes=1)))
+    return build_onnx(model, export_heads(model), **kwargs)
+
+
+@produces("E-ONNX-NOT-INSTALLED")
+def _onnx_missing(tmp):
+    import builtins
+
+    from netsurgery.export.graph import require
+
+    real = builtins.__import__
+    builtins.__import__ = lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name)) \
+        if name == "onnx" else real(name, *a, **k)
+    try:
+        require("onnx")
+    finally:
+        builtins.__import__ = real
+
+
+@produces("E-ONNX-LAYER")
+def _onnx_no_emitter(tmp):
+    from netsurgery.export import layers
+
+    emitter = layers.EMITTERS.pop("convolutional")
+    try:
+        _export(tmp)
+    finally:
+        layers.EMITTERS["convolutional"] = emitter
+
+
+produces("E-ONNX-POOL-PADDING")(lambda tmp: _export(tmp, text=NET + "[maxpool]\nsize=2\n"
+                                                    "stride=1\npadding=4\n"))
+produces("E-ONNX-DECODE-REGION")(lambda tmp: _export(
+    tmp, decode=True, text=NET + "[convolutional]\nfilters=14\nsize=1\n[region]\nclasses=2\n"
+    "num=2\n"))
+produces("E-ONNX-OPSET")(lambda tmp: _export(tmp, opset=12))
+produces("E-ONNX-BATCH")(lambda tmp: _export(tmp, batch=0))
+
+
+@produces("E-ONNX-TOO-BIG")
+def _onnx_too_big(tmp):
+    from netsurgery.export import onnx_export
+
+    limit, onnx_export.MAX_BYTES = onnx_export.MAX_BYTES, 10
+    try:
+        _export(tmp)
+    finally:
+        onnx_export.MAX_BYTES = limit
+
+
+def _onnx_runner(tmp: Path, onnx_file: Path, size=None):
+    from netsurgery.detection.runner import load_runner
+
+    cfg = write(tmp / "r.cfg", MERGE_CFG.format(filters=6, classes=1))
+    return load_runner(cfg, "unused.weights", size, onnx_path=onnx_file)
+
+
+produces("E-ONNX-FILE-NOT-FOUND")(lambda tmp: _onnx_runner(tmp, tmp / "missing.onnx"))
+produces("E-ONNX-LOAD")(lambda tmp: _onnx_runner(tmp, write(tmp / "x.onnx", b"not onnx")))
+
+
+@produces("E-ONNX-NOT-OURS")
+def _onnx_foreign(tmp):
+    import onnx
+
+    proto = onnx.load_from_string(_export(tmp).data)
+    del proto.metadata_props[:]
+    _onnx_runner(tmp, write(tmp / "f.onnx", proto.SerializeToString()))
+
+
+produces("E-ONNX-INPUT-SIZE")(
+    lambda tmp: _onnx_runner(tmp, write(tmp / "a.onnx", _export(tmp).data), (32, 32)))
+produces("E-ONNX-DECODED")(
+    lambda tmp: _onnx_runner(tmp, write(tmp / "d.onnx", _export(tmp, decode=True).data)))
+produces("E-ONNX-NO-OUTPUT")(
+    lambda tmp: _onnx_runner(tmp, write(tmp / "l.onnx", _export(tmp, extra_layers=[0]).data)
+                             ).run(__import__("torch").zeros(1, 3, 16, 16), [0, 5]))
+produces("E-RUNTIME-NAME")(
+    lambda tmp: __import__("netsurgery.detection.runner").detection.runner.load_runner(
+        "x.cfg", "x.weights", runtime="tvm"))
+produces("E-RUNTIME-DEVICE")(
+    lambda tmp: __import__("netsurgery.detection.runner").detection.runner.load_runner(
+        "x.cfg", "x.weights", runtime="onnxruntime", device="cuda"))
+
+
 # =============================================================================================
 # Tests
 # =============================================================================================
@@ -566,11 +732,17 @@ def test_user_error_exits_2_with_one_line(tmp_path, capsys):
 
 def test_user_error_in_a_cfg_names_file_and_line(tmp_path, capsys):
     cfg = write(tmp_path / "typo.cfg", NET + "[convolutional]\nfilters=8\nszie=3\n")
-    assert run(["info", str(cfg)]) == 2
+    message = (f"{cfg}:7: [convolutional] unknown key 'szie': Darknet does not read it in "
+               "[convolutional] (typo? did you mean 'size'?)")
+    assert run(["info", "--strict", str(cfg)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert 1 <= len(lines) <= 2
-    assert lines[0] == (f"netsurgery: error: {cfg}:7: [convolutional] unknown key 'szie': "
-                        "Darknet does not read it in [convolutional] (typo?)")
+    assert lines[0] == f"netsurgery: error: {message}"
+    # without --strict: Darknet's leniency, the same text as a warning, and the table
+    assert run(["info", str(cfg)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == f"netsurgery: warning: {message}\n"
+    assert "total: " in captured.out
 
 
 def test_debug_shows_the_traceback_of_a_user_error(tmp_path, capsys):

@@ -251,8 +251,9 @@ def plot_pr_curves(result, path: str | os.PathLike, title: str = "") -> Chart:
 # -- training loss (netsurgery train) ---------------------------------------------------------
 def plot_loss(iterations: Sequence[int], losses: Sequence[float],
               path: str | os.PathLike) -> Chart:
-    """Loss per image against the iteration, with a running mean of up to 20 iterations; a
-    log axis when the loss spans more than a factor 20. PNG or SVG by extension."""
+    """Loss per image against the iteration, with a running mean of up to 20 iterations (a
+    third of a short run, so that the mean is a line too); a log axis when the loss spans
+    more than a factor 20. PNG or SVG by extension."""
     import numpy as np
 
     chart_format(path)
@@ -261,9 +262,9 @@ def plot_loss(iterations: Sequence[int], losses: Sequence[float],
     ax = fig.add_subplot(1, 1, 1)
     ax.plot(its, loss, lw=0.8, alpha=0.5, label="loss per image")
     if len(loss) >= 5:
-        k = min(20, len(loss))
+        k = min(20, max(2, len(loss) // 3))
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
-        ax.plot(its[k - 1:], smooth, lw=1.6, label=f"mean of {k}")
+        ax.plot(its[k - 1:], smooth, lw=1.6, label=f"running mean of {k} iterations")
     if len(loss) and loss.min() > 0 and loss.max() / loss.min() > 20:
         ax.set_yscale("log")
     ax.set_xlabel("iteration")

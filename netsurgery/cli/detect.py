@@ -5,18 +5,22 @@ import sys
 
 import click
 
-from netsurgery.darknet.model import load_model
 from netsurgery.detection.detect import detect_images, heads_of, write_json
+from netsurgery.detection.runner import load_runner
 from netsurgery.fileio import check_output
 from netsurgery.surgery.heads import load_heads
 
-from .app import SIZE, main
+from .app import SIZE, main, strict_option
+from .runtime_options import runtime_options
 
 
 @main.command()
+@strict_option
 @click.argument("cfg", type=click.Path(dir_okay=False))
 @click.argument("weights", type=click.Path(dir_okay=False))
 @click.argument("images", nargs=-1, required=True)
+@click.option("--no-gates", is_flag=True,
+              help="Run every head's tail on every image, even where a gate would skip it.")
 @click.option("--heads", "heads_path", type=click.Path(dir_okay=False),
               help="OUT.heads.json of a merged network: decode each head on its own.")
 @click.option("--names", type=click.Path(dir_okay=False), help="Class names (plain network).")
@@ -34,13 +38,15 @@ from .app import SIZE, main
 @click.option("--batch", default=4, show_default=True, type=int, help="Images per forward.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--overwrite", is_flag=True)
+@runtime_options
 def detect(cfg, weights, images, heads_path, names, thresh, nms, letterbox, size, out_dir,
-           json_path, batch, device, overwrite):
+           json_path, batch, device, overwrite, runtime, onnx_path, no_gates):
     """Detect objects in IMAGES (files, folders, or .txt lists) like `darknet detector test`."""
     if json_path:
         check_output(json_path, [cfg, weights, *images], overwrite)
-    model = load_model(cfg, weights, size=size, inference=True, device=device)
-    heads = heads_of(model, load_heads(heads_path, model.network) if heads_path else None, names)
+    model = load_runner(cfg, weights, size, device, runtime, onnx_path)
+    heads = heads_of(model, load_heads(heads_path, model.network) if heads_path else None, names,
+                     gates=not no_gates)
     show = sys.stderr.isatty()
 
     def progress(i, what):

@@ -6,10 +6,11 @@ import click
 from netsurgery.analysis.diff import diff_many, format_report, resolve_cfgs, write_csv, write_json
 from netsurgery.fileio import check_output
 
-from .app import INT_LIST, main
+from .app import INT_LIST, main, strict_option
 
 
 @main.command()
+@strict_option
 @click.argument("base", type=click.Path(dir_okay=False), metavar="BASE.weights")
 @click.argument("tasks", nargs=-1, required=True, type=click.Path(dir_okay=False),
                 metavar="TASK.weights [TASK2.weights ...]")

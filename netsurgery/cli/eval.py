@@ -6,20 +6,24 @@ import sys
 
 import click
 
-from netsurgery.darknet.model import load_model
 from netsurgery.detection.detect import heads_of
 from netsurgery.detection.evaluate import evaluate_model, format_result, result_to_json
+from netsurgery.detection.runner import load_runner
 from netsurgery.fileio import atomic_write_text, check_output
 from netsurgery.surgery.heads import load_heads
 
-from .app import SIZE, main
+from .app import SIZE, main, strict_option
+from .runtime_options import runtime_options
 
 
 @main.command("eval")
+@strict_option
 @click.argument("cfg", type=click.Path(dir_okay=False))
 @click.argument("weights", type=click.Path(dir_okay=False))
 @click.option("--data", "data_files", multiple=True, required=True, metavar="[HEAD=]X.data",
               help="Dataset (.data). For a merged network give one per head: NAME=X.data.")
+@click.option("--no-gates", is_flag=True,
+              help="Run every head's tail on every image, even where a gate would skip it.")
 @click.option("--heads", "heads_path", type=click.Path(dir_okay=False),
               help="OUT.heads.json of a merged network.")
 @click.option("--iou", default=0.5, show_default=True, type=float)
@@ -36,13 +40,15 @@ from .app import SIZE, main
               help="Precision-recall chart (.png/.svg); per head NAME_ prefixed if several.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--overwrite", is_flag=True)
+@runtime_options
 def eval_cmd(cfg, weights, data_files, heads_path, iou, points, thresh, letterbox, size,
-             json_path, pr_chart, device, overwrite):
+             json_path, pr_chart, device, overwrite, runtime, onnx_path, no_gates):
     """mAP with `darknet detector map` semantics (per head for merged networks)."""
     if json_path:
         check_output(json_path, [cfg, weights], overwrite)
-    model = load_model(cfg, weights, size=size, inference=True, device=device)
-    heads = heads_of(model, load_heads(heads_path, model.network) if heads_path else None)
+    model = load_runner(cfg, weights, size, device, runtime, onnx_path)
+    heads = heads_of(model, load_heads(heads_path, model.network) if heads_path else None,
+                     gates=not no_gates)
     by_head = {}
     for item in data_files:
         name, _, path = item.rpartition("=")

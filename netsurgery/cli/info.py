@@ -11,10 +11,11 @@ from netsurgery.darknet.validate import validate_network
 from netsurgery.darknet.weights import load_weights
 from netsurgery.fileio import atomic_write_text, check_output
 
-from .app import INT_LIST, SIZE, main
+from .app import INT_LIST, SIZE, main, strict_option
 
 
 @main.command()
+@strict_option
 @click.argument("cfg", type=click.Path(dir_okay=False))
 @click.option("--weights", type=click.Path(dir_okay=False),
               help="Also report the header, coverage and NaN/Inf values of a .weights file.")

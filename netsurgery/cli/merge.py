@@ -9,7 +9,7 @@ from netsurgery.surgery.heads import load_heads
 from netsurgery.surgery.merge import merge_files, merged_outputs, split
 from netsurgery.surgery.weighted import load_weighted
 
-from .app import main
+from .app import main, strict_option
 
 
 def _pairs(values, what):
@@ -23,6 +23,7 @@ def _pairs(values, what):
 
 
 @main.command()
+@strict_option
 @click.option("--base", "base", nargs=2, required=True, metavar="BASE.cfg BASE.weights",
               help="The deployed model; its layers and detections stay unchanged.")
 @click.option("--task", "tasks", multiple=True, required=True,
@@ -59,6 +60,7 @@ def merge(base, tasks, share_until, out, base_name, names, common_classes, force
 
 
 @main.command("split")
+@strict_option
 @click.argument("cfg", type=click.Path(dir_okay=False))
 @click.argument("weights", type=click.Path(dir_okay=False))
 @click.option("--heads", "heads_path", required=True, type=click.Path(dir_okay=False),

@@ -6,10 +6,11 @@ import click
 from netsurgery.analysis.sweep import TIMING_REPEATS, format_sweep, run_sweep
 from netsurgery.errors import UsageError
 
-from .app import INT_LIST, main
+from .app import INT_LIST, main, strict_option
 
 
 @main.command()
+@strict_option
 @click.option("--base", "base", nargs=2, required=True, metavar="BASE.cfg BASE.weights")
 @click.option("--task-cfg", required=True, type=click.Path(dir_okay=False),
               help="The task network (its heads' classes/anchors).")

@@ -8,10 +8,11 @@ from netsurgery.darknet.network import build_network
 from netsurgery.fileio import check_output
 from netsurgery.surgery.editing import retarget_heads
 
-from .app import main
+from .app import main, strict_option
 
 
 @main.command("task-cfg")
+@strict_option
 @click.argument("base_cfg", type=click.Path(dir_okay=False))
 @click.option("--classes", type=int, help="Class count of the task (default: from --data).")
 @click.option("--data", type=click.Path(dir_okay=False),

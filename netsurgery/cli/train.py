@@ -5,8 +5,8 @@ import click
 import torch
 
 from netsurgery.errors import UsageError
-from netsurgery.training.data import load_data_file
 from netsurgery.training.config import TrainConfig
+from netsurgery.training.data import load_data_file
 from netsurgery.training.train import FINAL_LOSS_ITERATIONS, TrainProgress
 from netsurgery.training.train import train as run_training
 

@@ -310,14 +310,15 @@ def random_arrays(layers: Iterable[LayerSpec], seed: int = 0) -> dict[int, dict[
         out = {}
         for arr in wanted:
             n = arr.count
-            if arr.name == "weights":
+            kind = arr.name.rsplit(".", 1)[-1]  # sub-layers: "input_layer.weights"
+            if kind == "weights":
                 fan_in = max(1, n // arr.shape[0])
                 v = rng.standard_normal(n, dtype=np.float32) * np.float32(np.sqrt(1.0 / fan_in))
-            elif arr.name == "scales":
+            elif kind == "scales":
                 v = rng.uniform(0.5, 1.0, n).astype(np.float32)
-            elif arr.name == "rolling_mean":
+            elif kind == "rolling_mean":
                 v = (rng.standard_normal(n) * 0.1).astype(np.float32)
-            elif arr.name == "rolling_variance":
+            elif kind == "rolling_variance":
                 v = rng.uniform(0.5, 1.5, n).astype(np.float32)
             else:  # biases
                 v = (rng.standard_normal(n) * 0.01).astype(np.float32)

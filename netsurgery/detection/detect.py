@@ -16,9 +16,9 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from netsurgery.darknet.model import DarknetModel
 from netsurgery.errors import DataError, NetsurgeryError
 from netsurgery.surgery.heads import MergedHeads, check_heads
+from netsurgery.surgery.multihead import GatedRun, gated_run, run_heads
 
 from .decode import (
     Detection,
@@ -27,6 +27,7 @@ from .decode import (
     to_pixels,
 )
 from .image import load_image, preprocess
+from .runner import Runner
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 
@@ -38,6 +39,7 @@ class HeadInfo:
     name: str
     layers: list[int]
     class_names: list[str]
+    gate: GatedRun | None = None  # a gated task head: its tail runs only where the gate passes
 
 
 @dataclass
@@ -76,10 +78,10 @@ def read_names(path: str | os.PathLike | None, classes: int, prefix: str = "") -
     return names
 
 
-def heads_of(model: DarknetModel, heads: MergedHeads | None = None,
-             names: str | os.PathLike | None = None) -> list[HeadInfo]:
+def heads_of(model: Runner, heads: MergedHeads | None = None,
+             names: str | os.PathLike | None = None, gates: bool = True) -> list[HeadInfo]:
     """The heads to decode: from a merged network's heads file, else one head of all
-    detection layers."""
+    detection layers. A gated task head carries its gate unless ``gates`` is False."""
     network = model.network
     if heads is None:
         layers = network.heads()
@@ -90,11 +92,12 @@ def heads_of(model: DarknetModel, heads: MergedHeads | None = None,
     check_heads(heads, network)
     return [HeadInfo(g.name, list(g.yolo_layers), list(heads.common_classes
                                                      if heads.common_classes is not None
-                                                     else g.class_names))
+                                                     else g.class_names),
+                     gated_run(network, g) if gates else None)
             for g in heads.groups()]
 
 
-def _decoder(model: DarknetModel, layer: int, name: str):
+def _decoder(model: Runner, layer: int, name: str):
     spec = model.network.layers[layer]
     decoder = spec.decoder(name) if spec.is_detection else None
     if decoder is None:
@@ -102,23 +105,25 @@ def _decoder(model: DarknetModel, layer: int, name: str):
     return decoder
 
 
-def detect_batch(model: DarknetModel, batch: np.ndarray, sizes: Sequence[tuple[int, int]],
+def detect_batch(model: Runner, batch: np.ndarray, sizes: Sequence[tuple[int, int]],
                  heads: Sequence[HeadInfo], thresh: float = 0.25, nms: float = 0.45,
                  letterbox: bool = False) -> list[dict[str, list[Detection]]]:
     """Decode + NMS for a preprocessed batch (N, 3, H, W); per image {head: detections}."""
     net = model.network.net
     decoders = {layer: _decoder(model, layer, h.name) for h in heads for layer in h.layers}
-    targets = sorted({d[2] for d in decoders.values()})
+    plan = [(h.name, sorted({decoders[y][2] for y in h.layers}), h.gate) for h in heads]
     with torch.inference_mode():
-        outs = model.run(torch.from_numpy(np.ascontiguousarray(batch)), targets)
+        runs = run_heads(model, torch.from_numpy(np.ascontiguousarray(batch)), plan)
+    rows = {h.name: runs[h.name].rows(len(sizes)) for h in heads}
     results = []
     for i, (w, h) in enumerate(sizes):
         per_head = {}
         for head in heads:
             dets: list[Detection] = []
-            for layer in head.layers:
+            row = rows[head.name][i]
+            for layer in head.layers if row is not None else ():  # None: gate closed
                 spec, decode, source = decoders[layer]
-                out = outs[source][i].float().cpu().numpy()
+                out = runs[head.name].outputs[source][row].float().cpu().numpy()
                 dets.extend(decode(out, spec, net.width, net.height, w, h, thresh, letterbox))
             classes = len(dets[0].probs) if dets else 0
             per_head[head.name] = do_nms_sort(dets, classes, nms) if nms > 0 else dets
@@ -199,7 +204,7 @@ class DetectResult:
     images: int = 0
 
 
-def detect_images(model: DarknetModel, images: Iterable[str | os.PathLike],
+def detect_images(model: Runner, images: Iterable[str | os.PathLike],
                   heads: Sequence[HeadInfo], thresh: float = 0.25, nms: float = 0.45,
                   letterbox: bool = False, batch_size: int = 4, out_dir=None,
                   progress: Callable[[int, str], None] | None = None) -> DetectResult:

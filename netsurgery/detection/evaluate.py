@@ -25,7 +25,7 @@ How Darknet scores, and so how this module scores:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Hashable, Iterable, Sequence
 
 import numpy as np
@@ -331,7 +331,7 @@ def evaluate_model(model, data_path, head=None, iou_thresh: float = 0.5, points:
     ``[net] letter_box`` of the cfg unless given, as Darknet's ``map`` does."""
     from netsurgery.training.data import load_data_file, load_dataset, load_names
 
-    from .detect import HeadInfo, detect_batch, heads_of
+    from .detect import detect_batch, heads_of
     from .image import preprocess
 
     data = load_data_file(data_path)
@@ -340,7 +340,7 @@ def evaluate_model(model, data_path, head=None, iou_thresh: float = 0.5, points:
     names = load_names(data.require("names")) if data.names else None
     if head is None:
         head = heads_of(model)[0]
-    head = HeadInfo(head.name, head.layers, names or head.class_names)
+    head = replace(head, class_names=names or head.class_names)
     spec = model.network.layers[head.layers[0]]
     if spec.classes != n_classes:
         raise DataError(f"{data_path}: classes={n_classes}, but head '{head.name}' has "
