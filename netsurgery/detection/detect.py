@@ -169,6 +169,31 @@ def colour(index: int) -> tuple[int, int, int]:
     return int(b * 255), int(g * 255), int(r * 255)
 
 
+@dataclass
+class BoxLabel:
+    """One drawn box: every class found on it in one label, as Darknet draws "car, truck"."""
+
+    box: PixelBox
+    colour_index: int
+    text: str
+
+
+def box_labels(records: Sequence[DetectionRecord], show_head: bool) -> list[BoxLabel]:
+    """Records grouped by head and box (in their order), one label per box listing each
+    class with its probability."""
+    groups: dict[tuple, list[DetectionRecord]] = {}
+    for r in records:
+        b = r.box
+        groups.setdefault((r.head, b.left, b.top, b.width, b.height), []).append(r)
+    labels = []
+    for (head, *_), rs in groups.items():
+        text = ", ".join(f"{r.class_name} {r.prob:.2f}" for r in rs)
+        first = rs[0].class_id
+        labels.append(BoxLabel(rs[0].box, first + 31 * hash(head) % 97 if show_head else first,
+                               f"{head}: {text}" if show_head else text))
+    return labels
+
+
 def draw(image_path: str | os.PathLike, records: Sequence[DetectionRecord], out_path,
          show_head: bool) -> None:
     """Write ``image_path`` with boxes and labels drawn (OpenCV), atomically."""
@@ -178,17 +203,14 @@ def draw(image_path: str | os.PathLike, records: Sequence[DetectionRecord], out_
 
     im = (load_image(image_path).transpose(1, 2, 0)[:, :, ::-1] * 255).round().astype(np.uint8)
     im = np.ascontiguousarray(im)
-    for r in records:
-        c = colour(r.class_id + 31 * hash(r.head) % 97 if show_head else r.class_id)
-        b = r.box
+    for label in box_labels(records, show_head):
+        c, b = colour(label.colour_index), label.box
         cv2.rectangle(im, (b.left, b.top), (b.left + b.width, b.top + b.height), c, 2)
-        label = f"{r.head}: {r.class_name} {r.prob:.2f}" if show_head else \
-            f"{r.class_name} {r.prob:.2f}"
-        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+        (tw, th), _ = cv2.getTextSize(label.text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
         y = max(b.top, th + 4)
         cv2.rectangle(im, (b.left, y - th - 4), (b.left + tw + 2, y), c, -1)
-        cv2.putText(im, label, (b.left + 1, y - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
-                    cv2.LINE_AA)
+        cv2.putText(im, label.text, (b.left + 1, y - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                    (0, 0, 0), 1, cv2.LINE_AA)
     ext = Path(out_path).suffix or ".jpg"
     ok, buf = cv2.imencode(ext, im)
     if not ok:
