@@ -186,3 +186,16 @@ def test_one_label_per_box_on_dog_jpg(model):
     assert len(two) == 2
     assert two[0].startswith("car 0.7") and ", truck 0.4" in two[0]
     assert two[1].startswith("truck 0.6") and ", car 0.4" in two[1]
+
+
+def test_labels_are_placed_where_they_hide_no_other():
+    from netsurgery.detection.detect import PixelBox, _label_baseline
+
+    placed = []
+    for box in (PixelBox(465, 83, 222, 89), PixelBox(530, 95, 100, 67), PixelBox(530, 95, 90, 60)):
+        y = _label_baseline(box, 150, 18, placed, 576)
+        rect = (box.left, y - 18, box.left + 150, y)
+        assert all(rect[2] <= p[0] or p[2] <= rect[0] or rect[3] <= p[1] or p[3] <= rect[1]
+                   for p in placed)
+        placed.append(rect)
+    assert placed[0][3] == 83  # the first sits above its box, as before

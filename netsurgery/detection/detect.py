@@ -194,6 +194,20 @@ def box_labels(records: Sequence[DetectionRecord], show_head: bool) -> list[BoxL
     return labels
 
 
+def _label_baseline(b: PixelBox, width: int, height: int,
+                    placed: Sequence[tuple[int, int, int, int]], image_h: int) -> int:
+    """Where a label's bottom edge goes: above the box, else just inside its top, else lower
+    step by step, the first place that covers no label drawn before (none hides another)."""
+    def free(y: int) -> bool:
+        x0, y0, x1, y1 = b.left, y - height, b.left + width, y
+        return all(x1 <= px0 or px1 <= x0 or y1 <= py0 or py1 <= y0
+                   for px0, py0, px1, py1 in placed)
+
+    candidates = [max(b.top, height), b.top + height]
+    candidates += range(b.top + 2 * height, max(image_h, b.top + 2 * height) + 1, height)
+    return next((y for y in candidates if free(y)), candidates[0])
+
+
 def draw(image_path: str | os.PathLike, records: Sequence[DetectionRecord], out_path,
          show_head: bool) -> None:
     """Write ``image_path`` with boxes and labels drawn (OpenCV), atomically."""
@@ -203,13 +217,18 @@ def draw(image_path: str | os.PathLike, records: Sequence[DetectionRecord], out_
 
     im = (load_image(image_path).transpose(1, 2, 0)[:, :, ::-1] * 255).round().astype(np.uint8)
     im = np.ascontiguousarray(im)
-    for label in box_labels(records, show_head):
+    labels = box_labels(records, show_head)
+    for label in labels:
         c, b = colour(label.colour_index), label.box
         cv2.rectangle(im, (b.left, b.top), (b.left + b.width, b.top + b.height), c, 2)
+    placed: list[tuple[int, int, int, int]] = []
+    for label in labels:
+        c, b = colour(label.colour_index), label.box
         (tw, th), _ = cv2.getTextSize(label.text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
-        y = max(b.top, th + 4)
-        cv2.rectangle(im, (b.left, y - th - 4), (b.left + tw + 2, y), c, -1)
-        cv2.putText(im, label.text, (b.left + 1, y - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+        x, y = b.left, _label_baseline(b, tw + 2, th + 4, placed, im.shape[0])
+        placed.append((x, y - th - 4, x + tw + 2, y))
+        cv2.rectangle(im, (x, y - th - 4), (x + tw + 2, y), c, -1)
+        cv2.putText(im, label.text, (x + 1, y - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
                     (0, 0, 0), 1, cv2.LINE_AA)
     ext = Path(out_path).suffix or ".jpg"
     ok, buf = cv2.imencode(ext, im)
