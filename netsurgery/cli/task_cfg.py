@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from netsurgery.darknet.cfg import load_cfg
+from netsurgery.darknet.cfg import load_cfg, save_edited
 from netsurgery.darknet.network import build_network
 from netsurgery.fileio import check_output
 from netsurgery.surgery.editing import retarget_heads
@@ -36,6 +36,6 @@ def task_cfg(base_cfg, classes, data, anchors, out, overwrite):
         build_network(new)
     else:
         raise click.UsageError("give --classes or --data")
-    new.save(out)
+    save_edited(new, out, base_cfg)  # only the keys retargeted change: layout kept
     heads = [s for s in new.layers if s.type == "yolo"]
     click.echo(f"wrote {out}: {len(heads)} heads with {heads[0].get_int('classes')} classes")
