@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from netsurgery.analysis import diff as diff_module
+from netsurgery.analysis import tensorstats
 from netsurgery.analysis.diff import (
     EPSILON,
     diff_many,
@@ -327,7 +327,7 @@ def _reference(base, task):
 def test_large_tensor_quantiles_are_exact(kind):
     """Tensors above the bracketing threshold: the sampled brackets give numpy's quantiles."""
     rng = np.random.default_rng(3)
-    n = diff_module._BRACKET_MIN + 12_345
+    n = tensorstats._BRACKET_MIN + 12_345
     base = (0.02 * rng.standard_normal(n)).astype(np.float32)
     if kind == "noise":
         task = base + 0.1 * np.abs(base) * rng.standard_normal(n).astype(np.float32)
@@ -346,13 +346,13 @@ def test_large_tensor_quantiles_are_exact(kind):
 
 def test_missed_brackets_fall_back_to_the_exact_partition(monkeypatch):
     rng = np.random.default_rng(4)
-    n = diff_module._BRACKET_MIN + 1
+    n = tensorstats._BRACKET_MIN + 1
     base = rng.standard_normal(n).astype(np.float32)
     task = base + rng.standard_normal(n).astype(np.float32)
     lut = np.zeros(1 << 16, bool)
     lut[0x3000] = True  # a range that holds none of the wanted ranks
-    wrong = diff_module._Brackets(lut, [0x3000 << 16], [(0x3001 << 16) - 1])
-    monkeypatch.setattr(diff_module, "_sample_brackets", lambda b, t: wrong)
+    wrong = tensorstats._Brackets(lut, [0x3000 << 16], [(0x3001 << 16) - 1])
+    monkeypatch.setattr(tensorstats, "_sample_brackets", lambda b, t: wrong)
     got = tensor_diff("w", base, task)
     np.testing.assert_allclose(list(got.quantiles.as_dict().values()), _reference(base, task),
                                rtol=1e-6, atol=0)
@@ -374,7 +374,7 @@ def test_diff_many_and_csv(pair, tmp_path):
 
 
 def test_nonfinite_weights_take_the_exact_path():
-    n = diff_module._BRACKET_MIN + 3
+    n = tensorstats._BRACKET_MIN + 3
     base = np.linspace(1.0, 2.0, n, dtype=np.float32)
     assert tensor_diff("w", base, base.copy()).identical
     nan = base.copy()
@@ -392,5 +392,5 @@ def test_order_statistics_pairs_and_runs():
     u = rng.integers(0, 40, 1000).astype(np.uint32)  # many ties
     expected = np.sort(u)
     for ranks in ([0, 1], [10, 11, 500, 501, 998, 999], [3, 4, 5, 900], [999]):
-        got = diff_module._order_statistics(u.copy(), ranks)
+        got = tensorstats._order_statistics(u.copy(), ranks)
         assert got == {r: int(expected[r]) for r in ranks}
