@@ -183,6 +183,47 @@ def test_cli_outputs(pair, capsys):
     assert "<svg" in text and "layer index (Darknet)" in text
 
 
+def test_cli_arrays_draws_one_panel_per_array(pair, capsys, tmp_path):
+    """--arrays: one panel per array, the BatchNorm ones included; a BatchNorm array that
+    changed gets boxes, one that did not says so (issue 21)."""
+    folder, _ = pair
+    base_net = build_network(folder / "base.cfg")
+    wf = load_weights(folder / "base.weights", base_net.layers)
+    arrays = {i: {k: np.array(v) for k, v in a.items()} for i, a in layer_arrays(wf).items()}
+    arrays[13]["rolling_mean"] = arrays[13]["rolling_mean"] * np.float32(2.0)
+    save_weights(tmp_path / "bn.weights", wf.header, base_net.layers, arrays)
+    shutil.copy(folder / "base.cfg", tmp_path / "bn.cfg")
+    svg, png = tmp_path / "a.svg", tmp_path / "a.png"
+    every = "weights,biases,scales,rolling_mean,rolling_variance"
+    for chart in (svg, png):
+        rc = run(["diff", str(folder / "base.weights"), str(tmp_path / "bn.weights"),
+                  "--plot", str(chart), "--arrays", every])
+        assert rc == 0, capsys.readouterr().err
+    text = svg.read_text()
+    titles = ["kernels (weights)", "biases", "BatchNorm scales", "BatchNorm rolling mean",
+              "BatchNorm rolling variance"]
+    for title in titles:
+        assert f"<!-- {title} -->" in text, title
+    assert text.count("<!-- layer index (Darknet) -->") == 5  # one x label per panel
+    assert "<!-- no changed BatchNorm scales -->" in text
+    assert "<!-- no changed BatchNorm rolling mean -->" not in text  # layer 13 changed
+    import matplotlib.image
+
+    assert matplotlib.image.imread(png).shape[:2] == (1600, 1000)  # 5 panels x 3.2 in
+
+    rc = run(["diff", str(folder / "base.weights"), str(tmp_path / "bn.weights"),
+              "--plot", str(svg), "--overwrite", "--arrays", "rolling_mean"])
+    assert rc == 0
+    text = svg.read_text()
+    assert "<!-- BatchNorm rolling mean -->" in text and "<!-- biases -->" not in text
+    assert text.count("<!-- layer index (Darknet) -->") == 1
+    line = _one_line_error(capsys, ["diff", str(folder / "base.weights"),
+                                    str(tmp_path / "bn.weights"), "--plot",
+                                    str(tmp_path / "b.png"), "--arrays", "weights,means"])
+    assert "--arrays weights,means: expected one or more of weights,biases,scales," in line
+    assert not (tmp_path / "b.png").exists()
+
+
 def test_cli_several_tasks(pair, capsys, tmp_path):
     folder, _ = pair
     same = tmp_path / "same.weights"  # no same.cfg: falls back to the base cfg
