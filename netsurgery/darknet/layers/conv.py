@@ -1,6 +1,7 @@
 """[convolutional], [connected] and [batchnorm]: the layers that carry weights."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -128,6 +129,13 @@ class ConvSpec(LayerSpec):
             arrays += batchnorm_arrays(self.filters)
         arrays.append(WeightArray("weights", self.kernel_shape))
         return arrays
+
+    def initial_array(self, array: WeightArray, rng: np.random.Generator) -> np.ndarray:
+        if array.name != "weights":
+            return super().initial_array(array, rng)
+        # make_convolutional_layer: uniform in ±sqrt(2 / (size·size·c/groups))
+        bound = math.sqrt(2.0 / (self.size * self.size * self.in_shape.c // self.groups))
+        return rng.uniform(-bound, bound, array.shape)
 
     def flops(self) -> float:
         n = self.filters * (self.in_shape.c // self.groups) * self.size * self.size
@@ -295,6 +303,13 @@ class ConnectedSpec(LayerSpec):
         if self.batch_normalize and self.load_scales:  # after the weights, unlike [conv]
             arrays += batchnorm_arrays(self.outputs)
         return arrays
+
+    def initial_array(self, array: WeightArray, rng: np.random.Generator) -> np.ndarray:
+        if array.name != "weights":
+            return super().initial_array(array, rng)
+        # make_connected_layer: uniform in ±sqrt(2 / inputs)
+        bound = math.sqrt(2.0 / self.in_shape.numel)
+        return rng.uniform(-bound, bound, array.shape)
 
     def to_module_layout(self, name: str, array: np.ndarray, transposed: bool) -> np.ndarray:
         # a transposed file stores the matrix (inputs, outputs); the module keeps
