@@ -168,3 +168,37 @@ def test_detect_cli_size_runs_the_network_at_that_size(yolov3_tiny, tmp_path):
     assert not np.array_equal(boxes[None], boxes["320,320"])
     assert np.abs(boxes[None] - boxes["320,320"]).max() < 40
     assert run(["detect", str(cfg), str(weights), str(dog), "--size", "0,5"]) == 2
+
+
+def test_one_label_per_box_on_dog_jpg(model):
+    """Darknet draws one label per box listing every class on it: on dog.jpg two boxes hold
+    car and truck (detections.txt: car 71 % + truck 42 %, truck 62 % + car 40 %); ours lists
+    each class with its probability in that one label."""
+    from netsurgery.detection.detect import box_labels
+
+    heads = heads_of(model, names=shared_path("models", "coco.names"))
+    result = detect_images(model, [shared_path("images", "dog.jpg")], heads)
+    per_box = {}
+    for r in result.records:
+        per_box.setdefault((r.box.left, r.box.top, r.box.width, r.box.height), []).append(r)
+    shared_box = [rs for rs in per_box.values() if len(rs) > 1]
+    assert shared_box, "dog.jpg: expected a box with two classes (car, truck)"
+    labels = box_labels(result.records, show_head=False)
+    assert len(labels) == len(per_box)
+    two = sorted(label.text for label in labels if "," in label.text)
+    assert len(two) == 2
+    assert two[0].startswith("car 0.7") and ", truck 0.4" in two[0]
+    assert two[1].startswith("truck 0.6") and ", car 0.4" in two[1]
+
+
+def test_labels_are_placed_where_they_hide_no_other():
+    from netsurgery.detection.detect import PixelBox, _label_baseline
+
+    placed = []
+    for box in (PixelBox(465, 83, 222, 89), PixelBox(530, 95, 100, 67), PixelBox(530, 95, 90, 60)):
+        y = _label_baseline(box, 150, 18, placed, 576)
+        rect = (box.left, y - 18, box.left + 150, y)
+        assert all(rect[2] <= p[0] or p[2] <= rect[0] or rect[3] <= p[1] or p[3] <= rect[1]
+                   for p in placed)
+        placed.append(rect)
+    assert placed[0][3] == 83  # the first sits above its box, as before

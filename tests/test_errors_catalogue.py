@@ -716,6 +716,7 @@ def _onnx_no_emitter(tmp):
         layers.EMITTERS["convolutional"] = emitter
 
 
+produces("E-ONNX-LAYER")(lambda tmp: _export(tmp, text=NET + "[local]\nfilters=2\nsize=3\npad=1\n"))
 produces("E-ONNX-POOL-PADDING")(lambda tmp: _export(tmp, text=NET + "[maxpool]\nsize=2\n"
                                                     "stride=1\npadding=4\n"))
 produces("E-ONNX-DECODE-REGION")(lambda tmp: _export(

@@ -1,4 +1,5 @@
 """Gated heads: threshold calibration (Clopper–Pearson) and the gate classifier."""
+import json
 import math
 
 import numpy as np
@@ -247,3 +248,13 @@ def test_detect_and_info_use_the_gate(gated):
 def _head_records(data, head: str) -> list:
     records = data["detections"] if isinstance(data, dict) else data
     return [r for r in records if r.get("head") == head]
+
+
+def test_gated_heads_file_matches_the_json_schema(gated):
+    jsonschema = pytest.importorskip("jsonschema")
+    from test_heads import SCHEMA
+
+    work, _, _ = gated
+    data = json.loads((work / "gated.heads.json").read_text())
+    assert data["tasks"][0]["gate"]["layers"] == [8, 11]
+    jsonschema.validate(data, json.loads(SCHEMA.read_text()))

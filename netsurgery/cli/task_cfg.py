@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from netsurgery.darknet.cfg import save_edited
 from netsurgery.fileio import DataInput, check_output
 
 from .app import POSITIVE, main, strict_option
@@ -30,5 +31,6 @@ def task_cfg(base_cfg, classes, data, anchors, out, overwrite):
         click.echo(f"anchors: {' '.join(f'{w},{h}' for w, h in fitted)} (mean best IoU "
                    f"{quality:.3f} with the training boxes)")
     heads = [s for s in new.layers if s.type == "yolo"]
-    new.save(out)  # last: every check above leaves no output behind
+    save_edited(new, out, base_cfg)  # last, so a failed check leaves nothing; only the
+    # retargeted keys change, the rest of the text is the user's
     click.echo(f"wrote {out}: {len(heads)} heads with {heads[0].get_int('classes')} classes")

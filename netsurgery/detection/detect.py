@@ -214,6 +214,45 @@ def colour(index: int) -> tuple[int, int, int]:
     return int(b * 255), int(g * 255), int(r * 255)
 
 
+@dataclass
+class BoxLabel:
+    """One drawn box: every class found on it in one label, as Darknet draws "car, truck"."""
+
+    box: PixelBox
+    colour_index: int
+    text: str
+
+
+def box_labels(records: Sequence[DetectionRecord], show_head: bool) -> list[BoxLabel]:
+    """Records grouped by head and box (in their order), one label per box listing each
+    class with its probability."""
+    groups: dict[tuple, list[DetectionRecord]] = {}
+    for r in records:
+        b = r.box
+        groups.setdefault((r.head, b.left, b.top, b.width, b.height), []).append(r)
+    labels = []
+    for (head, *_), rs in groups.items():
+        text = ", ".join(f"{r.class_name} {r.prob:.2f}" for r in rs)
+        first = rs[0].class_id
+        labels.append(BoxLabel(rs[0].box, first + 31 * hash(head) % 97 if show_head else first,
+                               f"{head}: {text}" if show_head else text))
+    return labels
+
+
+def _label_baseline(b: PixelBox, width: int, height: int,
+                    placed: Sequence[tuple[int, int, int, int]], image_h: int) -> int:
+    """Where a label's bottom edge goes: above the box, else just inside its top, else lower
+    step by step, the first place that covers no label drawn before (none hides another)."""
+    def free(y: int) -> bool:
+        x0, y0, x1, y1 = b.left, y - height, b.left + width, y
+        return all(x1 <= px0 or px1 <= x0 or y1 <= py0 or py1 <= y0
+                   for px0, py0, px1, py1 in placed)
+
+    candidates = [max(b.top, height), b.top + height]
+    candidates += range(b.top + 2 * height, max(image_h, b.top + 2 * height) + 1, height)
+    return next((y for y in candidates if free(y)), candidates[0])
+
+
 def draw(image_path: str | os.PathLike, records: Sequence[DetectionRecord], out_path,
          show_head: bool) -> None:
     """Write ``image_path`` with boxes and labels drawn (OpenCV), atomically."""
@@ -223,17 +262,19 @@ def draw(image_path: str | os.PathLike, records: Sequence[DetectionRecord], out_
 
     im = (load_image(image_path).transpose(1, 2, 0)[:, :, ::-1] * 255).round().astype(np.uint8)
     im = np.ascontiguousarray(im)
-    for r in records:
-        c = colour(r.class_id + 31 * hash(r.head) % 97 if show_head else r.class_id)
-        b = r.box
+    labels = box_labels(records, show_head)
+    for label in labels:
+        c, b = colour(label.colour_index), label.box
         cv2.rectangle(im, (b.left, b.top), (b.left + b.width, b.top + b.height), c, 2)
-        label = f"{r.head}: {r.class_name} {r.prob:.2f}" if show_head else \
-            f"{r.class_name} {r.prob:.2f}"
-        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
-        y = max(b.top, th + 4)
-        cv2.rectangle(im, (b.left, y - th - 4), (b.left + tw + 2, y), c, -1)
-        cv2.putText(im, label, (b.left + 1, y - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
-                    cv2.LINE_AA)
+    placed: list[tuple[int, int, int, int]] = []
+    for label in labels:
+        c, b = colour(label.colour_index), label.box
+        (tw, th), _ = cv2.getTextSize(label.text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+        x, y = b.left, _label_baseline(b, tw + 2, th + 4, placed, im.shape[0])
+        placed.append((x, y - th - 4, x + tw + 2, y))
+        cv2.rectangle(im, (x, y - th - 4), (x + tw + 2, y), c, -1)
+        cv2.putText(im, label.text, (x + 1, y - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                    (0, 0, 0), 1, cv2.LINE_AA)
     ext = Path(out_path).suffix or ".jpg"
     ok, buf = cv2.imencode(ext, im)
     if not ok:
