@@ -331,3 +331,20 @@ def test_non_utf8_outside_a_comment_names_the_line(tmp_path):
     message = str(info.value)
     assert "activation=l\\xe9aky" in message and "not UTF-8" in message
     message.encode("utf-8")  # printable: no lone surrogate left in the message
+
+
+def test_task_cfg_changes_only_the_keys_it_sets(tmp_path):
+    """`task-cfg` edits `classes`, `filters` (and anchors/num) in place; spacing around `=`,
+    blank lines, comments after a value and CRLF line ends stay as the user wrote them."""
+    from netsurgery.cli.app import run
+
+    text = ("[net]\r\nwidth = 416\r\nheight=416\r\nchannels=3\r\nsaturation = 1.5\r\n\r\n"
+            "# the head\r\n[convolutional]\r\nfilters = 255   # 3*(80+5)\r\nsize=1\r\n"
+            "activation=linear\r\n\r\n[yolo]\r\nmask = 0,1,2\r\n"
+            "anchors = 10,14,  23,27, 37,58\r\nclasses=80\r\nnum=3\r\n")
+    base = tmp_path / "base.cfg"
+    base.write_bytes(text.encode())
+    assert run(["task-cfg", str(base), "--classes", "2", "-o", str(tmp_path / "t.cfg")]) == 0
+    expected = text.replace("filters = 255   #", "filters = 21   #").replace(
+        "classes=80", "classes=2")
+    assert (tmp_path / "t.cfg").read_bytes() == expected.encode()

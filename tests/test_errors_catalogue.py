@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import pytest
 
 from netsurgery import errors as errors_module
 from netsurgery.cli.app import run
+from netsurgery.cli.eval import _data_by_head
 from netsurgery.darknet.cfg import load_cfg, parse_cfg_text
 from netsurgery.darknet.model import load_model
 from netsurgery.darknet.network import build_network
@@ -25,14 +27,20 @@ from netsurgery.darknet.weights import (
     file_layout,
     load_weights,
     load_weights_bytes,
+    random_arrays,
     save_weights,
 )
+from netsurgery.detection.detect import check_detector_weights, heads_of, read_names
+from netsurgery.detection.evaluate import evaluate_model
+from netsurgery.detection.image import load_image
 from netsurgery.errors import NetsurgeryError
-from netsurgery.fileio import atomic_write_text, check_output
+from netsurgery.fileio import atomic_write_text, check_output, check_outputs, read_input_bytes
+from netsurgery.memory import check_fits
 from netsurgery.surgery.gates import Gate, calibrate_threshold, check_gate_target
 from netsurgery.surgery.heads import check_heads, load_heads, parse_heads
 from netsurgery.surgery.merge import TaskInput, merge, merge_files, parse_task_option, split
 from netsurgery.surgery.weighted import load_weighted
+from netsurgery.training.anchors import task_cfg_for_dataset
 from netsurgery.training.data import load_data_file, load_dataset, load_names, read_labels
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
@@ -393,6 +401,115 @@ produces("E-LABEL-OUT-OF-RANGE")(
     lambda tmp: read_labels(write(tmp / "l.txt", "1 1.5 0.5 0.1 0.1\n"), 2))
 
 
+# -- inputs, memory, detection, evaluation, task cfgs (issue 19) -------------------------------
+produces("E-OUT-TWICE")(lambda tmp: check_outputs([tmp / "a.json", tmp / "x" / ".." / "a.json"]))
+produces("E-IN-NOT-REGULAR")(lambda tmp: load_cfg("/dev/zero"))
+produces("E-IN-NOT-REGULAR")(lambda tmp: load_weights("/dev/null", tiny_layers()))
+produces("E-IN-NOT-REGULAR")(lambda tmp: load_data_file("/dev/zero"))
+produces("E-IN-TOO-LARGE")(
+    lambda tmp: read_input_bytes(write(tmp / "big.cfg", "#" * 100), "cfg", limit=10))
+produces("E-MEMORY-TOO-LARGE")(
+    lambda tmp: load_model(parse_cfg_text(NET + "[convolutional]\nfilters=1000000000\n",
+                                          "big.cfg")))
+produces("E-MEMORY-TOO-LARGE")(lambda tmp: check_fits(build(TINY, "tiny.cfg"), limit=1000))
+produces("E-DATA-BINARY")(lambda tmp: load_names(write(tmp / "c.names", b"cat\n\x00\x89PNG")))
+produces("E-DATA-BINARY")(lambda tmp: load_data_file(write(tmp / "d.data", b"\x00\x01")))
+
+
+def _tiny_yolo_model(tmp: Path, weights: bytes | None = None, nan: bool = False):
+    cfg = write(tmp / "y.cfg", _ONE_YOLO)
+    layers = build_network(cfg).layers
+    arrays = random_arrays(layers)
+    if nan:
+        arrays[0]["biases"][1] = np.nan
+    save_weights(tmp / "y.weights", WeightsHeader(), layers, arrays)
+    if weights is not None:
+        write(tmp / "y.weights", weights)
+    return load_model(cfg, tmp / "y.weights", inference=True)
+
+
+produces("E-DETECT-NO-IMAGES")(
+    lambda tmp: run_detect_cli(tmp, [str((tmp / "empty").mkdir() or tmp / "empty")]))
+produces("E-DETECT-NO-HEAD")(
+    lambda tmp: heads_of(load_model(parse_cfg_text(TINY, "tiny.cfg"), inference=True)))
+produces("E-DETECT-NOTHING-READ")(
+    lambda tmp: run_detect_cli(tmp, [str(write(tmp / "bad.jpg", b"not an image"))]))
+
+
+def run_detect_cli(tmp: Path, images: list[str]):
+    """The detect command's library path up to its first check (as the CLI runs it)."""
+    from netsurgery.cli.detect import detect as detect_cmd
+
+    _tiny_yolo_model(tmp)
+    return detect_cmd.callback(str(tmp / "y.cfg"), str(tmp / "y.weights"), tuple(images), None,
+                               None, 0.25, 0.45, False, None, None, None, 1, "cpu", False)
+
+
+@produces("E-IMAGE-TOO-LARGE")
+def _image_too_large(tmp):
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + \
+            struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+    load_image(write(tmp / "huge.png", png))
+
+
+produces("E-DETECT-NAMES-COUNT")(lambda tmp: read_names(write(tmp / "c.names", "cat\n"), 3))
+produces("E-DETECT-WEIGHTS-INCOMPLETE")(
+    lambda tmp: check_detector_weights(_tiny_yolo_model(tmp, WeightsHeader().to_bytes()),
+                                       tmp / "y.weights"))
+produces("E-DETECT-WEIGHTS-NONFINITE")(
+    lambda tmp: check_detector_weights(_tiny_yolo_model(tmp, nan=True), tmp / "y.weights"))
+
+
+def _eval_data(tmp: Path, names: str = "a\n", images: int = 0, classes: int = 1) -> Path:
+    lines = []
+    for i in range(images):
+        lines.append(str(write(tmp / f"im{i}.jpg", b"not a jpeg")))
+    write(tmp / "valid.txt", "".join(f"{line}\n" for line in lines))
+    write(tmp / "c.names", names)
+    return write(tmp / "e.data", f"classes={classes}\nvalid={tmp / 'valid.txt'}\n"
+                                 f"names={tmp / 'c.names'}\n")
+
+
+produces("E-EVAL-NAMES-COUNT")(
+    lambda tmp: evaluate_model(_tiny_yolo_model(tmp), _eval_data(tmp, "a\n", classes=2)))
+produces("E-EVAL-NOTHING-SCORED")(lambda tmp: evaluate_model(_tiny_yolo_model(tmp),
+                                                             _eval_data(tmp)))
+produces("E-EVAL-NOTHING-SCORED")(lambda tmp: evaluate_model(_tiny_yolo_model(tmp),
+                                                             _eval_data(tmp, images=2)))
+produces("E-EVAL-DATA-TWICE")(lambda tmp: _data_by_head(("a.data", "b.data"), None))
+@produces("E-EVAL-UNKNOWN-HEAD")
+def _eval_unknown_head(tmp):
+    _tiny_yolo_model(tmp)
+    from netsurgery.cli.eval import eval_cmd
+
+    eval_cmd.callback(str(tmp / "y.cfg"), str(tmp / "y.weights"), (f"logo={_eval_data(tmp)}",),
+                      None, 0.5, "0", 0.005, None, None, False, None, None, "cpu", False)
+
+
+def _shapes_data(tmp: Path, images: int) -> Path:
+    from netsurgery.training.synth import make_shapes_dataset
+
+    return make_shapes_dataset(tmp / "ds", images, 0, (32, 32), valid_fraction=0.5).data
+
+
+produces("E-TASK-NO-YOLO")(lambda tmp: task_cfg_for_dataset(parse_cfg_text(TINY, "t.cfg"),
+                                                            None, 3))
+produces("E-TASK-CLASSES-DIFFER")(
+    lambda tmp: task_cfg_for_dataset(parse_cfg_text(_ONE_YOLO, "y.cfg"), _shapes_data(tmp, 2),
+                                     7))
+produces("E-TASK-TOO-FEW-BOXES")(
+    lambda tmp: task_cfg_for_dataset(parse_cfg_text(_ONE_YOLO, "y.cfg"),
+                                     write(tmp / "t.data", f"classes=1\ntrain="
+                                                           f"{write(tmp / 'l.txt', '')}\n")))
+produces("E-TASK-TOO-FEW-BOXES")(
+    lambda tmp: task_cfg_for_dataset(parse_cfg_text(_ONE_YOLO, "y.cfg"), _shapes_data(tmp, 2)))
+
 # -- merge -----------------------------------------------------------------------------------
 MERGE_CFG = NET + "[convolutional]\nfilters=4\nsize=3\npad=1\nactivation=leaky\n" \
                   "[convolutional]\nfilters={filters}\nsize=1\nactivation=linear\n" \
@@ -422,7 +539,7 @@ produces("E-MERGE-NAMES-UNIQUE")(
     lambda tmp: merge(graphs(tmp)[0], [TaskInput("base", graphs(tmp)[1], 0)]))
 produces("E-MERGE-TASK-SYNTAX")(lambda tmp: parse_task_option("logo", 3))
 produces("E-MERGE-TASK-SYNTAX")(lambda tmp: parse_task_option("logo=a.cfg", 3))
-produces("E-MERGE-TASK-K")(lambda tmp: parse_task_option("logo=a.cfg:a.weights@x", 3))
+produces("E-MERGE-TASK-K")(lambda tmp: parse_task_option("logo=a.cfg:a.weights@-1", 3))
 produces("E-MERGE-NO-SHARE-POINT")(lambda tmp: parse_task_option("logo=a.cfg:a.weights", None))
 produces("E-MERGE-EMPTY-NAME")(lambda tmp: parse_task_option("=a.cfg:a.weights", 3))
 produces("E-MERGE-BEYOND")(lambda tmp: merge(graphs(tmp)[0], [TaskInput("t", graphs(tmp)[1],
@@ -599,6 +716,7 @@ def _onnx_no_emitter(tmp):
         layers.EMITTERS["convolutional"] = emitter
 
 
+produces("E-ONNX-LAYER")(lambda tmp: _export(tmp, text=NET + "[local]\nfilters=2\nsize=3\npad=1\n"))
 produces("E-ONNX-POOL-PADDING")(lambda tmp: _export(tmp, text=NET + "[maxpool]\nsize=2\n"
                                                     "stride=1\npadding=4\n"))
 produces("E-ONNX-DECODE-REGION")(lambda tmp: _export(

@@ -17,6 +17,7 @@ pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 
 from netsurgery.cli.app import run  # noqa: E402
+from netsurgery.darknet.cfg import parse_cfg_text  # noqa: E402
 from netsurgery.darknet.model import DarknetModel, load_model  # noqa: E402
 from netsurgery.darknet.network import build_network  # noqa: E402
 from netsurgery.darknet.weights import random_arrays  # noqa: E402
@@ -160,29 +161,112 @@ temperature=2
 """
 
 
-def test_every_layer_type_and_activation(tmp_path):
-    from netsurgery.darknet.layers import REGISTRY
-    from netsurgery.export.layers import EMITTERS
+# the layer types beyond YOLOv3/v4's that have an ONNX export
+OTHER_LAYERS_CFG = """[net]
+width=8
+height=8
+channels=3
+[convolutional]
+filters=12
+size=1
+activation=linear
+[convolutional]
+filters=18
+size=1
+activation=linear
+[yolo]
+mask=0,1,2
+num=3
+classes=1
+embedding_layer=-2
+[route]
+layers=0
+[contrastive]
+yolo_layer=-2
+[route]
+layers=0
+[normalization]
+size=5
+alpha=0.01
+[crop]
+crop_height=4
+crop_width=6
+[implicit]
+filters=4
+atoms=2
+[route]
+layers=0
+[convolutional]
+filters=22
+size=1
+activation=linear
+[Gaussian_yolo]
+mask=0,1
+num=3
+classes=2
+scale_x_y=1.2
+anchors=1,2,3,4,5,6
+[route]
+layers=0
+[connected]
+output=52
+activation=linear
+[detection]
+classes=3
+coords=4
+num=2
+side=2
+softmax=1
+"""
 
-    assert set(REGISTRY) == set(EMITTERS)  # a new layer type needs its emitter
+
+def assert_every_layer_equal(cfg_text: str, size: tuple[int, int], tmp_path,
+                             opsets=(17,)) -> set[str]:
+    """Every layer's output (not only the last) of a graph with dynamic batch, run on three
+    images, equals our model's; returns the layer types of the network."""
     cfg = tmp_path / "every.cfg"
-    cfg.write_text(EVERY_LAYER_CFG)
+    cfg.write_text(cfg_text)
     network = build_network(cfg)
-    assert {s.type_name for s in network.layers} >= set(REGISTRY) - {
-        "yolo", "region", "reorg", "avgpool", "route", "sam", "scale_channels", "dropout",
-        "empty"}  # those: in the conformance cases and tests above
     model = with_random_weights(network, seed=4)
-    x = np.random.default_rng(2).random((1, 3, 16, 16), dtype=np.float32) * 4 - 2
-    every = list(range(len(network.layers)))  # every layer's output, not only the last
+    x = np.random.default_rng(2).random((1, 3, size[1], size[0]), dtype=np.float32) * 4 - 2
+    every = list(range(len(network.layers)))
     with torch.inference_mode():
         want = model.layer_outputs(torch.from_numpy(batch_of_three(x)))
-    for opset in (13, 17, onnx.defs.onnx_opset_version()):  # the oldest, default, newest
+    for opset in opsets:
         exported = build_onnx(model, [], batch=None, opset=opset, extra_layers=every)
         got = outputs_by_layer(session(exported), batch_of_three(x))
         for layer in every:
             assert rel_error(got[layer], want[layer].numpy()) <= REL_TOL, (opset, layer)
-    spec = network.layers[22]
-    assert spec.type_name == "maxpool" and min(spec.pads()) < 0  # a window crop
+    return {s.type_name for s in network.layers}
+
+
+def test_every_layer_type_and_activation(tmp_path):
+    from netsurgery.darknet.layers import REGISTRY
+    from netsurgery.export.layers import EMITTERS, NO_ONNX
+
+    # a new layer type needs its emitter, or a reason why it has none
+    assert set(REGISTRY) == set(EMITTERS) | set(NO_ONNX)
+    # the oldest, default and newest opset
+    types = assert_every_layer_equal(EVERY_LAYER_CFG, (16, 16), tmp_path,
+                                     (13, 17, onnx.defs.onnx_opset_version()))
+    types |= assert_every_layer_equal(OTHER_LAYERS_CFG, (8, 8), tmp_path)
+    in_conformance = {"yolo", "region", "reorg", "avgpool", "route", "sam", "scale_channels",
+                      "dropout", "empty"}  # and the tests above
+    assert types >= set(EMITTERS) - in_conformance
+    crop = build_network(parse_cfg_text(EVERY_LAYER_CFG, "e.cfg")).layers[22]
+    assert crop.type_name == "maxpool" and min(crop.pads()) < 0  # a window that crops
+
+
+def test_layers_without_onnx_are_named(tmp_path):
+    from netsurgery.errors import NetsurgeryError
+
+    cfg = tmp_path / "rnn.cfg"
+    cfg.write_text("[net]\nwidth=4\nheight=4\nchannels=3\n[connected]\noutput=8\n"
+                   "[rnn]\noutput=4\nhidden=4\n")
+    model = with_random_weights(build_network(cfg))
+    with pytest.raises(NetsurgeryError, match=r"rnn\.cfg: layer 1 \[rnn\] has no ONNX export "
+                                              r"\(its state carries over"):
+        build_onnx(model, [])
 
 
 @pytest.mark.parametrize("name", BIG_CFGS)

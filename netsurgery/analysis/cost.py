@@ -483,7 +483,7 @@ def _table(rows: list[list[str]], right: set[int]) -> list[str]:
 def _format_layers(report: CostReport) -> list[str]:
     with_weights = report.weights_info is not None
     head = ["idx", "type", "options", "input (c x h x w)", "", "output", "params", "BFLOPs",
-            "cum.params", "cum.BFLOPs"]
+            "params 0..i frac", "BFLOPs 0..i frac"]
     if with_weights:
         head.append("weights")
     rows = [head]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib
+import math
 import signal
 import sys
 import traceback
@@ -37,21 +38,97 @@ class SizeParam(click.ParamType):
 
 
 class IntListParam(click.ParamType):
-    """Comma-separated integers, e.g. ``40,48,64,73``."""
+    """Comma-separated integers, e.g. ``40,48,64,73`` (``minimum``: smallest value allowed;
+    ``allow_empty``: whether no number at all is a valid value)."""
 
     name = "N[,N...]"
+
+    def __init__(self, minimum: int | None = None, allow_empty: bool = True):
+        self.minimum = minimum
+        self.allow_empty = allow_empty
 
     def convert(self, value, param, ctx):
         if isinstance(value, list):
             return value
         try:
-            return [int(v) for v in str(value).split(",") if v.strip() != ""]
+            values = [int(v) for v in str(value).split(",") if v.strip() != ""]
         except ValueError:
             self.fail(f"{value!r}: expected comma-separated integers", param, ctx)
+        if not values and not self.allow_empty:
+            self.fail(f"{value!r}: expected at least one integer", param, ctx)
+        if self.minimum is not None and any(v < self.minimum for v in values):
+            self.fail(f"{value!r}: expected layer indices ≥ {self.minimum}", param, ctx)
+        return values
+
+
+class LayerIndexParam(click.ParamType):
+    """A Darknet layer index (0-based, ``[net]`` not counted)."""
+
+    name = "K"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        try:
+            index = int(str(value).strip())
+        except ValueError:
+            index = None
+        if index is None or index < 0:
+            self.fail(f"{value!r}: expected a layer index ≥ 0 (Darknet's numbering)", param,
+                      ctx)
+        return index
+
+
+class BoundedFloatParam(click.ParamType):
+    """A finite number in [low, high] (NaN and infinities refused)."""
+
+    name = "X"
+
+    def __init__(self, low: float, high: float):
+        self.low, self.high = low, high
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not (math.isfinite(number) and self.low <= number <= self.high):
+            self.fail(f"{value!r}: expected a number from {self.low:g} to {self.high:g}", param,
+                      ctx)
+        return number
+
+
+class DeviceParam(click.ParamType):
+    """A torch device this build can use: ``cpu``, or ``cuda``/``cuda:N`` where CUDA is."""
+
+    name = "DEVICE"
+
+    def convert(self, value, param, ctx):
+        import torch
+
+        try:
+            device = torch.device(str(value))
+        except (RuntimeError, ValueError):
+            self.fail(f"{value!r}: expected cpu, cuda or cuda:N", param, ctx)
+        if device.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if count == 0:
+                self.fail(f"{value!r}: this torch build has no usable CUDA device; use cpu",
+                          param, ctx)
+            if device.index is not None and device.index >= count:
+                self.fail(f"{value!r}: there are {count} CUDA devices", param, ctx)
+        elif device.type != "cpu":
+            self.fail(f"{value!r}: expected cpu, cuda or cuda:N", param, ctx)
+        return str(value)
 
 
 SIZE = SizeParam()
 INT_LIST = IntListParam()
+K_LIST = IntListParam(minimum=0, allow_empty=False)
+LAYER_INDEX = LayerIndexParam()
+FRACTION = BoundedFloatParam(0.0, 1.0)
+POSITIVE = click.IntRange(min=1)
+DEVICE = DeviceParam()
 
 
 def _set_strict(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
@@ -155,6 +232,9 @@ def run(argv: list[str] | None = None) -> int:
     token = STRICT_DEFAULT.set(False)  # --strict lasts one run (also for in-process calls)
     try:
         with warnings.catch_warnings():
+            # numpy's "invalid value encountered" lines are noise to a user: the results
+            # show NaN themselves, and refusals are errors of their own
+            warnings.simplefilter("ignore", RuntimeWarning)
             _show_cfg_warnings()
             main.main(args=argv, prog_name="netsurgery", standalone_mode=False)
         return 0
@@ -174,6 +254,9 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         echo_err("netsurgery: interrupted; no partial output was left")
         return 130
+    except MemoryError:  # what check_fits could not foresee (a huge batch of images)
+        echo_err("netsurgery: error: out of memory; use smaller inputs (--size, --batch)")
+        return 2
     except BrokenPipeError:
         return 1
     except OSError as exc:  # a folder we may not write, a full disk: the user's to fix

@@ -9,10 +9,9 @@ import torch
 from netsurgery.darknet.model import load_model
 from netsurgery.detection.runner import load_runner
 from netsurgery.detection.timing import format_timing, time_merged, time_model
-from netsurgery.errors import UsageError
 from netsurgery.surgery.heads import load_heads
 
-from .app import SIZE, main, strict_option
+from .app import POSITIVE, SIZE, main, strict_option
 from .runtime_options import runtime_options
 
 
@@ -25,7 +24,7 @@ from .runtime_options import runtime_options
                    "network) against all heads at once.")
 @click.option("--repeat", default=20, show_default=True, type=int, help="Timed rounds.")
 @click.option("--size", type=SIZE, default=None, help="Input W,H instead of the cfg's.")
-@click.option("--threads", type=int, default=None,
+@click.option("--threads", type=POSITIVE, default=None,
               help="CPU threads for torch (and onnxruntime).")
 @click.option("--images", "images", default=None,
               help="With a gated merged network: time every head with and without the gates "
@@ -37,8 +36,6 @@ def time_cmd(cfg, weights, heads_path, repeat, size, threads, images, max_images
              onnx_path):
     """Median inference time per image of CFG/WEIGHTS (fast inference mode, batch 1, CPU)."""
     if threads is not None:
-        if threads < 1:
-            raise UsageError(f"--threads {threads}: expected a positive number")
         torch.set_num_threads(threads)
     onnx = runtime == "onnxruntime" or onnx_path is not None
     if heads_path and onnx_path is not None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from netsurgery.errors import CfgError, CfgWarning
+from netsurgery.fileio import read_input_bytes
 
 from . import schema
 
@@ -418,7 +419,7 @@ def load_cfg(path: str | os.PathLike, strict: bool | None = None) -> Cfg:
     warnings (see :func:`parse_cfg_text`) errors."""
     p = Path(path)
     try:
-        data = p.read_bytes()
+        data = read_input_bytes(p, "cfg")  # refuses FIFOs, devices and huge files
     except FileNotFoundError:
         raise CfgError(str(p), None, "file not found") from None
     except IsADirectoryError:
@@ -433,6 +434,56 @@ def load_cfg(path: str | os.PathLike, strict: bool | None = None) -> Cfg:
         line = len(_LINE_END.findall(text[: text.index("\x00")])) + 1
         raise CfgError(str(p), line, "binary data (NUL byte): expected a Darknet .cfg text")
     return parse_cfg_text(text, str(p), strict)
+
+
+def edited_text(original: str, before: Cfg, after: Cfg) -> str:
+    """``original`` — the text ``before`` was parsed from — with only what ``after`` changed:
+    values that differ are rewritten on their own line (spacing around ``=`` and any comment
+    after the value kept), keys new in ``after`` are added after the last line of their
+    section; every other line stays as it was (blank lines, ``key = value`` spacing,
+    comments). ``after`` must have the same sections as ``before`` (an edited copy)."""
+    if len(before.layers) != len(after.layers):
+        raise ValueError("edited_text: the edit added or removed sections")
+    lines = _LINE_END.split(original)
+    ends = _LINE_END.findall(original) + [""]
+    replaced: dict[int, str] = {}
+    appended: dict[int, list[str]] = {}
+    for old, new in zip([before.net, *before.layers], [after.net, *after.layers]):
+        last = max([old.line or 0] + [o.line or 0 for o in old.options])
+        for opt in new.options:
+            found = old.find(opt.key)
+            if found is None:
+                appended.setdefault(last, []).append(f"{opt.key}={opt.value}")
+            elif found.value != opt.value:
+                replaced[found.line] = _with_value(lines[found.line - 1], opt.value)
+    out = []
+    for number, (line, end) in enumerate(zip(lines, ends), start=1):
+        out.append(replaced.get(number, line) + end)
+        for extra in appended.get(number, ()):
+            out.append(extra + (end or "\n"))
+    return "".join(out)
+
+
+def save_edited(after: Cfg, path: str | os.PathLike, original: str | os.PathLike) -> None:
+    """Write ``after`` — an edited copy of the cfg read from ``original`` — to ``path``
+    atomically, as :func:`edited_text` of the original bytes (only the edited keys change)."""
+    from netsurgery.fileio import atomic_write_bytes
+
+    text = Path(original).read_bytes().decode("utf-8", "surrogateescape")
+    before = parse_cfg_text(text, str(original), strict=False)
+    atomic_write_bytes(path, edited_text(text, before, after).encode("utf-8", "surrogateescape"))
+
+
+def _with_value(raw: str, value: str) -> str:
+    """A ``key = value  # comment`` line with another value, its layout kept."""
+    key, _, rest = raw.partition("=")
+    lead = rest[:len(rest) - len(rest.lstrip())]
+    marks = [p for p in (rest.find("#"), rest.find(";")) if p >= 0]
+    if not marks:
+        return f"{key}={lead}{value}"
+    written = rest[:min(marks)]
+    gap = written[len(written.rstrip()):] or " "
+    return f"{key}={lead}{value}{gap}{rest[min(marks):]}"
 
 
 def make_section(type_: str, options: Sequence[tuple[str, object]] | dict = ()) -> Section:

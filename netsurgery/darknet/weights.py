@@ -16,7 +16,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from netsurgery.errors import WeightsError
-from netsurgery.fileio import atomic_open
+from netsurgery.fileio import atomic_open, regular_file_size
 
 from .layers import LayerSpec
 
@@ -143,9 +143,9 @@ def load_weights(path: str | os.PathLike, layers: list[LayerSpec],
     needs, is an error naming the layer and the byte counts."""
     p = Path(path)
     try:
-        size = p.stat().st_size
         if p.is_dir():
             raise WeightsError(f"{p}: is a folder, expected a .weights file")
+        size = regular_file_size(p, "weights")  # a FIFO would block, /dev/zero never ends
         with open(p, "rb") as handle:
             head = handle.read(20)
     except FileNotFoundError:

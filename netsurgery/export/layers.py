@@ -36,13 +36,24 @@ def emits(*type_names: str):
     return deco
 
 
+# Layer types our model runs that have no ONNX counterpart here, and why.
+NO_ONNX: dict[str, str] = {
+    **dict.fromkeys(("rnn", "gru", "lstm", "crnn", "conv_lstm", "history"),
+                    "its state carries over from one image to the next, which a stateless "
+                    "ONNX graph cannot hold"),
+    "local": "a locally connected layer (a kernel per output position) has no ONNX operator",
+}
+
+
 def emit_layer(g: OnnxGraph, spec: LayerSpec, module, x: str, outputs: list) -> str:
     """The nodes of one layer; a clear error naming the layer when its type has none."""
     emitter = EMITTERS.get(spec.type_name)
     if emitter is None:
+        why = NO_ONNX.get(spec.type_name, "no equivalent ONNX operators are implemented for "
+                                          "this layer type")
         raise NetsurgeryError(
             f"{spec.section.path or '<cfg>'}: layer {spec.index} [{spec.section.header}] has "
-            "no ONNX export (no equivalent ONNX operators implemented for this layer type)")
+            f"no ONNX export ({why})")
     return emitter(g, spec, module, x, outputs)
 
 
@@ -230,6 +241,40 @@ def _identity(g, spec, m, x, outputs):
     return x
 
 
+@emits("crop")
+def _crop(g, spec, m, x, outputs):
+    dh, dw, h, w = m.window
+    y = g.slice(g.slice(x, 2, dh, dh + h, "crop_h"), 3, dw, dw + w, "crop_w")
+    if (m.scale, m.shift) == (1.0, 0.0):
+        return y
+    return g.op("Add", [g.op("Mul", [y, g.const(m.scale)]), g.const(m.shift)], "crop")
+
+
+@emits("normalization")
+def _normalization(g, spec, m, x, outputs):
+    """x·(kappa + alpha·Σ x²)^−beta, the window sum as a 1×1 convolution over x²."""
+    c = spec.in_shape.c
+    window = _np(m.window).reshape(c, c, 1, 1)
+    sums = g.op("Conv", [g.op("Mul", [x, x]), g.const(window, "window")], "window_sums",
+                kernel_shape=[1, 1])
+    base = g.op("Add", [g.op("Mul", [sums, g.const(m.alpha)]), g.const(m.kappa)])
+    return g.op("Mul", [x, g.op("Pow", [base, g.const(-m.beta)])], "normalization")
+
+
+@emits("implicit")
+def _implicit(g, spec, m, x, outputs):
+    """The learned constant, repeated over the batch of the previous output."""
+    batch = g.slice(g.op("Shape", [x]), 0, 0, 1, "batch")
+    shape = g.op("Concat", [batch, g.ints(list(m.weights.shape))], "shape", axis=0)
+    return g.op("Expand", [g.const(_np(m.weights)[None], "weights"), shape], "implicit")
+
+
+@emits("contrastive")
+def _contrastive(g, spec, m, x, outputs):
+    """Zeros at inference, as Darknet leaves the output."""
+    return g.op("ConstantOfShape", [g.op("Shape", [x])], "zeros")
+
+
 @emits("softmax")
 def _softmax(g, spec, m, x, outputs):
     y = g.reshape(x, [0, spec.groups, -1], "groups")
@@ -286,26 +331,54 @@ def _multiply(g, spec, m, x, outputs):
 
 
 # -- detection layers --------------------------------------------------------------------------
-@emits("yolo")
-def _yolo(g, spec, m, x, outputs):
-    """Logistic on x, y, objectness and classes (channel masks, no reshape); x, y scaled
-    by scale_x_y; nothing activated with new_coords."""
-    fields = spec.classes + 5
-    k = np.arange(spec.in_shape.c) % fields
+def _partly_activated(g: OnnxGraph, x: str, channels: int, fields: int, raw: tuple,
+                      xy: tuple, scale: float, activate: bool = True) -> str:
+    """Logistic on every channel but the ``raw`` entries (entry = channel % fields), then
+    the ``xy`` entries scaled by scale_x_y — per-channel masks, no reshape."""
+    k = np.arange(channels) % fields
     y = x
-    if not spec.new_coords:
-        raw = ((k == 2) | (k == 3)).reshape(1, -1, 1, 1)
-        y = g.op("Where", [g.const(raw, "raw_wh", np.bool_), x, g.op("Sigmoid", [x])],
+    if activate:
+        keep = np.isin(k, raw).reshape(1, -1, 1, 1)
+        y = g.op("Where", [g.const(keep, "raw", np.bool_), x, g.op("Sigmoid", [x])],
                  "activated")
-    if spec.scale_x_y != 1.0:
-        s = np.float32(spec.scale_x_y)
-        xy = (k < 2).reshape(1, -1, 1, 1)
-        scale = np.where(xy, s, np.float32(1))
-        # Darknet: v·s − (s−1)/2 with the offset rounded as the module computes it
-        offset = np.where(xy, -np.float32(0.5 * (spec.scale_x_y - 1)), np.float32(0))
-        y = g.op("Add", [g.op("Mul", [y, g.const(scale, "scale_x_y")]),
+    if scale != 1.0:
+        s = np.float32(scale)
+        is_xy = np.isin(k, xy).reshape(1, -1, 1, 1)
+        # Darknet: v·s − (s−1)/2, the offset rounded to float32 as the module computes it
+        offset = np.where(is_xy, -np.float32(0.5 * (scale - 1)), np.float32(0))
+        y = g.op("Add", [g.op("Mul", [y, g.const(np.where(is_xy, s, np.float32(1)),
+                                                 "scale_x_y")]),
                          g.const(offset, "offset_x_y")], "scaled")
     return y
+
+
+@emits("yolo")
+def _yolo(g, spec, m, x, outputs):
+    """Logistic on x, y, objectness and classes; x, y scaled by scale_x_y; nothing activated
+    with new_coords."""
+    return _partly_activated(g, x, spec.in_shape.c, spec.classes + 5, (2, 3), (0, 1),
+                             spec.scale_x_y, not spec.new_coords)
+
+
+@emits("Gaussian_yolo")
+def _gaussian_yolo(g, spec, m, x, outputs):
+    """Per anchor x, σx, y, σy, w, σw, h, σh, objectness, classes: w and h raw."""
+    return _partly_activated(g, x, spec.in_shape.c, spec.classes + 9, m.RAW, (0, 2),
+                             spec.scale_x_y)
+
+
+@emits("detection")
+def _detection(g, spec, m, x, outputs):
+    """YOLOv1's head: the input as is, with softmax over each location's classes."""
+    flat = g.op("Flatten", [x], "flatten", axis=1)
+    if m.softmax:
+        locations, classes = m.class_block
+        n = locations * classes
+        scores = g.reshape(g.slice(flat, 1, 0, n, "scores"), [0, locations, classes])
+        soft = g.reshape(g.op("Softmax", [scores], "softmax", axis=2), [0, n])
+        rest = g.slice(flat, 1, n, spec.in_shape.numel, "boxes")
+        flat = g.op("Concat", [soft, rest], "detection", axis=1)
+    return g.reshape(flat, [0, -1, 1, 1])
 
 
 @emits("region")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -223,20 +224,28 @@ def split(merged: WeightedNetwork, heads: MergedHeads, name: str) -> WeightedNet
 
 
 def parse_task_option(text: str, default_k: int | None) -> tuple[str, str, str, int]:
-    """``NAME=TASK.cfg:TASK.weights[@K]`` → (name, cfg, weights, k)."""
-    if "=" not in text:
+    """``NAME=TASK.cfg:TASK.weights[@K]`` → (name, cfg, weights, k).
+
+    ``@K`` is read only when what follows the last '@' is an integer, so a weights path may
+    hold '@'. A cfg path may hold ':': the split is at the ':' after which the cfg part is an
+    existing file, else after the first part ending in ``.cfg``, else at the first ':'."""
+    name, sep, rest = text.partition("=")
+    if not sep:
         raise UsageError(f"--task {text}: expected NAME=TASK.cfg:TASK.weights[@K]")
-    name, rest = text.split("=", 1)
     k = default_k
-    if "@" in rest:
-        rest, k_text = rest.rsplit("@", 1)
-        try:
-            k = int(k_text)
-        except ValueError:
-            raise UsageError(f"--task {text}: '@{k_text}' is not a layer index") from None
-    if ":" not in rest:
+    head, at, k_text = rest.rpartition("@")
+    if at and re.fullmatch(r"[+-]?\d+", k_text.strip()):
+        rest, k = head, int(k_text)
+        if k < 0:
+            raise UsageError(f"--task {text}: '@{k_text}' is not a layer index (expected a "
+                             "layer index ≥ 0)")
+    cuts = [i for i, c in enumerate(rest) if c == ":"]
+    if not cuts:
         raise UsageError(f"--task {text}: expected NAME=TASK.cfg:TASK.weights[@K]")
-    cfg, weights = rest.split(":", 1)
+    cut = next((i for i in cuts if os.path.isfile(rest[:i])), None)
+    if cut is None:
+        cut = next((i for i in cuts if rest[:i].endswith(".cfg")), cuts[0])
+    cfg, weights = rest[:cut], rest[cut + 1:]
     if k is None:
         raise UsageError(f"--task {text}: no share point; pass --share-until K or @K")
     if not name:
