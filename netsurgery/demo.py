@@ -268,7 +268,9 @@ def _write_report(out, settings, base, dataset, result, diff_report, savings, de
         lines += ["## Training loss", "", f"![loss]({os.path.relpath(result.chart, out)})", ""]
     lines += ["## Files", "",
               "- `merged.cfg`, `merged.weights`, `merged.heads.json`: the merged network "
-              "(loads in Darknet and OpenCV)",
+              "(loads in Darknet and OpenCV; the three files can be moved together anywhere: "
+              "the heads file holds the class names)",
+              "- `merged.names`: the COCO head's class names, for stock Darknet and OpenCV",
               f"- `{os.path.relpath(result.cfg_path, out)}`, "
               f"`{os.path.relpath(result.final_weights, out)}`: the text model",
               "- `text-data/`: the synthetic dataset", ""]

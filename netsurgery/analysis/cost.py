@@ -74,6 +74,7 @@ class MergeSavings:
     bflops_separate: float
     bflops_merged: float
     per_head: list[HeadCost] = field(default_factory=list)
+    bflops_gated: float | None = None  # expected per image with gates (None: no gate)
 
     @property
     def params_saved(self) -> int:
@@ -295,7 +296,24 @@ def merge_savings(network: Network, heads: "MergedHeads") -> MergeSavings:
         per_head.append(HeadCost(g.name, sum(params[:k + 1]) + sum(params[a:b + 1]),
                                  sum(flops[:k + 1]) + sum(flops[a:b + 1])))
     return MergeSavings(len(per_head), sum(h.params for h in per_head), sum(params),
-                        sum(h.bflops for h in per_head), sum(flops), per_head)
+                        sum(h.bflops for h in per_head), sum(flops), per_head,
+                        _gated_bflops(flops, heads))
+
+
+def _gated_bflops(flops: list[float], heads: "MergedHeads") -> float | None:
+    """Expected BFLOPs per image with gates: everything (base, gates, tails) minus the part of
+    each gated tail that its gate skips, at the pass rate measured on its held-out images."""
+    gated = [g for g in heads.tasks if g.gate is not None]
+    if not gated:
+        return None
+    skipped = 0.0
+    for g in gated:
+        gate = g.gate
+        seen = gate.held_out_positives + gate.held_out_negatives
+        passing = (gate.positive_pass_rate * gate.held_out_positives
+                   + gate.negative_pass_rate * gate.held_out_negatives) / seen if seen else 1.0
+        skipped += (1.0 - passing) * sum(flops[g.route:g.tail[1] + 1])
+    return sum(flops) - skipped
 
 
 def format_savings(s: MergeSavings) -> str:
@@ -306,6 +324,10 @@ def format_savings(s: MergeSavings) -> str:
     lines.append(f"  {'separate (sum)':<18} {s.params_separate:>10,d} {s.bflops_separate:>11.3f}")
     lines.append(f"  {'merged':<18} {s.params_merged:>10,d} {s.bflops_merged:>11.3f}")
     lines.append(f"  merged / separate: params {s.params_ratio:.3f}, FLOPs {s.bflops_ratio:.3f}")
+    if s.bflops_gated is not None:
+        lines.append(f"  with gates: {s.bflops_gated:.3f} BFLOPs per image expected (gated tails "
+                     f"at their held-out pass rates), {s.bflops_gated / s.bflops_separate:.3f} "
+                     "of separate")
     return "\n".join(lines)
 
 
@@ -332,6 +354,17 @@ def spec_difference(a: LayerSpec, b: LayerSpec) -> str | None:
         if x != y:
             return f"{name} {x} vs {y}"
     return None
+
+
+def bit_identical(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same shape and the same float32 bits (a NaN copied bit for bit is identical). Chunked,
+    so a difference near the start returns early."""
+    if a.shape != b.shape:
+        return False
+    ua = np.ascontiguousarray(a, dtype="<f4").view(np.uint32).reshape(-1)
+    ub = np.ascontiguousarray(b, dtype="<f4").view(np.uint32).reshape(-1)
+    step = 1 << 18
+    return all(np.array_equal(ua[i:i + step], ub[i:i + step]) for i in range(0, ua.size, step))
 
 
 def _relative_difference(base: np.ndarray, other: np.ndarray) -> float:
@@ -372,7 +405,7 @@ def compare_trunk(base: Network, base_arrays: Mapping[int, Mapping[str, np.ndarr
             if other is None or other.shape != arr.shape:
                 raise UsageError(f"layer {i}: array '{name}' missing or of another shape in "
                                  "the task")
-            if arr.tobytes() == other.tobytes():
+            if bit_identical(arr, other):
                 continue
             rel = _relative_difference(arr, other)
             if worst_layer is None or rel > worst:
@@ -391,6 +424,7 @@ def savings_to_json(s: MergeSavings) -> dict:
             "params_saved": s.params_saved, "params_saved_fraction": s.params_saved_fraction,
             "bflops_separate": s.bflops_separate, "bflops_merged": s.bflops_merged,
             "bflops_saved": s.bflops_saved, "bflops_saved_fraction": s.bflops_saved_fraction,
+            "bflops_gated": s.bflops_gated,
             "heads": [{"name": h.name, "params": h.params, "bflops": h.bflops}
                       for h in s.per_head]}
 
@@ -449,7 +483,7 @@ def _table(rows: list[list[str]], right: set[int]) -> list[str]:
 def _format_layers(report: CostReport) -> list[str]:
     with_weights = report.weights_info is not None
     head = ["idx", "type", "options", "input (c x h x w)", "", "output", "params", "BFLOPs",
-            "cum.params", "cum.BFLOPs"]
+            "params 0..i frac", "BFLOPs 0..i frac"]
     if with_weights:
         head.append("weights")
     rows = [head]
@@ -513,6 +547,6 @@ def format_report(report: CostReport) -> str:
 
 
 __all__ = ["LayerCost", "HeadCost", "MergeSavings", "ShareCost", "NonFinite", "WeightsInfo",
-           "CostReport", "TrunkCheck", "frontier", "darknet_total_bflops",
+           "CostReport", "TrunkCheck", "bit_identical", "frontier", "darknet_total_bflops",
            "share_cost", "network_cost", "merge_savings", "format_savings", "spec_difference",
            "compare_trunk", "savings_to_json", "report_to_json", "format_report"]

@@ -38,6 +38,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from netsurgery.analysis.cost import bit_identical
 from netsurgery.darknet.cfg import Cfg
 from netsurgery.darknet.layers import LayerSpec
 from netsurgery.darknet.network import Network, build_network
@@ -192,13 +193,6 @@ def _ratio(num: float, den: float) -> float:
 def _flat32(arr: np.ndarray) -> np.ndarray:
     # plain ndarray (not np.memmap: its subclass hooks cost time on every slice)
     return np.ascontiguousarray(arr, dtype=np.float32).view(np.ndarray).reshape(-1)
-
-
-def _bit_identical(a: np.ndarray, b: np.ndarray) -> bool:
-    """Raw 32-bit words equal; chunked, so a difference near the start returns early."""
-    ua, ub = a.view(np.uint32), b.view(np.uint32)
-    step = 1 << 18
-    return all(np.array_equal(ua[i:i + step], ub[i:i + step]) for i in range(0, ua.size, step))
 
 
 def _positions(n: int) -> list[float]:
@@ -397,7 +391,7 @@ def tensor_diff(name: str, base: np.ndarray, task: np.ndarray) -> TensorDiff:
         raise ValueError(f"{name}: shapes differ {base.shape} vs {task.shape}")
     shape = tuple(int(v) for v in base.shape)
     b32, t32 = _flat32(base), _flat32(task)
-    if _bit_identical(b32, t32):
+    if bit_identical(b32, t32):
         return TensorDiff(name, shape, 0.0, 0.0, 1.0, True, Quantiles(0.0, 0.0, 0.0, 0.0, 0.0))
     n = b32.size
     quantiles = None

@@ -9,17 +9,18 @@ from netsurgery.analysis.cost import format_report, network_cost, report_to_json
 from netsurgery.darknet.network import build_network
 from netsurgery.darknet.validate import validate_network
 from netsurgery.darknet.weights import load_weights
-from netsurgery.fileio import atomic_write_text, check_output
+from netsurgery.fileio import HeadsInput, atomic_write_text, check_output
 
-from .app import INT_LIST, SIZE, main
+from .app import K_LIST, SIZE, main, strict_option
 
 
 @main.command()
+@strict_option
 @click.argument("cfg", type=click.Path(dir_okay=False))
 @click.option("--weights", type=click.Path(dir_okay=False),
               help="Also report the header, coverage and NaN/Inf values of a .weights file.")
 @click.option("--size", type=SIZE, help="Input W,H instead of the cfg's (changes FLOPs only).")
-@click.option("--share-until", "share_until", type=INT_LIST, default="",
+@click.option("--share-until", "share_until", type=K_LIST, default=None,
               help="K[,K...]: fraction of params/FLOPs in layers 0..K, frontier, savings.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="Also write the report as JSON.")
@@ -29,7 +30,8 @@ from .app import INT_LIST, SIZE, main
 def info(cfg, weights, size, share_until, json_path, heads_path, overwrite):
     """Print CFG's layers with shapes, parameters and BFLOPs, and the totals."""
     if json_path:
-        check_output(json_path, [cfg, weights], overwrite)
+        check_output(json_path, [cfg, weights, HeadsInput(heads_path) if heads_path else None],
+                     overwrite)
     network = build_network(cfg, size)
     wf = load_weights(weights, network.layers) if weights else None
     report = network_cost(network, share_until or (), wf)

@@ -6,17 +6,18 @@ import click
 from netsurgery.analysis.sweep import TIMING_REPEATS, format_sweep, run_sweep
 from netsurgery.errors import UsageError
 
-from .app import INT_LIST, main
+from .app import K_LIST, POSITIVE, main, strict_option
 
 
 @main.command()
+@strict_option
 @click.option("--base", "base", nargs=2, required=True, metavar="BASE.cfg BASE.weights")
 @click.option("--task-cfg", required=True, type=click.Path(dir_okay=False),
               help="The task network (its heads' classes/anchors).")
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Task .data file.")
-@click.option("--k", "ks", required=True, type=INT_LIST, help="Share points, e.g. 40,48,64,73.")
-@click.option("--iterations", type=int, help="Training iterations per k (default: cfg).")
-@click.option("--batch", type=int)
+@click.option("--k", "ks", required=True, type=K_LIST, help="Share points, e.g. 40,48,64,73.")
+@click.option("--iterations", type=POSITIVE, help="Training iterations per k (default: cfg).")
+@click.option("--batch", type=POSITIVE)
 @click.option("--no-end-to-end", is_flag=True, help="Skip the reference run with nothing frozen.")
 @click.option("--no-augment", is_flag=True, help="Only resize/letterbox the images (no "
                                                 "multi-scale either).")

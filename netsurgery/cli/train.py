@@ -5,12 +5,12 @@ import click
 import torch
 
 from netsurgery.errors import UsageError
-from netsurgery.training.data import load_data_file
 from netsurgery.training.config import TrainConfig
+from netsurgery.training.data import load_data_file
 from netsurgery.training.train import FINAL_LOSS_ITERATIONS, TrainProgress
 from netsurgery.training.train import train as run_training
 
-from .app import echo_err, main
+from .app import DEVICE, POSITIVE, echo_err, main
 
 
 @main.command(short_help="Retrain the layers after K on a new task, trunk 0..K frozen.")
@@ -26,9 +26,9 @@ from .app import echo_err, main
 @click.option("--freeze-until", type=int, default=None,
               help="Freeze layers 0..K (default: the cfg's stopbackward layer, else none; "
                    "-1 trains everything).")
-@click.option("--iterations", type=int, default=None,
+@click.option("--iterations", type=POSITIVE, default=None,
               help="Total iterations (default: max_batches).")
-@click.option("--batch", type=int, default=None,
+@click.option("--batch", type=POSITIVE, default=None,
               help="Images per iteration (default: batch/subdivisions of [net], at most 16).")
 @click.option("--lr", type=float, default=None, help="Learning rate (default: [net]).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
@@ -41,7 +41,7 @@ from .app import echo_err, main
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--strict", is_flag=True, help="Stop at the first bad label instead of "
                                             "skipping the image.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, type=DEVICE)
 @click.option("--threads", type=int, default=None,
               help="CPU threads for torch (default: torch's choice; 1 is often faster on "
                    "a busy machine).")

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from netsurgery.errors import NetsurgeryError
+from netsurgery.memory import check_fits
 
 from .cfg import Cfg
 from .layers.fastconv import FoldScratch, release_free_memory
@@ -340,6 +341,7 @@ def load_model(cfg: str | os.PathLike | Cfg | Network, weights: str | os.PathLik
     ``weights``. With ``inference=True`` the model is in the fast inference mode (eval,
     BatchNorm folded, no autograd) and ``model(x)`` returns the head outputs."""
     network = cfg if isinstance(cfg, Network) else build_network(cfg, size)
+    check_fits(network)  # before any allocation: a typo in a size is an error, not an OOM
     model = DarknetModel(network)
     if weights is not None:
         model.load_weights(weights)

@@ -71,11 +71,21 @@ def net_input(cfg: Cfg, size: tuple[int, int] | None = None) -> NetInput:
     return NetInput(width, height, channels, net.get_int("batch", 1))
 
 
-def build_network(cfg: Cfg | str | os.PathLike, size: tuple[int, int] | None = None) -> Network:
-    """Parse every layer of ``cfg`` and infer its shapes; errors name ``file:line``."""
+def build_network(cfg: Cfg | str | os.PathLike, size: tuple[int, int] | None = None,
+                  strict: bool | None = None) -> Network:
+    """Parse every layer of ``cfg`` and infer its shapes; errors name ``file:line``.
+    What Darknet accepts but probably is a mistake (a key it does not read, surplus anchors)
+    is a warning in ``cfg.warnings``, or an error with ``strict`` (default: the cfg's own
+    ``strict``, as it was read; for a path, see :func:`~netsurgery.darknet.cfg.load_cfg`)."""
     if not isinstance(cfg, Cfg):
-        cfg = load_cfg(cfg)
-    ctx = BuildContext(net_input(cfg, size), [], cfg.path)
+        cfg = load_cfg(cfg, strict)
+    elif strict is not None and strict != cfg.strict:
+        cfg = cfg.copy()
+        cfg.strict = strict
+        if strict and cfg.issues:  # read leniently, asked strictly: the first one stops
+            raise cfg.issues[0]
+    time_steps = max(1, cfg.net.get_int("time_steps", 1))
+    ctx = BuildContext(net_input(cfg, size), [], cfg.path, cfg, time_steps)
     if not cfg.layers:
         raise CfgError(cfg.path, cfg.net.line, "no layers after [net]")
     for index, section in enumerate(cfg.layers):

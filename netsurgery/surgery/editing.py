@@ -192,12 +192,6 @@ def _check_index(graph: Graph, index: int) -> None:
         raise UsageError(f"layer {index} does not exist: expected 0..{len(graph.layers) - 1}")
 
 
-def frontier(network: Network, k: int) -> list[int]:
-    """Layers ≤ k whose outputs are read by layers after k (what a tail from k+1 needs)."""
-    needed = {src for spec in network.layers[k + 1:] for src in spec.inputs() if 0 <= src <= k}
-    return sorted(needed)
-
-
 def retarget_heads(cfg: Cfg, classes: int, anchors: Sequence[float] | None = None) -> Cfg:
     """A copy of ``cfg`` whose [yolo] heads detect ``classes`` classes (and use ``anchors``,
     flat w,h pairs, if given): sets ``classes`` (and ``anchors``/``num``) in every [yolo] and

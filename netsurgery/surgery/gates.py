@@ -18,28 +18,32 @@ while the share of positive images it still sees is guaranteed statistically.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Sequence
 
 import numpy as np
 
 from netsurgery.errors import UsageError
 
-GATE_HIDDEN = 16  # local detectors before the pooling (measured: see docs/gates.md)
+GATE_HIDDEN = 16  # local detectors before the pooling (AUC measured: see docs/gates.md)
+
+
+GATE_LAYERS = 4  # route, 1×1 conv, avgpool, 1×1 conv (see gate_sections)
 
 
 @dataclass
 class Gate:
-    """A task's gate inside a merged network (stored with the task in the heads file)."""
+    """A task's gate inside a merged network, stored with the task in the heads file."""
 
-    at: int  # the trunk layer the gate reads (≤ the task's share point)
+    at: int  # the base layer the gate reads (computed anyway for the base head)
     layers: list[int]  # [first, last] merged indices of the gate branch; last = the score
-    threshold: float  # the tail runs when score ≥ threshold
-    recall: float  # the target: share of positive images passing, at ``confidence``
-    confidence: float
+    hidden: int  # filters of the first 1×1 convolution
+    threshold: float  # the tail runs on an image when its score ≥ threshold
+    recall: float  # the target share of positive images passing ...
+    confidence: float  # ... shown with this confidence on the calibration images
     positives: int  # calibration images holding at least one object of the task
-    recall_lower_bound: float  # Clopper–Pearson bound reached at the threshold
-    positive_pass_rate: float  # measured on the held-out validation split
+    recall_lower_bound: float  # the Clopper–Pearson bound reached at the threshold
+    positive_pass_rate: float  # measured on the held-out validation images
     negative_pass_rate: float
     held_out_positives: int
     held_out_negatives: int
@@ -47,6 +51,12 @@ class Gate:
     @property
     def score_layer(self) -> int:
         return self.layers[1]
+
+    def to_json(self) -> dict:
+        return {key: getattr(self, key) for key in GATE_KEYS}
+
+
+GATE_KEYS = tuple(f.name for f in fields(Gate))
 
 
 def _log_binom_pmf(i: int, n: int, p: float) -> float:
@@ -141,3 +151,44 @@ def gate_arrays(weights) -> list[dict[str, np.ndarray] | None]:
             None,
             {"biases": weights.score_bias.reshape(1),
              "weights": weights.score_weights.reshape(1, hidden, 1, 1)}]
+
+
+def check_gate_target(heads, head: str, at: int | None) -> int:
+    """The layer a gate for task ``head`` reads (``at``, or the task's share point), or a
+    UsageError saying why that head or layer cannot be gated."""
+    group = heads.group(head)
+    if group.is_base:
+        raise UsageError(f"--head {head}: the base head is never gated (its detections must "
+                         "stay those of the base network); expected a task head")
+    if group.gate is not None:
+        raise UsageError(f"--head {head}: already gated (layers {group.gate.layers[0]}.."
+                         f"{group.gate.layers[1]}); gate the merged network without gates")
+    at = group.share_until if at is None else at
+    base_last = heads.base.tail[1]
+    if not 0 <= at <= base_last:
+        raise UsageError(f"--at {at}: expected a layer index of the base network 0..{base_last} "
+                         "(its outputs are computed anyway for the base head)")
+    return at
+
+
+def attach_gate(merged, heads, head: str, at: int, weights, gate: Gate):
+    """``merged`` (a WeightedNetwork) with the gate's layers appended and ``heads`` with
+    ``gate`` recorded for task ``head``; both new objects. ``gate.layers`` is filled in."""
+    import copy
+
+    from .weighted import assemble
+
+    check_gate_target(heads, head, at)
+    first = len(merged)
+    sections = [spec.section.copy() for spec in merged.network.layers]
+    sections += gate_sections(at, weights.hidden_weights.shape[0])
+    arrays = dict(merged.arrays)
+    for offset, layer_arrays in enumerate(gate_arrays(weights)):
+        if layer_arrays is not None:
+            arrays[first + offset] = layer_arrays
+    result = assemble(merged.cfg.net.copy(), sections, arrays, merged.header)
+    new_heads = copy.deepcopy(heads)
+    gate.layers = [first, first + GATE_LAYERS - 1]
+    gate.at = at
+    new_heads.group(head).gate = gate
+    return result, new_heads

@@ -39,6 +39,8 @@ from netsurgery.darknet.weights import WeightsHeader
 from netsurgery.errors import CfgError, NetsurgeryError, UsageError
 from netsurgery.fileio import atomic_write_text
 
+from .gates import GATE_KEYS, GATE_LAYERS, Gate
+
 HEADS_SCHEMA = "netsurgery.heads/2"
 LEGACY_FORMAT = "netsurgery-heads/1"
 MAX_HEADS_FILE = 64 << 20  # bytes; a real one is a few KB (80 COCO names: ~1 KB)
@@ -59,6 +61,7 @@ class HeadGroup:
     class_map: list[int] | None = None  # with common classes: own class j → common index
     header: WeightsHeader | None = None  # the task's own weights header (split gives it back)
     trunk_cfg: str | None = None  # the task's own [net] + layers 0..k as cfg text
+    gate: Gate | None = None  # a task's gate (see netsurgery.surgery.gates)
 
     @property
     def is_base(self) -> bool:
@@ -76,6 +79,8 @@ class HeadGroup:
             out["header"] = {"major": h.major, "minor": h.minor, "revision": h.revision,
                              "seen": h.seen}
             out["trunk_cfg"] = self.trunk_cfg
+        if self.gate is not None:
+            out["gate"] = self.gate.to_json()
         return out
 
 
@@ -100,8 +105,9 @@ class MergedHeads:
 
     @property
     def n_layers(self) -> int:
-        """Layers of the merged network described (the last head's tail ends there)."""
-        return self.groups()[-1].tail[1] + 1
+        """Layers of the merged network described: the last head's tail, then the gates."""
+        gates = [g.gate.layers[1] for g in self.tasks if g.gate is not None]
+        return max([self.groups()[-1].tail[1]] + gates) + 1
 
     def to_json(self) -> dict:
         return {"schema": HEADS_SCHEMA, "common_classes": self.common_classes,
@@ -158,6 +164,12 @@ class _Fields:
             raise self.fail(self._name(key), "a non-empty string", v)
         return v
 
+    def fraction(self, key: str) -> float:
+        v = self._get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+            raise self.fail(self._name(key), "a number in 0..1", v)
+        return float(v)
+
     def ints(self, key: str, length: int | None = None, optional: bool = False,
              maximum: int = _INT32) -> list[int] | None:
         v = self._get(key, optional)
@@ -203,7 +215,7 @@ def _describe(value: Any) -> str:
 
 
 _BASE_KEYS = ("name", "classes", "class_names", "tail", "yolo_layers", "class_map")
-_TASK_KEYS = _BASE_KEYS + ("share_until", "route", "header", "trunk_cfg")
+_TASK_KEYS = _BASE_KEYS + ("share_until", "route", "header", "trunk_cfg", "gate")
 _HEADER_KEYS = ("major", "minor", "revision", "seen")
 
 
@@ -219,7 +231,19 @@ def _group(f: _Fields, task: bool) -> HeadGroup:
         class_names=f.strs("class_names"), tail=f.ints("tail", 2),
         share_until=f.int("share_until") if task else None,
         route=f.int("route") if task else None, class_map=f.ints("class_map", optional=True),
-        header=header, trunk_cfg=trunk)
+        header=header, trunk_cfg=trunk, gate=_gate(f) if task else None)
+
+
+def _gate(f: _Fields) -> Gate | None:
+    if f.value.get("gate") is None:
+        return None
+    g = f.obj("gate", GATE_KEYS)
+    counts = {k: g.int(k) for k in ("at", "hidden", "positives", "held_out_positives",
+                                    "held_out_negatives")}
+    rates = {k: g.fraction(k) for k in ("threshold", "recall", "confidence",
+                                        "recall_lower_bound", "positive_pass_rate",
+                                        "negative_pass_rate")}
+    return Gate(layers=g.ints("layers", 2), **counts, **rates)
 
 
 def parse_heads(data: Any, path: str = "<heads>") -> MergedHeads:
@@ -289,6 +313,23 @@ def _check_consistent(heads: MergedHeads, path: str) -> None:
             if len(trunk.layers) not in (0, g.share_until + 1):  # 0: format 1 ([net] only)
                 raise bad(f"{where}.trunk_cfg: {len(trunk.layers)} layers, expected the task's "
                           f"layers 0..{g.share_until}")
+    _check_gate_ranges(heads, bad)
+
+
+def _check_gate_ranges(heads: MergedHeads, bad) -> None:
+    """Gates follow the last tail, one after the other, each reading a base layer."""
+    end = heads.groups()[-1].tail[1]
+    for i, g in enumerate(heads.tasks):
+        if g.gate is None:
+            continue
+        first, last = g.gate.layers
+        if first != end + 1 or last != first + GATE_LAYERS - 1:
+            raise bad(f"tasks[{i}].gate.layers [{first}, {last}]: expected [{end + 1}, "
+                      f"{end + GATE_LAYERS}], the {GATE_LAYERS} layers after the previous ones")
+        if g.gate.at > heads.base.tail[1]:
+            raise bad(f"tasks[{i}].gate.at is {g.gate.at}: expected a layer of the base "
+                      f"0..{heads.base.tail[1]}")
+        end = last
 
 
 def _check_class_map(g: HeadGroup, where: str, common: list[str] | None, bad) -> None:
@@ -349,7 +390,7 @@ def _no_constant(name: str):
 
 # -- against a network ---------------------------------------------------------------------
 def detection_layers(network: Network) -> list[int]:
-    """The detection layers a head may own ([yolo], [region], [Gaussian_yolo])."""
+    """The detection layers a head may own (the specs that declare ``is_detection``)."""
     return network.heads()
 
 
@@ -375,7 +416,7 @@ def check_heads(heads: MergedHeads, network: Network) -> None:
                           f"reading {route.inputs()}, expected [route] layers="
                           f"{g.share_until}")
             for spec in network.layers[first:last + 1]:  # base layers read only earlier ones
-                outside = [i for i in spec.inputs()
+                outside = [i for i in spec.inputs() + spec.references()
                            if not (g.route <= i <= last or 0 <= i <= g.share_until)]
                 if outside:
                     raise bad(f"head '{g.name}': layer {spec.index} reads layer {outside[0]}, "
@@ -386,12 +427,25 @@ def check_heads(heads: MergedHeads, network: Network) -> None:
         if own != g.yolo_layers:
             raise bad(f"head '{g.name}': detection layers {own} in its layers {first}..{last}, "
                       f"the heads file says {g.yolo_layers}")
+        if g.gate is not None:
+            _check_gate_layers(g, network, bad)
         expected = len(heads.common_classes) if heads.common_classes is not None else g.classes
         for y in g.yolo_layers:
             got = getattr(network.layers[y], "classes", None)
             if got != expected:
                 raise bad(f"head '{g.name}': layer {y} has classes={got}, the heads file "
                           f"says {expected}")
+
+
+def _check_gate_layers(g: HeadGroup, network: Network, bad) -> None:
+    first, last = g.gate.layers
+    route, score = network.layers[first], network.layers[last]
+    if route.type_name != "route" or route.sources() != [g.gate.at]:
+        raise bad(f"head '{g.name}': gate layer {first} is [{route.section.header}], expected "
+                  f"[route] layers={g.gate.at}")
+    if score.out_shape.as_list() != [1, 1, 1]:
+        raise bad(f"head '{g.name}': gate score layer {last} outputs "
+                  f"{score.out_shape.as_list()}, expected one value [1, 1, 1]")
 
 
 def _check_trunk_cfg(g: HeadGroup, network: Network, bad) -> None:

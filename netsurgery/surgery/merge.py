@@ -13,20 +13,19 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from netsurgery.analysis.cost import compare_trunk
 from netsurgery.darknet.cfg import Cfg, Section, make_section, parse_cfg_text
-from netsurgery.darknet.layers import LayerSpec
 from netsurgery.darknet.network import Network
 from netsurgery.errors import NetsurgeryError, UsageError
 from netsurgery.fileio import atomic_write_text, check_output, staged_outputs
 from netsurgery.training.data import load_names
 
-from .editing import remap_references
 from .heads import HeadGroup, MergedHeads, data_text, detection_layers, names_text
 from .weighted import Arrays, WeightedNetwork, assemble, load_weighted
 
@@ -41,13 +40,6 @@ class TaskInput:
     network: WeightedNetwork
     share_until: int
     names_file: str | os.PathLike | None = None
-
-
-def renumbered(spec: LayerSpec, new_index: int,
-               mapping: Callable[[int], int | None]) -> Section:
-    """A copy of ``spec``'s section moved to ``new_index`` with every layer it names mapped
-    (the layer specs know which options name layers)."""
-    return remap_references(spec.section, spec.index, new_index, mapping)
 
 
 def head_classes(network: WeightedNetwork | Network) -> int:
@@ -104,7 +96,7 @@ def merge(base: WeightedNetwork, tasks: Sequence[TaskInput], base_name: str = "b
 
         for spec in own:
             new_index = mapping(spec.index)
-            sections.append(renumbered(spec, new_index, mapping))
+            sections.append(spec.renumbered(new_index, mapping))
             if spec.index in task.network.arrays:
                 arrays[new_index] = task.network.arrays[spec.index]
         classes = head_classes(task.network)
@@ -223,7 +215,7 @@ def split(merged: WeightedNetwork, heads: MergedHeads, name: str) -> WeightedNet
             return t
         return k + 1 + (t - first) if first <= t <= last else None
 
-    tail = [renumbered(specs[i], mapping(i), mapping) for i in range(first, last + 1)]
+    tail = [specs[i].renumbered(mapping(i), mapping) for i in range(first, last + 1)]
     arrays = {i: a for i, a in merged.arrays.items() if i <= k}
     arrays.update({mapping(i): a for i, a in merged.arrays.items() if first <= i <= last})
     result = assemble(own.net, trunk + tail, arrays, copy.copy(group.header))
@@ -232,20 +224,28 @@ def split(merged: WeightedNetwork, heads: MergedHeads, name: str) -> WeightedNet
 
 
 def parse_task_option(text: str, default_k: int | None) -> tuple[str, str, str, int]:
-    """``NAME=TASK.cfg:TASK.weights[@K]`` → (name, cfg, weights, k)."""
-    if "=" not in text:
+    """``NAME=TASK.cfg:TASK.weights[@K]`` → (name, cfg, weights, k).
+
+    ``@K`` is read only when what follows the last '@' is an integer, so a weights path may
+    hold '@'. A cfg path may hold ':': the split is at the ':' after which the cfg part is an
+    existing file, else after the first part ending in ``.cfg``, else at the first ':'."""
+    name, sep, rest = text.partition("=")
+    if not sep:
         raise UsageError(f"--task {text}: expected NAME=TASK.cfg:TASK.weights[@K]")
-    name, rest = text.split("=", 1)
     k = default_k
-    if "@" in rest:
-        rest, k_text = rest.rsplit("@", 1)
-        try:
-            k = int(k_text)
-        except ValueError:
-            raise UsageError(f"--task {text}: '@{k_text}' is not a layer index") from None
-    if ":" not in rest:
+    head, at, k_text = rest.rpartition("@")
+    if at and re.fullmatch(r"[+-]?\d+", k_text.strip()):
+        rest, k = head, int(k_text)
+        if k < 0:
+            raise UsageError(f"--task {text}: '@{k_text}' is not a layer index (expected a "
+                             "layer index ≥ 0)")
+    cuts = [i for i, c in enumerate(rest) if c == ":"]
+    if not cuts:
         raise UsageError(f"--task {text}: expected NAME=TASK.cfg:TASK.weights[@K]")
-    cfg, weights = rest.split(":", 1)
+    cut = next((i for i in cuts if os.path.isfile(rest[:i])), None)
+    if cut is None:
+        cut = next((i for i in cuts if rest[:i].endswith(".cfg")), cuts[0])
+    cfg, weights = rest[:cut], rest[cut + 1:]
     if k is None:
         raise UsageError(f"--task {text}: no share point; pass --share-until K or @K")
     if not name:

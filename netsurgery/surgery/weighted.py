@@ -78,11 +78,7 @@ class WeightedNetwork:
         (``inference=True``: the fast inference mode, as ``load_model`` gives)."""
         from netsurgery.darknet.model import load_model
 
-        model = load_model(self.network, device=device)
-        model.load_weights(self.weights_file())
-        if inference:
-            model.inference()
-        return model
+        return load_model(self.network, self.weights_file(), inference=inference, device=device)
 
 
 def load_weighted(cfg: str | os.PathLike | Cfg, weights: str | os.PathLike | None = None,

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from netsurgery.analysis.cost import bit_identical
 from netsurgery.darknet.cfg import load_cfg
 from netsurgery.darknet.model import DarknetModel
 from netsurgery.darknet.network import Network, build_network
@@ -86,15 +87,17 @@ def init_from_base(model: DarknetModel, base: WeightsFile, base_net: Network,
             elif base_net.layers[spec.index].type_name != spec.type_name:
                 reason = (f"base layer is [{base_net.layers[spec.index].section.header}], "
                           f"task layer is [{spec.section.header}]")
-            else:
-                have = {name: tuple(a.shape) for name, a in lw.arrays.items()}
+            else:  # compared and copied in the module's layout, whatever the file's header
+                stored = {name: spec.to_module_layout(name, np.asarray(a), base.header.transposed)
+                          for name, a in lw.arrays.items()}
+                have = {name: tuple(a.shape) for name, a in stored.items()}
                 want = {a.name: tuple(a.shape) for a in wanted}
                 if have != want:
                     diff = [f"{n} {have.get(n)} vs {s}" for n, s in want.items()
                             if have.get(n) != s]
                     reason = "shapes differ: " + ", ".join(diff)
             if reason is None:
-                arrays = {name: np.asarray(a) for name, a in lw.arrays.items()}
+                arrays = stored
                 report.copied.append(spec.index)
             else:
                 arrays = fresh_arrays(spec, np.random.default_rng([seed, 1, spec.index]))
@@ -103,8 +106,6 @@ def init_from_base(model: DarknetModel, base: WeightsFile, base_net: Network,
                 report.reasons[spec.index] = reason
             tensors = dict(model.layers[spec.index].weight_tensors())
             for name, arr in arrays.items():
-                if base.header.transposed and name == "weights" and spec.type_name == "connected":
-                    arr = arr.T
                 target = tensors[name]
                 target.copy_(torch.from_numpy(np.ascontiguousarray(arr)).view_as(target))
     return report
@@ -157,7 +158,6 @@ def compare_trunk(saved: str | os.PathLike, saved_net: Network, base: str | os.P
             continue
         for name, arr in lb.arrays.items():
             other = la.arrays.get(name)
-            if other is None or other.shape != arr.shape or \
-                    not np.array_equal(other.view(np.uint32), arr.view(np.uint32)):
+            if other is None or not bit_identical(other, arr):
                 problems.append(f"layer {index} {name}")
     return problems

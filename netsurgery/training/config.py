@@ -10,11 +10,11 @@ from typing import Sequence
 from netsurgery.darknet.cfg import Cfg, Section
 from netsurgery.errors import UsageError
 
-from .batches import CACHE_BYTES
 from .schedule import Schedule
 
 CPU_BATCH_MAX = 16  # default batch cap: cfg batches are sized for GPUs
 CPU_BATCH_DEFAULT = 8  # for inference cfgs (batch=1)
+FEATURE_CACHE_BYTES = 1 << 30  # frozen-trunk outputs kept per image (without augmentation)
 
 _PATHS = ("cfg", "weights", "data", "out_dir", "base_cfg")
 
@@ -58,7 +58,7 @@ class TrainConfig:
     save_every: int = 100
     keep_every: int = 1000
     log_every: int = 10
-    feature_cache: int = CACHE_BYTES
+    feature_cache: int = FEATURE_CACHE_BYTES
     prefetch: bool = True
 
     def __post_init__(self) -> None:

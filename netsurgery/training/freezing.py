@@ -10,6 +10,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from netsurgery.analysis.cost import frontier
 from netsurgery.darknet.model import DarknetModel
 from netsurgery.errors import UsageError
 
@@ -32,8 +33,7 @@ class TrainNet(nn.Module):
         self.targets = list(targets)
         network = model.network
         # outputs of frozen layers that the trained tail reads
-        self.boundary = sorted({j for spec in network.layers[freeze_until + 1:]
-                                for j in spec.inputs() if 0 <= j <= freeze_until})
+        self.boundary = frontier(network, freeze_until)
         self._features: dict[int, list[torch.Tensor]] = {}
         self._budget = feature_budget if freeze_until >= 0 and self.boundary else 0
 

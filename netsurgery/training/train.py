@@ -74,8 +74,8 @@ from netsurgery.darknet.cfg import load_cfg
 from netsurgery.darknet.model import DarknetModel
 from netsurgery.darknet.network import build_network
 from netsurgery.detection.evaluate import EvalResult, evaluate_model
-from netsurgery.errors import NetsurgeryError, UsageError
-from netsurgery.fileio import check_output
+from netsurgery.errors import NetsurgeryError, UsageError, WeightsError
+from netsurgery.fileio import DataInput, check_output
 
 from . import distributed
 from .augment import AugmentConfig, MultiScale, unsupported_options
@@ -289,7 +289,7 @@ class _Run:
         self.iterations, self.schedule = options.iterations, options.schedule
         self._data()
         self.base_cfg = c.base_cfg_path
-        self.inputs = [c.cfg, c.weights, c.data, self.base_cfg]
+        self.inputs = [c.cfg, c.weights, DataInput(c.data), self.base_cfg]
         # every rank checks (read-only), so a refused output stops all processes alike
         check_outputs(self.paths, self.inputs, c.resume, c.overwrite)
 
@@ -322,7 +322,14 @@ class _Run:
 
     def _model(self) -> None:
         c, network = self.config, self.network
-        start = start_from_base(network, c.weights, self.base_cfg, c.seed)
+        try:
+            start = start_from_base(network, c.weights, self.base_cfg, c.seed)
+        except WeightsError as exc:
+            if c.base_cfg is None and Path(self.base_cfg) == Path(c.cfg):  # a guess: say so
+                raise WeightsError(f"{exc.args[0].split(' — ')[0]}: read with {c.cfg} because "
+                                   "no .cfg is beside the weights; pass --base-cfg with the cfg "
+                                   "they belong to") from None
+            raise
         model, self.base_net, self.layers = start.model, start.base_net, start.layers
         self.note(f"base weights {c.weights} read with {self.base_cfg}: "
                   f"{len(self.layers.copied)} layers copied")

@@ -14,7 +14,7 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
-from netsurgery.darknet.cfg import Section
+from netsurgery.darknet.cfg import Cfg, Section
 from netsurgery.errors import CfgError
 
 
@@ -206,6 +206,15 @@ class BuildContext:
     net: NetInput
     specs: list[LayerSpec]
     path: str | None = None
+    cfg: Cfg | None = None  # where warnings go (None: they are errors)
+    time_steps: int = 1  # [net] time_steps: the recurrent layers' sequence length
+
+    def warn(self, section: Section, message: str, key: str | None = None) -> None:
+        """Something Darknet accepts (surplus anchors ...): a warning, or with a strict cfg a
+        CfgError (see :meth:`Cfg.warn`)."""
+        if self.cfg is None:
+            raise section.error(message, key)
+        self.cfg.warn(section, message, key)
 
     def shape_of(self, index: int) -> Shape:
         return self.net.shape if index < 0 else self.specs[index].out_shape

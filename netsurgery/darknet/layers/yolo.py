@@ -10,16 +10,19 @@ from .base import BuildContext, LayerModule, LayerSpec, ReferenceKey, lazy_torch
 torch, nn, F = lazy_torch(globals())
 
 
-def _declared_anchors(spec: LayerSpec, num: int) -> list[float]:
-    """``anchors=`` of a head with ``num`` anchors (w,h pairs); empty when not given (the
-    default is built by the caller after its checks: a huge num= must not exhaust memory)."""
-    if not spec.section.has("anchors"):
-        return []
-    anchors = spec.section.get_floats("anchors")
-    if len(anchors) != 2 * num:
-        raise spec.error(f"anchors has {len(anchors)} values: expected 2·num = {2 * num}",
-                         "anchors")
-    return anchors
+def read_anchors(section: Section, index: int, num: int, ctx: BuildContext,
+                 beyond: int = 0) -> list[float]:
+    """``anchors=`` as Darknet reads it: the first 2·num values; missing ones keep the default
+    0.5. A count other than 2·num is a warning (an error with a strict cfg). ``beyond``: how
+    many anchors past num a faulty mask reads (taken from the text when written there)."""
+    anchors = section.get_floats("anchors")
+    if len(anchors) != 2 * num and not (beyond and len(anchors) == 2 * (num + beyond)):
+        use = ("Darknet reads the first 2·num" if len(anchors) > 2 * num else
+               "Darknet keeps its default 0.5 for the missing ones")
+        ctx.warn(section, f"layer {index}: anchors has {len(anchors)} values, expected "
+                          f"2·num = {2 * num}: {use}", "anchors")
+    want = 2 * (num + beyond)
+    return anchors[:want] + [0.5] * max(0, want - len(anchors))
 
 
 @register("yolo")
@@ -44,11 +47,20 @@ class YoloSpec(LayerSpec):
         # The default mask and anchors have num entries: they are built only after the
         # channel check below, so that a huge num= is an error, not an exhausted memory.
         mask = s.get_ints("mask") if s.has("mask") else None
+        # A mask past num reads past Darknet's anchor array: tolerated (with a warning) only
+        # where the anchors= text holds values for it (cspx-p7-mish.cfg: num=16, mask 16..19).
+        written = len(s.get_floats("anchors")) // 2 if s.has("anchors") else 0
         for m in mask or ():
-            if not 0 <= m < spec.total:
+            if not 0 <= m < max(spec.total, written):
                 raise spec.error(f"mask index {m} is outside 0..{spec.total - 1} (num="
                                  f"{spec.total})", "mask")
-        spec.anchors = _declared_anchors(spec, spec.total)
+        beyond = max(mask or [0]) + 1 - spec.total  # anchors the mask reads past num
+        if beyond > 0:
+            ctx.warn(s, f"layer {index}: mask index {max(mask)} is outside 0..{spec.total - 1} "
+                        f"(num={spec.total}): Darknet reads past its anchors there (undefined "
+                        "values); netsurgery uses the anchors= values written there", "mask")
+        if s.has("anchors"):
+            spec.anchors = read_anchors(s, index, spec.total, ctx, max(beyond, 0))
         spec.scale_x_y = s.get_float("scale_x_y", 1.0)
         spec.new_coords = bool(s.get_int("new_coords", 0))
         n_mask = spec.total if mask is None else len(mask)
@@ -140,7 +152,8 @@ class RegionSpec(LayerSpec):
         spec.coords = positive(s, index, "coords", s.get_int("coords", 4))
         spec.num = positive(s, index, "num", s.get_int("num", 1))
         spec.softmax = bool(s.get_int("softmax", 0))
-        spec.anchors = _declared_anchors(spec, spec.num)
+        if s.has("anchors"):
+            spec.anchors = read_anchors(s, index, spec.num, ctx)
         expected, rule = spec.input_channels()
         if spec.in_shape.c != expected:
             raise spec.error(f"input has {spec.in_shape.c} channels: expected {rule}")
