@@ -442,7 +442,8 @@ def run_detect_cli(tmp: Path, images: list[str]):
 
     _tiny_yolo_model(tmp)
     return detect_cmd.callback(str(tmp / "y.cfg"), str(tmp / "y.weights"), tuple(images), None,
-                               None, 0.25, 0.45, False, None, None, None, 1, "cpu", False)
+                               None, 0.25, 0.45, False, None, None, None, 1, "cpu", False,
+                               runtime="torch", onnx_path=None, no_gates=False)
 
 
 @produces("E-IMAGE-TOO-LARGE")
@@ -489,7 +490,8 @@ def _eval_unknown_head(tmp):
     from netsurgery.cli.eval import eval_cmd
 
     eval_cmd.callback(str(tmp / "y.cfg"), str(tmp / "y.weights"), (f"logo={_eval_data(tmp)}",),
-                      None, 0.5, "0", 0.005, None, None, False, None, None, "cpu", False)
+                      None, 0.5, "0", 0.005, None, None, None, None, "cpu", False,
+                      runtime="torch", onnx_path=None, no_gates=False)
 
 
 def _shapes_data(tmp: Path, images: int) -> Path:
