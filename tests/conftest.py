@@ -20,7 +20,7 @@ import pytest
 from darknet_init import rebuild_weights
 
 from netsurgery.errors import NetsurgeryError
-from netsurgery.fetch import cache_dir, fetch_model
+from netsurgery.fetch import cache_dir, fetch_model, offline
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 VENDORED = Path(__file__).resolve().parent / "data"
@@ -60,19 +60,21 @@ shared_path = data_path  # the former name, kept for tests written before tests/
 
 
 @functools.cache
-def _fetch(name: str) -> Path | str:
-    """The verified weights file of ``name`` in the user cache, or why it could not be had."""
+def _fetch(name: str) -> Path | None:
+    """The verified weights file of ``name`` in the user cache (fetched once), or None."""
     try:
         return fetch_model(name, cache_dir()).weights
-    except NetsurgeryError as exc:
-        return str(exc)
+    except NetsurgeryError:
+        return None
 
 
 def fetched_weights(name: str) -> Path:
     """``name``'s official weights through ``netsurgery.fetch`` (cached), or skip saying why."""
     got = _fetch(name)
-    if isinstance(got, str):
-        pytest.skip(f"real {name} weights unavailable: not in {SHARED / 'models'}, and {got}")
+    if got is None:
+        why = "NETSURGERY_OFFLINE is set" if offline() else "download failed"
+        pytest.skip(f"no real {name} weights: not in ../shared/models nor in {cache_dir()}, "
+                    f"{why} (`python -m netsurgery fetch --dir {cache_dir()}` puts them there)")
     return got
 
 
@@ -102,3 +104,18 @@ def yolov3_tiny() -> tuple[Path, Path]:
     """(cfg, weights) of the real COCO yolov3-tiny."""
     return (data_path("darknet-cfg", "yolov3-tiny.cfg"),
             data_path("models", "yolov3-tiny.weights"))
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter):
+    """After -ra's per-test lines: the skips counted by reason, one line each."""
+    yield
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if reasons:
+        terminalreporter.section("skips by reason")
+        for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
+            terminalreporter.write_line(f"{count:4d}  {reason}")

@@ -142,7 +142,7 @@ def test_eval_cli_json_and_pr_chart(yolov3_tiny, tmp_path, capsys):
     chart = tmp_path / "pr.png"
     assert run(["eval", str(cfg), str(weights), "--data", str(data), "--json", str(out),
                 "--pr-chart", str(chart)]) == 0
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text())["heads"]["model"]
     by_name = {c["name"]: c for c in result["classes"]}
     assert by_name["dog"]["n_truth"] == 2 and by_name["person"]["n_truth"] == 1
     assert result["map"] == pytest.approx(result["map_present"] * 3 / 80)

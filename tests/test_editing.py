@@ -102,10 +102,14 @@ def test_insert_at_0_computes_the_same_outputs(kind):
         assert torch.equal(old, new)
 
 
-@pytest.mark.parametrize("name", ["yolov4-sam-mish-csp-reorg-bfm.cfg", "efficientnet_b0.cfg",
-                                  "resnet152_trident.cfg"])
-def test_insert_at_0_in_darknet_cfgs(name):
-    """AlexeyAB's cfgs with [sam], [scale_channels] and share_index references."""
+@pytest.mark.parametrize("name,kind", [("yolov4-sam-mish-csp-reorg-bfm.cfg", "sam"),
+                                       ("efficientnet_b0.cfg", "scale_channels"),
+                                       ("resnet152_trident.cfg", "share_index"),
+                                       ("yolov4-tiny_contrastive.cfg", "yolo_layer"),
+                                       ("yolov4-tiny_contrastive.cfg", "embedding_layer")])
+def test_insert_at_0_in_darknet_cfgs(name, kind):
+    """AlexeyAB's cfgs with [sam], [scale_channels], share_index, [contrastive] yolo_layer
+    and [yolo] embedding_layer references."""
     path = data_path("darknet-cfg-all", name)
     try:
         before = build_network(path)
@@ -116,8 +120,10 @@ def test_insert_at_0_in_darknet_cfgs(name):
     moved = named_layers(after)
     moved.pop(None)
     assert moved == named_layers(before)
-    kinds = {key for spec in before.layers for key in type(spec).references_in(spec.section, 0)}
-    assert kinds & {"from", "share_index"}
+    kinds = {key if key != "from" else spec.type_name for spec in before.layers
+             for key, targets in type(spec).references_in(spec.section, spec.index).items()
+             if targets}
+    assert kind in kinds
 
 
 def test_remove_and_extract_renumber_references():

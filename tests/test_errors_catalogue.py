@@ -21,6 +21,7 @@ from netsurgery.analysis.plots import check_arrays
 from netsurgery.cli.app import run
 from netsurgery.cli.eval import _data_by_head
 from netsurgery.darknet.cfg import load_cfg, parse_cfg_text
+from netsurgery.darknet.memory import check_fits
 from netsurgery.darknet.model import load_model
 from netsurgery.darknet.network import build_network
 from netsurgery.darknet.weights import (
@@ -36,7 +37,6 @@ from netsurgery.detection.evaluate import evaluate_model
 from netsurgery.detection.image import load_image
 from netsurgery.errors import NetsurgeryError
 from netsurgery.fileio import atomic_write_text, check_output, check_outputs, read_input_bytes
-from netsurgery.memory import check_fits
 from netsurgery.surgery.gates import Gate, calibrate_threshold, check_gate_target
 from netsurgery.surgery.heads import check_heads, load_heads, parse_heads
 from netsurgery.surgery.merge import TaskInput, merge, merge_files, parse_task_option, split
@@ -440,12 +440,12 @@ produces("E-DETECT-NOTHING-READ")(
 
 
 def run_detect_cli(tmp: Path, images: list[str]):
-    """The detect command's library path up to its first check (as the CLI runs it)."""
-    from netsurgery.cli.detect import detect as detect_cmd
+    """The detect command as the CLI runs it (its NetsurgeryError not turned into exit 2)."""
+    from netsurgery.cli.app import main
 
     _tiny_yolo_model(tmp)
-    return detect_cmd.callback(str(tmp / "y.cfg"), str(tmp / "y.weights"), tuple(images), None,
-                               None, 0.25, 0.45, False, None, None, None, 1, "cpu", False)
+    main.main(["detect", str(tmp / "y.cfg"), str(tmp / "y.weights"), *images],
+              standalone_mode=False)
 
 
 @produces("E-IMAGE-TOO-LARGE")
@@ -488,11 +488,11 @@ produces("E-EVAL-NOTHING-SCORED")(lambda tmp: evaluate_model(_tiny_yolo_model(tm
 produces("E-EVAL-DATA-TWICE")(lambda tmp: _data_by_head(("a.data", "b.data"), None))
 @produces("E-EVAL-UNKNOWN-HEAD")
 def _eval_unknown_head(tmp):
-    _tiny_yolo_model(tmp)
-    from netsurgery.cli.eval import eval_cmd
+    from netsurgery.cli.app import main
 
-    eval_cmd.callback(str(tmp / "y.cfg"), str(tmp / "y.weights"), (f"logo={_eval_data(tmp)}",),
-                      None, 0.5, "0", 0.005, None, None, False, None, None, "cpu", False)
+    _tiny_yolo_model(tmp)
+    main.main(["eval", str(tmp / "y.cfg"), str(tmp / "y.weights"), "--data",
+               f"logo={_eval_data(tmp)}"], standalone_mode=False)
 
 
 def _shapes_data(tmp: Path, images: int) -> Path:

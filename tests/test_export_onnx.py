@@ -480,10 +480,10 @@ def test_detect_cli_runtime_and_onnx_file(yolov3_tiny, tmp_path, capsys):
     assert run(["export", cfg, weights, "-o", str(tmp_path / "b1.onnx")]) == 0
     assert run(["detect", cfg, weights, images, "--onnx", str(tmp_path / "b1.onnx"),
                 "--batch", "3", "--json", str(tmp_path / "file.json")]) == 0
-    want = json.loads((tmp_path / "torch.json").read_text())
+    want = json.loads((tmp_path / "torch.json").read_text())["detections"]
     assert len(want) >= 8
     for other in ("ort.json", "file.json"):
-        got = json.loads((tmp_path / other).read_text())
+        got = json.loads((tmp_path / other).read_text())["detections"]
         assert [(r["image"], r["class_id"]) for r in got] == \
             [(r["image"], r["class_id"]) for r in want]
         for a, b in zip(got, want):
@@ -562,7 +562,7 @@ def test_eval_cli_runtime_onnxruntime(yolov3_tiny, tmp_path):
         out = tmp_path / f"{runtime}.json"
         assert run(["eval", *(str(p) for p in yolov3_tiny), "--data", str(data), "--json",
                     str(out), "--runtime", runtime]) == 0
-        reports[runtime] = json.loads(out.read_text())
+        reports[runtime] = json.loads(out.read_text())["heads"]["model"]
     want, got = reports["torch"], reports["onnxruntime"]
     assert want["map_present"] > 0.5
     assert got["map"] == pytest.approx(want["map"], abs=1e-4)

@@ -469,3 +469,13 @@ def test_partial_and_diff_handle_the_new_layer_types(tmp_path):
     assert not any(layer.identical for layer in report.layers)
     same = diff_weights(cfg, full, cfg, full)
     assert all(layer.identical for layer in same.layers)
+
+
+def test_contrastive_yolo_layer_is_a_renumbered_reference():
+    text = NET.format(w=8, h=8, c=3) + (
+        "[convolutional]\nfilters=12\nsize=1\n[convolutional]\nfilters=18\nsize=1\n"
+        "[yolo]\nmask=0,1,2\nnum=3\nclasses=1\nembedding_layer=-2\n[route]\nlayers=0\n"
+        "[contrastive]\nyolo_layer=2\n")
+    spec = build_network(parse_cfg_text(text, "c.cfg")).layers[4]
+    assert spec.references() == [2]
+    assert spec.renumbered(6, lambda i: i + 2).get_int("yolo_layer") == 4  # absolute stays so

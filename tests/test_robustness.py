@@ -292,7 +292,7 @@ def test_eval_counts_missing_labels_as_no_objects_and_skips_bad_ones(tmp_path, c
     assert "3 of 4 images scored (1 without a label file: no objects), 1 skipped" in \
         captured.out
     assert f"skipped: {tmp_path / 'images' / 'bad.txt'}:1: expected 5 columns" in captured.err
-    images = json.loads(out.read_text())["images"]
+    images = json.loads(out.read_text())["heads"]["model"]["images"]
     assert images["listed"] == 4 and images["scored"] == 3 and images["skipped"] == 1
     assert images["without_label_file"] == 1 and len(images["issues"]) == 1
     assert run(["eval", cfg, weights, "--data", str(data), "--strict"]) == 2

@@ -40,7 +40,7 @@ from netsurgery.darknet.layers import LayerSpec
 from netsurgery.darknet.network import Network, build_network
 from netsurgery.darknet.weights import WeightsFile, file_layout, load_weights
 from netsurgery.errors import UsageError
-from netsurgery.fileio import atomic_open, atomic_write_text
+from netsurgery.fileio import atomic_open
 
 TENSOR_ORDER = ("weights", "biases", "scales", "rolling_mean", "rolling_variance")
 
@@ -367,19 +367,18 @@ def report_to_json(report: DiffReport) -> dict:
 
 
 def reports_to_json(reports: Sequence[DiffReport]) -> dict:
-    """One report as :func:`report_to_json`; several as ``{"base": ..., "tasks": [...]}``."""
-    if len(reports) == 1:
-        return report_to_json(reports[0])
+    """``{"base": {"cfg", "weights"}, "tasks": [report_to_json(...), ...]}`` for one task or
+    several alike."""
     return {"base": {"cfg": reports[0].base_cfg, "weights": reports[0].base_weights},
             "tasks": [report_to_json(r) for r in reports]}
 
 
 def write_json(reports: DiffReport | Sequence[DiffReport], path: str | os.PathLike) -> None:
-    import json
+    from netsurgery.jsonout import write_document
 
     if isinstance(reports, DiffReport):
         reports = [reports]
-    atomic_write_text(path, json.dumps(reports_to_json(reports), indent=1) + "\n")
+    write_document(path, "diff", reports_to_json(reports))
 
 
 CSV_COLUMNS = ("task", "index", "type", "tensor", "count", "identical", "rel_mean_abs",

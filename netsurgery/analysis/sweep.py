@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 from netsurgery.darknet.network import Network
 from netsurgery.errors import UsageError
 from netsurgery.fileio import atomic_write_bytes, atomic_write_text
+from netsurgery.jsonout import write_document
 
 from .cost import share_cost
 
@@ -305,8 +306,7 @@ def write_outputs(points: Sequence[SweepPoint], out: Path) -> None:
     for p in points:
         writer.writerow(asdict(p))
     atomic_write_text(out / "sweep.csv", buf.getvalue())
-    atomic_write_text(out / "sweep.json",
-                      json.dumps({"points": [asdict(p) for p in points]}, indent=1) + "\n")
+    write_document(out / "sweep.json", "sweep", {"points": [asdict(p) for p in points]})
     plot_sweep(points, out / "sweep.png")
 
 

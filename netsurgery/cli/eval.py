@@ -1,7 +1,6 @@
 """``netsurgery eval``."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -12,7 +11,8 @@ from netsurgery.detection.detect import check_detector_weights, heads_of
 from netsurgery.detection.evaluate import evaluate_model, format_result, result_to_json
 from netsurgery.detection.runner import load_runner
 from netsurgery.errors import UsageError
-from netsurgery.fileio import DataInput, HeadsInput, atomic_write_text, check_outputs
+from netsurgery.fileio import DataInput, HeadsInput, check_outputs
+from netsurgery.jsonout import write_document
 from netsurgery.surgery.heads import load_heads
 
 from .app import DEVICE, FRACTION, SIZE, main, strict_option
@@ -111,5 +111,4 @@ def eval_cmd(cfg, weights, data_files, heads_path, iou, points, thresh, letterbo
                            f"{head.name}: precision-recall at IoU {iou:.2f}")
             click.echo(f"wrote {charts[head.name]}")
     if json_path:
-        payload = next(iter(report.values())) if len(report) == 1 else {"heads": report}
-        atomic_write_text(json_path, json.dumps(payload, indent=1) + "\n")
+        write_document(json_path, "eval", {"heads": report})  # one shape for 1 or N heads

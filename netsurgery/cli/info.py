@@ -1,15 +1,14 @@
 """``netsurgery info``: layer table, totals (Darknet's Total BFLOPS), share-until costs."""
 from __future__ import annotations
 
-import json
-
 import click
 
 from netsurgery.analysis.cost import format_report, network_cost, report_to_json
 from netsurgery.darknet.network import build_network
 from netsurgery.darknet.validate import validate_network
 from netsurgery.darknet.weights import load_weights
-from netsurgery.fileio import HeadsInput, atomic_write_text, check_output
+from netsurgery.fileio import HeadsInput, check_output
+from netsurgery.jsonout import write_document
 
 from .app import K_LIST, SIZE, main, strict_option
 
@@ -55,5 +54,5 @@ def info(cfg, weights, size, share_until, json_path, heads_path, overwrite):
                              "message": p.message} for p in problems]
         if savings is not None:
             data["merge"] = savings_to_json(savings)
-        atomic_write_text(json_path, json.dumps(data, indent=1) + "\n")
+        write_document(json_path, "info", data)
         click.echo(f"wrote {json_path}")

@@ -7,7 +7,6 @@ own with its own classes.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -353,6 +352,6 @@ def result_to_json(result: DetectResult) -> dict:
 
 
 def write_json(path, result: DetectResult) -> None:
-    from netsurgery.fileio import atomic_write_text
+    from netsurgery.jsonout import write_document
 
-    atomic_write_text(path, json.dumps(result_to_json(result), indent=1) + "\n")
+    write_document(path, "detect", result_to_json(result))

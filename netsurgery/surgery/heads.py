@@ -18,6 +18,8 @@ head's own layers (the base: its whole network); a task also reads the trunk 0..
 through the ``[route] layers=share_until`` at ``route``. ``header`` is the task's own weights
 header and ``trunk_cfg`` its own ``[net]`` and layers 0..share_until as cfg text (comments and
 training keys such as ``stopbackward=1`` kept), so ``split`` gives its files back as they were.
+A task may also hold a ``gate`` (:class:`~netsurgery.surgery.gates.Gate`: its layer range after
+the last tail, the base layer it reads, its threshold and calibration figures).
 
 Every reader goes through :func:`load_heads` (types and ranges of every field, one line naming
 the first bad one) and :func:`check_heads` (the file against the network it is used with).
