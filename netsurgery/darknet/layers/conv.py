@@ -55,6 +55,13 @@ def add_batchnorm(module: LayerModule, channels: int, prefix: str = "") -> None:
     module.register_buffer(prefix + "rolling_variance", torch.ones(channels))
 
 
+def conv_padding(section: Section, size: int) -> int:
+    """Darknet's padding of a convolution (parse_convolutional, parse_crnn, parse_conv_lstm):
+    ``padding=``, replaced by size/2 when ``pad=1``."""
+    padding = section.get_int("padding", 0)  # read (and checked) even when pad=1 overrides it
+    return size // 2 if section.get_int("pad", 0) else padding
+
+
 def _batchnorm_tensors(module: LayerModule) -> list[tuple[str, torch.Tensor]]:
     return [(n, getattr(module, n)) for n in BATCHNORM_ARRAYS]
 
@@ -91,9 +98,7 @@ class ConvSpec(LayerSpec):
         spec.stride_x = positive(s, index, "stride_x", s.get_int("stride_x", stride))
         spec.stride_y = positive(s, index, "stride_y", s.get_int("stride_y", stride))
         spec.groups = positive(s, index, "groups", s.get_int("groups", 1))
-        spec.padding = s.get_int("padding", 0)
-        if s.get_int("pad", 0):
-            spec.padding = spec.size // 2
+        spec.padding = conv_padding(s, spec.size)
         if spec.padding < 0:
             raise spec.error(f"padding={spec.padding}: expected ≥ 0", "padding")
         spec.dilation = positive(s, index, "dilation", s.get_int("dilation", 1))
