@@ -87,3 +87,21 @@ def test_initial_arrays_are_darknets():
     assert set(shortcut) == {"weights"} and (shortcut["weights"] == 1).all()
     assert sorted(bn) == ["biases", "rolling_mean", "rolling_variance", "scales"]
     assert (bn["scales"] == 1).all() and (bn["rolling_mean"] == 0).all()
+
+
+def test_weight_decay_only_on_conv_and_connected_kernels():
+    """As Darknet's update_*_layer: the kernels of [convolutional] and [connected] decay;
+    biases, BatchNorm scales and a weighted [shortcut]'s weights do not."""
+    from netsurgery.training.freezing import param_groups
+
+    text = ("[net]\nwidth=4\nheight=4\nchannels=2\n"
+            "[convolutional]\nfilters=2\nsize=3\npad=1\nbatch_normalize=1\nactivation=leaky\n"
+            "[shortcut]\nfrom=-1\nweights_type=per_feature\nactivation=linear\n"
+            "[connected]\noutput=5\nactivation=linear\n")
+    model = load_model(build_network(parse_cfg_text(text, "decay.cfg")))
+    decayed, plain = param_groups(model, [0, 1, 2], 0.0005)
+    assert decayed["weight_decay"] == 0.0005 and plain["weight_decay"] == 0.0
+    named = {id(t): (i, n) for i in range(3) for n, t in model.layers[i].weight_tensors()}
+    assert sorted(named[id(t)] for t in decayed["params"]) == [(0, "weights"), (2, "weights")]
+    assert sorted(named[id(t)] for t in plain["params"]) == [
+        (0, "biases"), (0, "scales"), (1, "weights"), (2, "biases")]

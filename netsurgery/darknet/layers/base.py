@@ -91,6 +91,8 @@ class LayerSpec:
     # Detection heads ([yolo], [region]) set this and have ``classes`` (int) and ``anchors``
     # (flat w,h pairs, all the section declares) fields.
     is_detection: ClassVar[bool] = False
+    # The arrays Darknet's update applies weight decay to (its update_*_layer)
+    decayed_arrays: ClassVar[tuple[str, ...]] = ()
 
     # -- construction ---------------------------------------------------------------------
     @classmethod

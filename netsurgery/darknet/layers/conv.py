@@ -75,6 +75,7 @@ _UNSUPPORTED_CONV_OPTIONS = ("share_index", "antialiasing", "binary", "xnor", "c
 class ConvSpec(LayerSpec):
     # share_index: the layer whose kernel this one uses; -1000000000 is Darknet's "none"
     reference_keys = (ReferenceKey("share_index", none=-1000000000),)
+    decayed_arrays = ("weights",)
 
     filters: int = 1
     size: int = 1
@@ -286,6 +287,8 @@ class ConvModule(LayerModule):
 @register("connected")
 @dataclass(eq=False)
 class ConnectedSpec(LayerSpec):
+    decayed_arrays = ("weights",)
+
     outputs: int = 1
     batch_normalize: bool = False
     activation: str = "logistic"
