@@ -243,6 +243,7 @@ def test_detect_and_info_use_the_gate(gated):
     rc, out, err = run_quiet(["info", work / "gated.cfg", "--heads", work / "gated.heads.json"])
     assert rc == 0, err
     assert "with gates:" in out
+    assert "dead layer" not in out  # the gate's score is an output, read at run time
 
 
 def _head_records(data, head: str) -> list:

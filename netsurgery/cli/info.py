@@ -35,15 +35,17 @@ def info(cfg, weights, size, share_until, json_path, heads_path, overwrite):
     wf = load_weights(weights, network.layers) if weights else None
     report = network_cost(network, share_until or (), wf)
     click.echo(format_report(report), nl=False)
-    savings = None
+    savings, gate_scores = None, []
     if heads_path:
         from netsurgery.analysis.cost import format_savings, merge_savings, savings_to_json
         from netsurgery.surgery.heads import load_heads
 
-        savings = merge_savings(network, load_heads(heads_path, network))
+        heads = load_heads(heads_path, network)
+        gate_scores = [g.gate.score_layer for g in heads.tasks if g.gate is not None]
+        savings = merge_savings(network, heads)
         click.echo("\nmerged network against separate networks:")
         click.echo(format_savings(savings))
-    problems = validate_network(network)
+    problems = validate_network(network, gate_scores)
     if problems:
         click.echo("\nchecks:")
         for problem in problems:

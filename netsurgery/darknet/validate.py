@@ -8,6 +8,7 @@ layers of different shapes, a layer reading a [yolo] output, a layer nobody read
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 from netsurgery.errors import CfgError
 
@@ -36,8 +37,9 @@ class Problem:
 
 
 class _Checker:
-    def __init__(self, network: Network):
+    def __init__(self, network: Network, outputs: Sequence[int] = ()):
         self.network = network
+        self.extra_outputs = set(outputs)
         self.layers = network.layers
         self.problems: list[Problem] = []
 
@@ -147,17 +149,18 @@ class _Checker:
         read: set[int] = set()
         for spec in self.layers:
             read.update(i for i in spec.inputs() if 0 <= i < spec.index)
-        outputs = set(self.network.outputs())
+        outputs = set(self.network.outputs()) | self.extra_outputs
         for spec in self.layers:
             if spec.index not in read and spec.index not in outputs:
                 self.add(spec, "output is never read and the layer is not a detection head "
                                "(dead layer: wasted FLOPs)", severity=WARNING)
 
 
-def validate_network(network: Network) -> list[Problem]:
+def validate_network(network: Network, outputs: Sequence[int] = ()) -> list[Problem]:
     """Every consistency problem found, errors and warnings, in layer order (the unused-layer
-    warnings last)."""
-    return _Checker(network).run()
+    warnings last). ``outputs``: layers read from outside besides the heads (a merged
+    network's gate scores), so not dead."""
+    return _Checker(network, outputs).run()
 
 
 def check_network(network: Network, warnings_are_errors: bool = False) -> list[Problem]:
