@@ -274,6 +274,7 @@ def plot_suggestion(suggestion, path: str | os.PathLike,
                label=f"recommended k={suggestion.recommended} (confidence "
                      f"{suggestion.confidence:.2f})")
     ax.set_xlabel("share-until layer k (Darknet index)")
+    ax.set_xticks(sorted(set(ks) | set(measured or ())))
     ax.set_ylabel("mAP@0.5 (%)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
