@@ -6,8 +6,8 @@ all candidates, the tails train on them), its validation mAP@0.5 is measured at 
 checkpoints, and the mAP the full training would reach is predicted from that learning
 curve. The recommendation is the largest k whose predicted mAP is within a tolerance of the
 best candidate's; its confidence is the share of draws, with each prediction perturbed by its
-own uncertainty, that recommend the same k. docs/suggest-k.md reports how well this predicts
-measured sweeps.
+own uncertainty, that recommend the same k. docs/suggest-k.md reports what has been measured of
+how well this predicts sweeps (so far: not enough to trust it).
 """
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def checkpoints(iterations: int, n: int = CHECKPOINTS) -> list[int]:
 def extrapolate(curve: Sequence[tuple[int, float]], target: int,
                 method: str = "sqrt") -> tuple[float, float]:
     """Predicted mAP at ``target`` iterations from (iteration, mAP) checkpoints, and its
-    uncertainty (both 0..1). See docs/suggest-k.md for the measurements behind the choice.
+    uncertainty (both 0..1); docs/suggest-k.md reports how far this has been validated.
 
     ``sqrt``: least squares of mAP = a - b/sqrt(iteration) on the checkpoints (a learning
     curve that flattens), evaluated at ``target``; b < 0 (a falling curve) is taken as flat.
