@@ -17,20 +17,21 @@ import common
 import numpy as np
 import torch
 
+from netsurgery.analysis.cost import merge_savings
 from netsurgery.darknet.model import load_model
-from netsurgery.surgery.editing import load_graph
-from netsurgery.surgery.merge import TaskInput, load_heads, merge, merge_savings
+from netsurgery.surgery.heads import load_heads
+from netsurgery.surgery.merge import TaskInput, merge
 from netsurgery.surgery.multihead import MergedModel
+from netsurgery.surgery.weighted import load_weighted
 
 
 def task_graph(base, k: int, seed: int):
     """``base`` with every array after layer k scaled by (1 + 5 % noise)."""
     rng = np.random.default_rng(seed)
     task = base.copy()
-    for layer in task.layers[k + 1:]:
-        if layer.arrays:
-            layer.arrays = {name: (a * (1 + 0.05 * rng.standard_normal(a.shape, np.float32)))
-                            .astype(np.float32) for name, a in layer.arrays.items()}
+    for index in sorted(i for i in task.arrays if i > k):
+        task.arrays[index] = {name: (a * (1 + 0.05 * rng.standard_normal(a.shape, np.float32)))
+                              .astype(np.float32) for name, a in task.arrays[index].items()}
     return task
 
 
@@ -47,7 +48,7 @@ def build(k: int, n_tasks: int):
     if all(p.exists() for p in paths) and all(w.exists() for _, w in tasks):
         return (*paths, tasks)
     print(f"writing {n_tasks} task(s) and the merged network to {folder} (once) ...")
-    base = load_graph(cfg, weights)
+    base = load_weighted(cfg, weights)
     graphs = []
     for i, (tcfg, tweights) in enumerate(tasks):
         graph = task_graph(base, k, seed=100 + i)

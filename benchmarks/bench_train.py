@@ -44,7 +44,7 @@ def task_cfg(out: Path, size: int, burn_in: int, mosaic: bool = False,
 
 def speed(args, root: Path) -> None:
     from netsurgery.training.synth import make_shapes_dataset
-    from netsurgery.training.train import train
+    from netsurgery.training.train import TrainConfig, train
 
     data = make_shapes_dataset(root / "speed", 16, seed=1, size=(args.size, args.size),
                                valid_fraction=0).data
@@ -56,10 +56,10 @@ def speed(args, root: Path) -> None:
     # then bias all alike
     for repeat in range(args.repeats):
         for label, k, prefetch in setups:
-            result = train(cfg, WEIGHTS, data, freeze_until=k, iterations=args.iterations,
-                           batch=args.batch, out_dir=root / f"out{k}_{prefetch}_{repeat}",
-                           base_cfg=CFG, augment=True, validate=False, save_every=10 ** 6,
-                           prefetch=prefetch)
+            result = train(TrainConfig(cfg, WEIGHTS, data, root / f"out{k}_{prefetch}_{repeat}",
+                                       freeze_until=k, iterations=args.iterations,
+                                       batch=args.batch, base_cfg=CFG, augment=True,
+                                       validate=False, save_every=10 ** 6, prefetch=prefetch))
             rates[label] = max(rates.get(label, 0.0), result.images_per_sec)
             print(f"  run {repeat + 1}: {label:17s} {result.images_per_sec:7.2f} images/s",
                   flush=True)
@@ -75,16 +75,17 @@ def speed(args, root: Path) -> None:
 
 def long_run(args, root: Path) -> None:
     from netsurgery.training.synth import make_shapes_dataset
-    from netsurgery.training.train import train
+    from netsurgery.training.train import TrainConfig, train
 
     data = make_shapes_dataset(root / "shapes", args.images, seed=7, size=(160, 160),
                                valid_fraction=0.25).data
     cfg = task_cfg(root, args.long_size, burn_in=20, mosaic=args.mosaic,
                    multi_scale=args.multi_scale)
     t0 = time.perf_counter()
-    result = train(cfg, WEIGHTS, data, freeze_until=12, iterations=args.long, batch=8,
-                   out_dir=root / "long", base_cfg=CFG, augment=not args.no_augment,
-                   seed=0, log=lambda m: print("  " + m, flush=True),
+    config = TrainConfig(cfg, WEIGHTS, data, root / "long", freeze_until=12,
+                         iterations=args.long, batch=8, base_cfg=CFG,
+                         augment=not args.no_augment, seed=0)
+    result = train(config, log=lambda m: print("  " + m, flush=True),
                    progress=lambda p: print("  " + p.line(), flush=True)
                    if p.iteration % 50 == 0 else None)
     seconds = time.perf_counter() - t0

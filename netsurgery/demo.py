@@ -106,19 +106,20 @@ def run_demo(out_dir: str | os.PathLike = "demo", k: int | None = None, quick: b
              weights_dir: str | os.PathLike = "weights",
              log: Callable[[str], None] = print) -> DemoResult:
     """Run the whole demo into ``out_dir`` and write ``out_dir/report.md``."""
-    from .analysis.cost import network_cost
+    from .analysis.cost import merge_savings, network_cost
     from .analysis.diff import diff_weights
     from .analysis.plots import plot_diff
-    from .analysis.sweep import time_merged_vs_separate
     from .darknet.model import load_model
     from .darknet.network import build_network
     from .detection.detect import detect_images, draw, heads_of
     from .detection.evaluate import evaluate_model
+    from .detection.timing import time_merged
     from .fetch import fetch_model
-    from .surgery.editing import load_graph
-    from .surgery.merge import MergedHeads, TaskInput, format_savings, merge, merge_savings
+    from .surgery.merge import TaskInput, merge, write_merged
     from .surgery.multihead import MergedModel
+    from .surgery.weighted import load_weighted
     from .training.synth import TextStyle, make_text_dataset
+    from .training.config import TrainConfig
     from .training.train import train
 
     t0 = time.perf_counter()
@@ -146,13 +147,15 @@ def run_demo(out_dir: str | os.PathLike = "demo", k: int | None = None, quick: b
 
     log(f"3/7 retraining layers {settings.k + 1}.. on text (layers 0..{settings.k} frozen)")
     train_dir = out / "train"
-    result = train(task_cfg, base.weights, dataset.data, freeze_until=settings.k,
-                   iterations=settings.iterations, batch=settings.batch, out_dir=train_dir,
-                   seed=settings.seed, base_cfg=base.cfg, overwrite=True, validate=False,
-                   log=lambda m: log("   " + m), progress=_progress_printer(log),
-                   # yolov3-tiny.cfg says random=1; multi-scale measured no better here (text
-                   # mAP 54.4 % vs 54.5 %) at a third more time: the demo stays at 416
-                   multi_scale=False)
+    config = TrainConfig(task_cfg, base.weights, dataset.data, train_dir,
+                         freeze_until=settings.k, iterations=settings.iterations,
+                         batch=settings.batch, seed=settings.seed, base_cfg=base.cfg,
+                         overwrite=True, validate=False,
+                         # yolov3-tiny.cfg says random=1; multi-scale measured no better
+                         # here (text mAP 54.4 % vs 54.5 %) at a third more time: the demo
+                         # stays at 416
+                         multi_scale=False)
+    result = train(config, log=lambda m: log("   " + m), progress=_progress_printer(log))
     text_cfg, text_weights = result.cfg_path, result.final_weights
 
     log("4/7 diff base vs text model")
@@ -161,18 +164,16 @@ def run_demo(out_dir: str | os.PathLike = "demo", k: int | None = None, quick: b
     files["diff"] = "diff.png"
 
     log(f"5/7 merging base + text at k={settings.k}")
-    merged, heads = merge(load_graph(base.cfg, base.weights),
-                          [TaskInput("text", load_graph(text_cfg, text_weights), settings.k,
-                                     str(dataset.names))],
-                          base_name="coco", base_names_file=str(base.names))
-    merged.save(out / "merged.cfg", out / "merged.weights")
-    heads.save(out / "merged.heads.json")
-    savings = merge_savings(merged.network(), heads)
+    merged, heads = merge(load_weighted(base.cfg, base.weights),
+                          [TaskInput("text", load_weighted(text_cfg, text_weights), settings.k,
+                                     dataset.names)],
+                          base_name="coco", base_names_file=base.names)
+    write_merged(merged, heads, out / "merged")
+    savings = merge_savings(merged.network, heads)
 
     log("6/7 detecting with both heads")
     sample = sample_image(out / "sample.jpg")
-    mm = MergedModel(load_model(out / "merged.cfg", out / "merged.weights", inference=True),
-                     heads)
+    mm = MergedModel(merged.model(inference=True), heads)  # built in memory
     head_infos = heads_of(mm.model, heads)
     detections = detect_images(mm.model, [sample], head_infos)
     draw(sample, detections.records, out / "sample_detections.jpg", show_head=True)
@@ -186,8 +187,8 @@ def run_demo(out_dir: str | os.PathLike = "demo", k: int | None = None, quick: b
         merged_out = mm(xt, heads=["coco"])["coco"]
         alone_out = base_alone(xt)
     identical = all(torch.equal(a, b) for a, b in zip(merged_out, alone_out))
-    merged_ms, separate_ms = time_merged_vs_separate(base.cfg, base.weights, text_cfg,
-                                                     text_weights, settings.k, 5, out)
+    timing = time_merged(mm.model, heads, 5)
+    merged_ms, separate_ms = timing.merged.median_ms, timing.separate_ms
 
     log("7/7 evaluating the text head")
     text_head = [h for h in head_infos if h.name == "text"][0]
@@ -205,8 +206,8 @@ def run_demo(out_dir: str | os.PathLike = "demo", k: int | None = None, quick: b
 
 def _write_report(out, settings, base, dataset, result, diff_report, savings, detections,
                   identical, ev, cost, merged_ms, separate_ms, seconds, quick) -> Path:
+    from .analysis.cost import format_savings
     from .fileio import atomic_write_text
-    from .surgery.merge import format_savings
 
     s = diff_report.summary
     lines = [
@@ -267,7 +268,9 @@ def _write_report(out, settings, base, dataset, result, diff_report, savings, de
         lines += ["## Training loss", "", f"![loss]({os.path.relpath(result.chart, out)})", ""]
     lines += ["## Files", "",
               "- `merged.cfg`, `merged.weights`, `merged.heads.json`: the merged network "
-              "(loads in Darknet and OpenCV)",
+              "(loads in Darknet and OpenCV; the three files can be moved together anywhere: "
+              "the heads file holds the class names)",
+              "- `merged.names`: the COCO head's class names, for stock Darknet and OpenCV",
               f"- `{os.path.relpath(result.cfg_path, out)}`, "
               f"`{os.path.relpath(result.final_weights, out)}`: the text model",
               "- `text-data/`: the synthetic dataset", ""]

@@ -17,6 +17,15 @@ class CfgError(NetsurgeryError):
         where = f"{path or '<cfg>'}:{line}" if line is not None else f"{path or '<cfg>'}"
         super().__init__(f"{where}: {message}")
 
+    def __reduce__(self):  # copy and pickle (a Cfg keeps its warnings as CfgErrors)
+        return (type(self), (self.path, self.line, self.message))
+
+
+class CfgWarning(UserWarning):
+    """Something in a .cfg file that Darknet accepts but that is probably not meant (a key it
+    does not read, surplus anchors ...). The text starts with ``file:line:``. Reading with
+    ``strict=True`` (CLI ``--strict``) turns each into a :class:`CfgError`."""
+
 
 class WeightsError(NetsurgeryError):
     """A problem in a .weights file (header, size, layer that does not fit)."""

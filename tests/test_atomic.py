@@ -23,8 +23,9 @@ from netsurgery.darknet.network import build_network
 from netsurgery.darknet.weights import WeightsHeader, file_layout, load_weights, save_weights
 from netsurgery.errors import UsageError, WeightsError
 from netsurgery.fileio import atomic_open, atomic_write_bytes, atomic_write_text
-from netsurgery.surgery.editing import load_graph
-from netsurgery.surgery.merge import TaskInput, load_heads, merge, merge_files
+from netsurgery.surgery.heads import load_heads
+from netsurgery.surgery.merge import TaskInput, merge, merge_files
+from netsurgery.surgery.weighted import load_weighted
 
 PACKAGE = Path(__file__).resolve().parents[1] / "netsurgery"
 
@@ -298,7 +299,7 @@ def test_merge_needs_overwrite_for_existing_outputs(tmp_path, capsys):
 
     assert run(_merge_args(cfg, weights, task_cfg, task_weights, out, "--overwrite")) == 0
     assert sorted(p.name for p in out.parent.iterdir()) == \
-        ["merged.cfg", "merged.heads.json", "merged.weights"]
+        ["merged.cfg", "merged.heads.json", "merged.names", "merged.weights"]
     merged = build_network(load_cfg(f"{out}.cfg"))
     assert load_weights(f"{out}.weights", merged.layers).complete
     assert [g.name for g in load_heads(f"{out}.heads.json").groups()] == ["base", "t"]
@@ -313,14 +314,14 @@ def test_merge_output_that_is_a_folder_is_refused(tmp_path, capsys):
 
 
 def test_merge_interrupted_between_outputs_leaves_none(tmp_path, monkeypatch):
-    from netsurgery.surgery import merge as merge_module
+    from netsurgery.surgery import heads as heads_module
 
     cfg, weights = small_files(tmp_path, "base")
 
     def interrupted(self, path):
         raise KeyboardInterrupt  # SIGTERM after OUT.cfg and OUT.weights were written
 
-    monkeypatch.setattr(merge_module.MergedHeads, "save", interrupted)
+    monkeypatch.setattr(heads_module.MergedHeads, "save", interrupted)
     out = tmp_path / "out" / "m"
     with pytest.raises(KeyboardInterrupt):
         merge_files(str(cfg), str(weights), [f"t={cfg}:{weights}"], str(out), 0)
@@ -398,14 +399,14 @@ def test_sigterm_during_merge_leaves_no_partial_output(tmp_path, yolov3_tiny):
 
     assert parts(folder) == [], "a temporary file was left behind"
     # expected size of the merged weights: base (all 24 layers) + the task's tail 13..23
-    base = load_graph(cfg, weights)
-    merged, _ = merge(base, [TaskInput("t", load_graph(cfg, weights), 12)])
-    expected = 20 + 4 * sum(a.count for _, arrays in file_layout(merged.network().layers)
+    base = load_weighted(cfg, weights)
+    merged, _ = merge(base, [TaskInput("t", load_weighted(cfg, weights), 12)])
+    expected = 20 + 4 * sum(a.count for _, arrays in file_layout(merged.network.layers)
                             for a in arrays)
     _outputs_complete(out, expected)
     left = sorted(p.name for p in folder.iterdir())
     if proc.returncode == 0:  # merge finished before the signal landed: all three complete
-        assert left == ["merged.cfg", "merged.heads.json", "merged.weights"], stderr
+        assert left == ["merged.cfg", "merged.heads.json", "merged.names", "merged.weights"], stderr
     else:
         assert saw_part, f"merge ended without writing: {stderr}"
         assert proc.returncode == 130, stderr

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SHARED, shared_path
+from conftest import find_data, shared_path
 
 from netsurgery import CfgError, build_network, load_cfg, load_model, parse_cfg_text
 from netsurgery.darknet.cfg import make_section
+from netsurgery.errors import CfgWarning
 
 NET = "[net]\nwidth=32\nheight=32\nchannels=3\n\n"  # lines 1-4, then a blank line 5
 
@@ -131,7 +132,6 @@ def test_typed_getters_and_editing():
 # -- errors -------------------------------------------------------------------------------
 # (name, cfg text after NET, line of the error, text the message must contain)
 MALFORMED = [
-    ("bad key", "[convolutional]\nfilters=4\nsiez=3\n", 8, "unknown key 'siez'"),
     ("bad int", "[convolutional]\nfilters=4x\n", 7, "filters=4x: expected an integer"),
     ("bad float", "[yolo]\nscale_x_y=1,05\n", 7, "scale_x_y=1,05: expected a number"),
     ("bad list", "[route]\nlayers=-1,,-2\n", 7, "expected a comma-separated list"),
@@ -155,8 +155,6 @@ MALFORMED = [
     ("route first", "[route]\nlayers=-1\ngroups=2\n", 7, "layers=-1 points at layer -1"),
     ("route groups vs channels", "[convolutional]\nfilters=5\n[route]\nlayers=-1\ngroups=2\n",
      10, "groups=2 does not divide the 5 channels of layer 0"),
-    ("anchors count", "[convolutional]\nfilters=6\n[yolo]\nmask=0\nclasses=1\nnum=2\n"
-     "anchors=10,14,23\n", 12, "anchors has 3 values: expected 2·num = 4"),
     ("mask index", "[convolutional]\nfilters=6\n[yolo]\nmask=3\nclasses=1\nnum=3\n", 9,
      "mask index 3 is outside 0..2 (num=3)"),
     ("filters=0", "[convolutional]\nfilters=0\n", 7, "filters=0: expected an integer ≥ 1"),
@@ -178,6 +176,29 @@ MALFORMED = [
 ]
 
 
+# What Darknet accepts (with its own warning, or quietly): a warning here, an error with
+# strict=True / --strict. Same format as MALFORMED.
+WARNED = [
+    ("bad key", "[convolutional]\nfilters=4\nsiez=3\n", 8,
+     "unknown key 'siez': Darknet does not read it in [convolutional] (typo? did you mean "
+     "'size'?)"),
+    ("key of another section", "[maxpool]\nsize=2\nfilters=4\n", 8,
+     "unknown key 'filters': Darknet does not read it in [maxpool] (it is read in "),
+    ("net key", "[convolutional]\nfilters=4\n", 2,
+     "unknown key 'max_epochs': Darknet does not read it in [net] (typo?)"),
+    ("surplus anchors", "[convolutional]\nfilters=6\n[yolo]\nmask=0\nclasses=1\nnum=2\n"
+     "anchors=10,14,23,27,37,58\n", 12,
+     "anchors has 6 values, expected 2·num = 4: Darknet reads the first 2·num"),
+    ("missing anchors", "[convolutional]\nfilters=6\n[yolo]\nmask=0\nclasses=1\nnum=2\n"
+     "anchors=10,14,23\n", 12,
+     "anchors has 3 values, expected 2·num = 4: Darknet keeps its default 0.5"),
+    ("mask past num", "[convolutional]\nfilters=6\n[yolo]\nmask=2\nclasses=1\nnum=2\n"
+     "anchors=10,14,23,27,37,58\n", 9, "mask index 2 is outside 0..1 (num=2): Darknet reads"),
+    ("duplicate key", "[convolutional]\nfilters=4\nfilters=8\n", 8,
+     "duplicate key 'filters' (Darknet uses the first, line 7)"),
+]
+
+
 @pytest.mark.parametrize("body,line,message", [m[1:] for m in MALFORMED],
                          ids=[m[0] for m in MALFORMED])
 def test_malformed_cfg_errors_name_file_and_line(tmp_path, body, line, message):
@@ -192,6 +213,27 @@ def test_malformed_cfg_errors_name_file_and_line(tmp_path, body, line, message):
     assert info.value.line == line and info.value.path == str(path)
 
 
+@pytest.mark.parametrize("body,line,message", [m[1:] for m in WARNED],
+                         ids=[m[0] for m in WARNED])
+def test_what_darknet_accepts_warns_and_strict_refuses(tmp_path, body, line, message):
+    path = tmp_path / "lenient.cfg"
+    text = NET.replace("[net]\n", "[net]\nmax_epochs=3\n") if line == 2 else NET
+    path.write_text(text + body)
+    with pytest.warns(CfgWarning) as caught:
+        model = load_model(path)  # builds: Darknet reads it too
+    expected = [str(w.message) for w in caught if str(w.message).startswith(f"{path}:{line}: ")]
+    assert len(expected) == 1 and message in expected[0], [str(w.message) for w in caught]
+    assert expected[0] in model.cfg.warnings
+    written = model.cfg.to_text().splitlines()  # what Darknet ignores is kept on write-back
+    assert all(line in written for line in path.read_text().splitlines() if line)
+    for strict in (lambda: load_model(build_network(path, strict=True)),
+                   lambda: build_network(load_cfg(path), strict=True)):
+        with pytest.raises(CfgError) as info:
+            strict()
+        assert str(info.value) == expected[0]
+        assert info.value.line == line and info.value.path == str(path)
+
+
 def test_missing_and_binary_files(tmp_path):
     with pytest.raises(CfgError, match="nope.cfg: file not found"):
         load_cfg(tmp_path / "nope.cfg")
@@ -204,7 +246,7 @@ def test_missing_and_binary_files(tmp_path):
 
 
 # -- the reference cfgs -------------------------------------------------------------------
-CFG_NAMES = sorted(p.name for p in (SHARED / "darknet-cfg").glob("*.cfg")) or ["yolov3.cfg"]
+CFG_NAMES = sorted(p.name for p in find_data("darknet-cfg").glob("*.cfg"))
 
 # Darknet's "Total BFLOPS" at the cfg's own size (SPEC.md); Darknet prints %.3f of a float sum.
 DARKNET_BFLOPS = {
@@ -289,3 +331,20 @@ def test_non_utf8_outside_a_comment_names_the_line(tmp_path):
     message = str(info.value)
     assert "activation=l\\xe9aky" in message and "not UTF-8" in message
     message.encode("utf-8")  # printable: no lone surrogate left in the message
+
+
+def test_task_cfg_changes_only_the_keys_it_sets(tmp_path):
+    """`task-cfg` edits `classes`, `filters` (and anchors/num) in place; spacing around `=`,
+    blank lines, comments after a value and CRLF line ends stay as the user wrote them."""
+    from netsurgery.cli.app import run
+
+    text = ("[net]\r\nwidth = 416\r\nheight=416\r\nchannels=3\r\nsaturation = 1.5\r\n\r\n"
+            "# the head\r\n[convolutional]\r\nfilters = 255   # 3*(80+5)\r\nsize=1\r\n"
+            "activation=linear\r\n\r\n[yolo]\r\nmask = 0,1,2\r\n"
+            "anchors = 10,14,  23,27, 37,58\r\nclasses=80\r\nnum=3\r\n")
+    base = tmp_path / "base.cfg"
+    base.write_bytes(text.encode())
+    assert run(["task-cfg", str(base), "--classes", "2", "-o", str(tmp_path / "t.cfg")]) == 0
+    expected = text.replace("filters = 255   #", "filters = 21   #").replace(
+        "classes=80", "classes=2")
+    assert (tmp_path / "t.cfg").read_bytes() == expected.encode()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import shared_path
-from test_cfg import MALFORMED, NET
+from test_cfg import MALFORMED, NET, WARNED
 
 from netsurgery import load_model
 from netsurgery.cli.app import run
@@ -30,8 +30,8 @@ def processes(tmp_path_factory):
     bad.write_text(NET + "[convolutional]\nfilters=4\nsiez=3\n")
     weights = folder / "never.weights"  # the cfg error comes first
     runs = {"help": ["--help"],
-            "bad cfg": ["dump", str(bad), str(weights), "--input", "x.npy", "--out",
-                        str(folder / "o.npz")]}
+            "bad cfg": ["dump", "--strict", str(bad), str(weights), "--input", "x.npy",
+                        "--out", str(folder / "o.npz")]}
     started = {name: subprocess.Popen([sys.executable, "-m", "netsurgery", *args],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True)
@@ -83,18 +83,28 @@ def test_malformed_cfg_exits_2_without_a_traceback(processes):
     rc, out, err, folder = processes["bad cfg"]
     assert rc == 2
     assert err == (f"netsurgery: error: {folder / 'bad.cfg'}:8: [convolutional] unknown key "
-                   "'siez': Darknet does not read it in [convolutional] (typo?)\n")
+                   "'siez': Darknet does not read it in [convolutional] (typo? did you mean "
+                   "'size'?)\n")
     assert out == "" and not (folder / "o.npz").exists()
 
 
-@pytest.mark.parametrize("body,line,message", [m[1:] for m in MALFORMED],
-                         ids=[m[0] for m in MALFORMED])
-def test_every_malformed_cfg_is_one_line_and_exit_2(tmp_path, capsys, body, line, message):
+STRICT_CASES = [(flag, m) for m in WARNED[:2] for flag in ("cmd", "group")]
+
+
+@pytest.mark.parametrize("strict,body,line,message",
+                         [("", *m[1:]) for m in MALFORMED] +
+                         [(flag, *m[1:]) for flag, m in STRICT_CASES],
+                         ids=[m[0] for m in MALFORMED] +
+                         [f"{m[0]} --strict {flag}" for flag, m in STRICT_CASES])
+def test_every_malformed_cfg_is_one_line_and_exit_2(tmp_path, capsys, strict, body, line,
+                                                   message):
     bad = tmp_path / "bad.cfg"
     bad.write_text("filters=4\n[net]\n" if body is None else NET + body)
     _, weights = det96()
-    rc = run(["dump", str(bad), str(weights), "--input", "x.npy", "--out",
-              str(tmp_path / "o.npz")])
+    args = ["dump", str(bad), str(weights), "--input", "x.npy", "--out", str(tmp_path / "o.npz")]
+    if strict:  # `netsurgery dump --strict ...` or `netsurgery --strict dump ...`
+        args.insert(1 if strict == "cmd" else 0, "--strict")
+    rc = run(args)
     err = capsys.readouterr().err
     assert rc == 2
     assert err.startswith(f"netsurgery: error: {bad}:{line}: ") and err.count("\n") == 1
@@ -161,5 +171,5 @@ def test_dump_shows_cfg_warnings(tmp_path, capsys):
     np.save(x, np.zeros((1, 3, 96, 96), np.float32))
     assert run(["dump", str(copy), str(weights), "--input", str(x), "--layers", "0",
                 "--out", str(tmp_path / "o.npz")]) == 0
-    assert capsys.readouterr().err == (f"warning: {copy}:3: [net] duplicate key 'batch' "
-                                       "(Darknet uses the first, line 2)\n")
+    assert capsys.readouterr().err == (f"netsurgery: warning: {copy}:3: [net] duplicate key "
+                                       "'batch' (Darknet uses the first, line 2)\n")

@@ -1,4 +1,4 @@
-"""Every layer Darknet dumped in ../shared/conformance/ is reproduced within
+"""Every layer Darknet dumped in ../shared/conformance/ (or tests/data/) is reproduced within
 2e-5 × max(1, max |layer|), through the API (exact and BatchNorm-folded inference mode) and
 through ``netsurgery dump`` (``--exact`` and ``--fast``)."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import shared_path
+from conftest import data_path
 
 from netsurgery import load_model
 from netsurgery.cli.app import run
@@ -19,8 +19,8 @@ REL_TOL = 2e-5
 
 
 def case_files(case: str) -> dict:
-    folder = shared_path("conformance", case)
-    return {"cfg": folder / "net.cfg", "weights": folder / "net.weights",
+    folder = data_path("conformance", case)
+    return {"cfg": folder / "net.cfg", "weights": data_path("conformance", case, "net.weights"),
             "input": folder / "input.npy", "layers": folder / "layers.npz",
             "meta": json.loads((folder / "meta.json").read_text())}
 
@@ -104,7 +104,7 @@ def test_dump_of_an_image_reproduces_darknets_letterbox_input(tmp_path):
     """yolov4-tiny-160 was run by Darknet on chelsea.png letterboxed: `dump --letterbox` on
     the image feeds the same floats and gives the same [yolo] outputs."""
     files = case_files("yolov4-tiny-160")
-    image = shared_path("images", "chelsea.png")
+    image = data_path("images", "chelsea.png")
     out = tmp_path / "img.npz"
     rc = run(["dump", str(files["cfg"]), str(files["weights"]), "--input", str(image),
               "--letterbox", "--layers", "30,37", "--out", str(out)])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,6 @@ from netsurgery.darknet.cfg import parse_cfg_text
 from netsurgery.darknet.network import build_network
 from netsurgery.darknet.weights import (
     WeightsHeader,
-    file_layout,
     load_weights,
     random_arrays,
     save_weights,
@@ -295,3 +295,12 @@ def test_cli_info_prints_checks(tmp_path, capsys):
     assert run(["info", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "checks:" in out and "dead.cfg:10: warning: layer 1: output is never read" in out
+
+
+def test_info_table_names_the_cumulative_columns_fractions():
+    """The cumulative columns are fractions of the whole network (issue 21): named so, and the
+    last layer's are 1.000."""
+    network = build_network(Path(__file__).resolve().parents[1] / "cfg" / "yolov3-tiny.cfg")
+    lines = format_report(network_cost(network)).splitlines()
+    assert lines[1].split()[-6:] == ["params", "0..i", "frac", "BFLOPs", "0..i", "frac"]
+    assert lines[1 + len(network.layers)].split()[-2:] == ["1.000", "1.000"]

@@ -3,11 +3,11 @@ Darknet's printed list, and the real yolov3-tiny heads dumped by Darknet."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from conftest import data_path
 
 from netsurgery.detection.decode import (
     Box,
@@ -25,8 +25,6 @@ from netsurgery.detection.decode import (
 )
 from netsurgery.detection.image import preprocess
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CASE = SHARED / "conformance" / "yolov3-tiny-coco"
 COCO_ANCHORS = [10, 14, 23, 27, 37, 58, 81, 82, 135, 169, 344, 319]
 
 
@@ -202,14 +200,10 @@ def test_printed_detections_order_and_format():
     assert "left_x:   -0" in format_printed(edge, names, 100, 100)  # C prints round(-0.15)
 
 
-def _shared_case_or_skip():
-    if not (CASE / "layers.npz").exists():
-        pytest.skip(f"{CASE} not available (shared conformance data lives beside the repo)")
-
-
 def _expected_lines(image: str, mode: str) -> list[str]:
     lines, current = [], None
-    for line in (CASE / "detections.txt").read_text().splitlines():
+    text = data_path("conformance", "yolov3-tiny-coco", "detections.txt").read_text()
+    for line in text.splitlines():
         if line.startswith("== "):
             current = line[3:]
         elif current == f"{image} mode={mode}" and line and not line.startswith("("):
@@ -218,8 +212,7 @@ def _expected_lines(image: str, mode: str) -> list[str]:
 
 
 def test_real_yolov3_tiny_heads_give_darknets_result():
-    _shared_case_or_skip()
-    layers = np.load(CASE / "layers.npz")
+    layers = np.load(data_path("conformance", "yolov3-tiny-coco", "layers.npz"))
     heads = {"layer_016": YoloHead([3, 4, 5], COCO_ANCHORS, 80, name="layer_016"),
              "layer_023": YoloHead([0, 1, 2], COCO_ANCHORS, 80, name="layer_023")}
     assert layers["layer_016"].shape == (255, 13, 13)
@@ -239,10 +232,11 @@ def test_real_yolov3_tiny_heads_give_darknets_result():
 @pytest.fixture(scope="module")
 def opencv_yolov3_tiny():
     """The real yolov3-tiny run by OpenCV's Darknet importer (conv outputs within ~4e-5)."""
-    _shared_case_or_skip()
     if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromDarknet"):
         pytest.skip("this OpenCV build has no Darknet importer")
-    return cv2.dnn.readNetFromDarknet(str(CASE / "net.cfg"), str(CASE / "net.weights"))
+    case = ("conformance", "yolov3-tiny-coco")
+    return cv2.dnn.readNetFromDarknet(str(data_path(*case, "net.cfg")),
+                                      str(data_path(*case, "net.weights")))
 
 
 def _yolo_activate(conv: np.ndarray) -> np.ndarray:
@@ -263,9 +257,9 @@ def _yolo_activate(conv: np.ndarray) -> np.ndarray:
 ])
 def test_end_to_end_matches_darknet_detections(opencv_yolov3_tiny, image, mode, exact):
     net = opencv_yolov3_tiny
-    names = (SHARED / "models" / "coco.names").read_text().split("\n")
+    names = data_path("models", "coco.names").read_text().split("\n")
     letter = mode == "letter_box"
-    x, (iw, ih) = preprocess(SHARED / "images" / image, 416, 416, letter)
+    x, (iw, ih) = preprocess(data_path("images", image), 416, 416, letter)
     net.setInput(x[None])
     convs = net.forward(["conv_15", "conv_22"])  # the inputs of Darknet layers 16 and 23
     dets = []
@@ -286,9 +280,7 @@ def test_end_to_end_matches_darknet_detections(opencv_yolov3_tiny, image, mode, 
 
 
 def test_yolov4_tiny_heads_with_scale_x_y_decode():
-    root = SHARED / "conformance" / "yolov4-tiny-160"
-    if not (root / "layers.npz").exists():
-        pytest.skip(f"{root} not available (shared conformance data lives beside the repo)")
+    root = data_path("conformance", "yolov4-tiny-160")
     import json
     meta = json.loads((root / "meta.json").read_text())
     layers = np.load(root / "layers.npz")

@@ -24,3 +24,23 @@ def test_demo_quick(tmp_path):
     for name in ("merged.cfg", "merged.weights", "merged.heads.json", "diff.png",
                  "sample_detections.jpg", "train/loss.png"):
         assert (out / name).exists(), name
+    assert (out / "merged.names").read_text().splitlines()[0] == "person"
+    # the merged files are self-contained: copied elsewhere they work from any folder
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("merged.cfg", "merged.weights", "merged.heads.json"):
+        shutil.copy(out / name, moved / name)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(elsewhere)
+    try:
+        m = [str(moved / f"merged.{s}") for s in ("cfg", "weights", "heads.json")]
+        assert run(["info", m[0], "--heads", m[2]]) == 0
+        assert run(["detect", m[0], m[1], str(out / "sample.jpg"), "--heads", m[2]]) == 0
+        assert run(["split", m[0], m[1], "--heads", m[2], "--task", "text", "-o", "text"]) == 0
+    finally:
+        os.chdir(cwd)
+    assert not list(out.rglob("timing_merged*")), "the merged network is timed in memory"

@@ -79,8 +79,10 @@ def test_detect_cli_json_and_images(yolov3_tiny, tmp_path, capsys):
     captured = capsys.readouterr()
     assert rc == 0
     assert captured.err.count("skipped") == 2 and "broken.jpg" in captured.err
-    records = json.loads(out_json.read_text())
-    dogs = [r for r in records if r["class_name"] == "dog"]
+    report = json.loads(out_json.read_text())
+    assert report["images"] == 5 and report["processed"] == 3
+    assert sorted(Path(s["image"]).name for s in report["skipped"]) == ["broken.jpg", "empty.png"]
+    dogs = [r for r in report["detections"] if r["class_name"] == "dog"]
     assert len(dogs) == 1 and dogs[0]["head"] == "model"
     assert set(dogs[0]["box"]) == {"left", "top", "width", "height"}
     assert (tmp_path / "annotated" / "dog_detections.jpg").exists()
@@ -140,7 +142,7 @@ def test_eval_cli_json_and_pr_chart(yolov3_tiny, tmp_path, capsys):
     chart = tmp_path / "pr.png"
     assert run(["eval", str(cfg), str(weights), "--data", str(data), "--json", str(out),
                 "--pr-chart", str(chart)]) == 0
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text())["heads"]["model"]
     by_name = {c["name"]: c for c in result["classes"]}
     assert by_name["dog"]["n_truth"] == 2 and by_name["person"]["n_truth"] == 1
     assert result["map"] == pytest.approx(result["map_present"] * 3 / 80)
@@ -159,9 +161,44 @@ def test_detect_cli_size_runs_the_network_at_that_size(yolov3_tiny, tmp_path):
         out = tmp_path / f"{size}.json"
         args = ["detect", str(cfg), str(weights), str(dog), "--names", names, "--json", str(out)]
         assert run(args + (["--size", size] if size else [])) == 0
-        (found,) = [r["box"] for r in json.loads(out.read_text()) if r["class_name"] == "dog"]
+        (found,) = [r["box"] for r in json.loads(out.read_text())["detections"]
+                    if r["class_name"] == "dog"]
         boxes[size] = np.array([found[k] for k in ("left", "top", "width", "height")])
     # the same dog, seen through a coarser grid: close to, but not the same as, the 416 box
     assert not np.array_equal(boxes[None], boxes["320,320"])
     assert np.abs(boxes[None] - boxes["320,320"]).max() < 40
     assert run(["detect", str(cfg), str(weights), str(dog), "--size", "0,5"]) == 2
+
+
+def test_one_label_per_box_on_dog_jpg(model):
+    """Darknet draws one label per box listing every class on it: on dog.jpg two boxes hold
+    car and truck (detections.txt: car 71 % + truck 42 %, truck 62 % + car 40 %); ours lists
+    each class with its probability in that one label."""
+    from netsurgery.detection.detect import box_labels
+
+    heads = heads_of(model, names=shared_path("models", "coco.names"))
+    result = detect_images(model, [shared_path("images", "dog.jpg")], heads)
+    per_box = {}
+    for r in result.records:
+        per_box.setdefault((r.box.left, r.box.top, r.box.width, r.box.height), []).append(r)
+    shared_box = [rs for rs in per_box.values() if len(rs) > 1]
+    assert shared_box, "dog.jpg: expected a box with two classes (car, truck)"
+    labels = box_labels(result.records, show_head=False)
+    assert len(labels) == len(per_box)
+    two = sorted(label.text for label in labels if "," in label.text)
+    assert len(two) == 2
+    assert two[0].startswith("car 0.7") and ", truck 0.4" in two[0]
+    assert two[1].startswith("truck 0.6") and ", car 0.4" in two[1]
+
+
+def test_labels_are_placed_where_they_hide_no_other():
+    from netsurgery.detection.detect import PixelBox, _label_baseline
+
+    placed = []
+    for box in (PixelBox(465, 83, 222, 89), PixelBox(530, 95, 100, 67), PixelBox(530, 95, 90, 60)):
+        y = _label_baseline(box, 150, 18, placed, 576)
+        rect = (box.left, y - 18, box.left + 150, y)
+        assert all(rect[2] <= p[0] or p[2] <= rect[0] or rect[3] <= p[1] or p[3] <= rect[1]
+                   for p in placed)
+        placed.append(rect)
+    assert placed[0][3] == 83  # the first sits above its box, as before

@@ -168,7 +168,7 @@ def test_cli_outputs(pair, capsys):
     assert len(rows) == 11 * 5 + 2
     row = next(r for r in rows if r["index"] == "10" and r["tensor"] == "weights")
     assert float(row["rel_mean_abs"]) == pytest.approx(0.5, abs=1e-6) and row["identical"] == "0"
-    assert json.loads(json_path.read_text())["summary"]["identical_prefix"] == 9
+    assert json.loads(json_path.read_text())["tasks"][0]["summary"]["identical_prefix"] == 9
 
     import matplotlib.image
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from netsurgery import errors as errors_module
 from netsurgery.analysis.suggest import check_candidates, load_sweep_maps, suggest_k
 from netsurgery.analysis.tails import load_lists, load_task
 from netsurgery.cli.app import run
+from netsurgery.cli.eval import _data_by_head
 from netsurgery.darknet.cfg import load_cfg, parse_cfg_text
 from netsurgery.darknet.model import load_model
 from netsurgery.darknet.network import build_network
@@ -27,19 +29,20 @@ from netsurgery.darknet.weights import (
     file_layout,
     load_weights,
     load_weights_bytes,
+    random_arrays,
     save_weights,
 )
+from netsurgery.detection.detect import check_detector_weights, heads_of, read_names
+from netsurgery.detection.evaluate import evaluate_model
+from netsurgery.detection.image import load_image
 from netsurgery.errors import NetsurgeryError
-from netsurgery.fileio import atomic_write_text, check_output
-from netsurgery.surgery.editing import load_graph
-from netsurgery.surgery.merge import (
-    MergedHeads,
-    TaskInput,
-    load_heads,
-    merge,
-    parse_task_option,
-    split,
-)
+from netsurgery.fileio import atomic_write_text, check_output, check_outputs, read_input_bytes
+from netsurgery.memory import check_fits
+from netsurgery.surgery.gates import Gate, calibrate_threshold, check_gate_target
+from netsurgery.surgery.heads import check_heads, load_heads, parse_heads
+from netsurgery.surgery.merge import TaskInput, merge, merge_files, parse_task_option, split
+from netsurgery.surgery.weighted import load_weighted
+from netsurgery.training.anchors import task_cfg_for_dataset
 from netsurgery.training.data import load_data_file, load_dataset, load_names, read_labels
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
@@ -91,8 +94,13 @@ def produces(ident: str):
 NET = "[net]\nwidth=16\nheight=16\nchannels=3\n"
 
 
-def build(text: str, path: str = "bad.cfg"):
-    return build_network(parse_cfg_text(text, path))
+def build(text: str, path: str = "bad.cfg", strict: bool = False):
+    return build_network(parse_cfg_text(text, path, strict))
+
+
+def strict(text: str, path: str = "bad.cfg"):
+    """What Darknet accepts (a warning by default) is an error with strict=True."""
+    return build(text, path, strict=True)
 
 
 def write(path: Path, content: str | bytes) -> Path:
@@ -117,8 +125,13 @@ produces("E-CFG-UNKNOWN-SECTION")(lambda tmp: build(NET + "[Convolutional]\n"))
 produces("E-CFG-BEFORE-FIRST-SECTION")(lambda tmp: build("width=8\n" + NET))
 produces("E-CFG-NOT-KEY-VALUE")(lambda tmp: build(NET + "[convolutional]\nfilters 16\n"))
 produces("E-CFG-EMPTY-KEY")(lambda tmp: build(NET + "[convolutional]\n=16\n"))
-produces("E-CFG-UNKNOWN-KEY")(lambda tmp: build(NET + "[convolutional]\nfilter=16\n"))
-produces("E-CFG-UNKNOWN-KEY")(lambda tmp: build(NET + "[maxpool]\nfilters=16\n"))
+produces("E-CFG-UNKNOWN-KEY")(lambda tmp: strict(NET + "[convolutional]\nfilter=16\n"))
+produces("E-CFG-UNKNOWN-KEY")(lambda tmp: strict(NET + "[maxpool]\nfilters=16\n"))
+produces("E-CFG-UNKNOWN-KEY")(lambda tmp: strict(NET + "[convolutional]\nsiez=3\n"))
+produces("E-CFG-UNKNOWN-KEY")(lambda tmp: load_cfg(write(tmp / "s.cfg", NET + "seen=0\n"),
+                                                   strict=True))
+produces("E-CFG-DUPLICATE-KEY")(lambda tmp: strict(NET + "[convolutional]\nsize=1\nsize=3\n"))
+produces("E-CFG-INLINE-COMMENT")(lambda tmp: strict(NET + "[convolutional]\nactivation=leaky #\n"))
 produces("E-CFG-NO-SECTIONS")(lambda tmp: build("# nothing\n\n"))
 produces("E-CFG-FIRST-NOT-NET")(lambda tmp: build("[convolutional]\nfilters=2\n"))
 produces("E-CFG-SECOND-NET")(lambda tmp: build(NET + "[convolutional]\n" + NET))
@@ -136,7 +149,26 @@ produces("E-CFG-BAD-LIST")(lambda tmp: build(NET + "[route]\nlayers=\n"))
 produces("E-CFG-MISSING-KEY")(lambda tmp: build(NET + "[convolutional]\n[route]\n"))
 produces("E-CFG-MISSING-KEY")(lambda tmp: build(NET + "[conv]\n[shortcut]\nactivation=linear\n"))
 produces("E-CFG-NO-LAYERS")(lambda tmp: build(NET))
-produces("E-CFG-UNSUPPORTED-LAYER")(lambda tmp: build(NET + "[lstm]\noutput=4\n"))
+produces("E-CFG-CROP-SIZE")(lambda tmp: build(NET + "[crop]\ncrop_height=20\ncrop_width=4\n"))
+produces("E-CFG-DETECTION-INPUTS")(lambda tmp: build(NET + "[conn]\noutput=9\n[detection]\n"
+                                                           "side=2\n"))
+produces("E-CFG-GAUSSIAN-FILTERS")(lambda tmp: build(NET + "[conv]\nfilters=20\n"
+                                                           "[Gaussian_yolo]\nmask=0\nclasses=1\n"))
+produces("E-CFG-MASK-RANGE")(lambda tmp: build(NET + "[conv]\nfilters=10\n"
+                                                     "[Gaussian_yolo]\nmask=1\nclasses=1\n"))
+produces("E-CFG-LOCAL-PAD")(lambda tmp: build(NET + "[local]\nsize=5\npad=1\n"))
+produces("E-CFG-RECURRENT-SIZE")(lambda tmp: build(NET + "[crnn]\nsize=3\n"))
+produces("E-CFG-RECURRENT-SIZE")(lambda tmp: build(NET + "[conv_lstm]\nstride=2\npad=1\n"))
+produces("E-CFG-RECURRENT-GROUPS")(lambda tmp: build(NET + "[crnn]\npad=1\ngroups=2\n"))
+produces("E-CFG-RECURRENT-GROUPS")(
+    lambda tmp: build(NET + "[conv]\nfilters=4\n[crnn]\npad=1\ngroups=2\noutput=2\nhidden=3\n"))
+produces("E-CFG-CONTRASTIVE-YOLO")(lambda tmp: build(NET + "[conv]\n[contrastive]\n"))
+produces("E-CFG-CONTRASTIVE-YOLO")(
+    lambda tmp: build(NET + "[conv]\n[contrastive]\nyolo_layer=-1\n"))
+produces("E-CFG-CONTRASTIVE-YOLO")(
+    lambda tmp: build(NET + "[conv]\nfilters=12\n[conv]\nfilters=18\n[yolo]\nmask=0,1,2\n"
+                            "num=3\nclasses=1\nembedding_layer=-2\n[route]\nlayers=1\n"
+                            "[contrastive]\nyolo_layer=-2\n"))
 produces("E-CFG-NET-SIZE")(lambda tmp: build("[net]\nwidth=0\nheight=16\nchannels=3\n[conv]\n"))
 produces("E-CFG-NET-SIZE")(lambda tmp: build("[net]\nwidth=16\nheight=16\n[conv]\n"))
 produces("E-CFG-BAD-REFERENCE")(lambda tmp: build(NET + "[conv]\n[route]\nlayers=5\n"))
@@ -169,11 +201,14 @@ produces("E-CFG-YOLO-FILTERS")(
     lambda tmp: build(NET + "[maxpool]\n[yolo]\nmask=0\nnum=1\nclasses=1\n"))
 produces("E-CFG-YOLO-FIRST")(lambda tmp: build(NET + "[yolo]\nmask=0\nclasses=1\n"))
 produces("E-CFG-ANCHORS-COUNT")(
-    lambda tmp: build(NET + "[conv]\nfilters=6\n[yolo]\nmask=0\nnum=2\nclasses=1\n"
-                            "anchors=10,14,23\n"))
+    lambda tmp: strict(NET + "[conv]\nfilters=6\n[yolo]\nmask=0\nnum=2\nclasses=1\n"
+                             "anchors=10,14,23\n"))
 produces("E-CFG-ANCHORS-COUNT")(
-    lambda tmp: build(NET + "[conv]\nfilters=6\n[region]\nnum=1\nclasses=1\n"
-                            "anchors=1,2,3,4\n"))
+    lambda tmp: strict(NET + "[conv]\nfilters=6\n[region]\nnum=1\nclasses=1\n"
+                             "anchors=1,2,3,4\n"))
+produces("E-CFG-MASK-PAST-NUM")(
+    lambda tmp: strict(NET + "[conv]\nfilters=6\n[yolo]\nmask=2\nnum=2\nclasses=1\n"
+                             "anchors=1,2,3,4,5,6\n"))
 produces("E-CFG-MASK-RANGE")(
     lambda tmp: build(NET + "[conv]\nfilters=6\n[yolo]\nmask=3\nnum=3\nclasses=1\n"))
 produces("E-CFG-MASK-RANGE")(
@@ -204,6 +239,14 @@ def _model_option(tmp):
 @produces("E-MODEL-UNSUPPORTED")
 def _model_reverse_upsample(tmp):
     return load_model(parse_cfg_text(NET + "[upsample]\nstride=-2\n", "bad.cfg"))
+
+
+@produces("E-MODEL-RECURRENT-TRAINING")
+def _train_recurrent(tmp):
+    model = load_model(parse_cfg_text(NET + "[conv]\npad=1\n[crnn]\npad=1\n", "r.cfg"))
+    import torch
+
+    return model.train()(torch.zeros(1, 3, 16, 16))
 
 
 @produces("E-MODEL-RESIZE")
@@ -360,6 +403,115 @@ produces("E-LABEL-OUT-OF-RANGE")(
     lambda tmp: read_labels(write(tmp / "l.txt", "1 1.5 0.5 0.1 0.1\n"), 2))
 
 
+# -- inputs, memory, detection, evaluation, task cfgs (issue 19) -------------------------------
+produces("E-OUT-TWICE")(lambda tmp: check_outputs([tmp / "a.json", tmp / "x" / ".." / "a.json"]))
+produces("E-IN-NOT-REGULAR")(lambda tmp: load_cfg("/dev/zero"))
+produces("E-IN-NOT-REGULAR")(lambda tmp: load_weights("/dev/null", tiny_layers()))
+produces("E-IN-NOT-REGULAR")(lambda tmp: load_data_file("/dev/zero"))
+produces("E-IN-TOO-LARGE")(
+    lambda tmp: read_input_bytes(write(tmp / "big.cfg", "#" * 100), "cfg", limit=10))
+produces("E-MEMORY-TOO-LARGE")(
+    lambda tmp: load_model(parse_cfg_text(NET + "[convolutional]\nfilters=1000000000\n",
+                                          "big.cfg")))
+produces("E-MEMORY-TOO-LARGE")(lambda tmp: check_fits(build(TINY, "tiny.cfg"), limit=1000))
+produces("E-DATA-BINARY")(lambda tmp: load_names(write(tmp / "c.names", b"cat\n\x00\x89PNG")))
+produces("E-DATA-BINARY")(lambda tmp: load_data_file(write(tmp / "d.data", b"\x00\x01")))
+
+
+def _tiny_yolo_model(tmp: Path, weights: bytes | None = None, nan: bool = False):
+    cfg = write(tmp / "y.cfg", _ONE_YOLO)
+    layers = build_network(cfg).layers
+    arrays = random_arrays(layers)
+    if nan:
+        arrays[0]["biases"][1] = np.nan
+    save_weights(tmp / "y.weights", WeightsHeader(), layers, arrays)
+    if weights is not None:
+        write(tmp / "y.weights", weights)
+    return load_model(cfg, tmp / "y.weights", inference=True)
+
+
+produces("E-DETECT-NO-IMAGES")(
+    lambda tmp: run_detect_cli(tmp, [str((tmp / "empty").mkdir() or tmp / "empty")]))
+produces("E-DETECT-NO-HEAD")(
+    lambda tmp: heads_of(load_model(parse_cfg_text(TINY, "tiny.cfg"), inference=True)))
+produces("E-DETECT-NOTHING-READ")(
+    lambda tmp: run_detect_cli(tmp, [str(write(tmp / "bad.jpg", b"not an image"))]))
+
+
+def run_detect_cli(tmp: Path, images: list[str]):
+    """The detect command as the CLI runs it (its NetsurgeryError not turned into exit 2)."""
+    from netsurgery.cli.app import main
+
+    _tiny_yolo_model(tmp)
+    main.main(["detect", str(tmp / "y.cfg"), str(tmp / "y.weights"), *images],
+              standalone_mode=False)
+
+
+@produces("E-IMAGE-TOO-LARGE")
+def _image_too_large(tmp):
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + \
+            struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+    load_image(write(tmp / "huge.png", png))
+
+
+produces("E-DETECT-NAMES-COUNT")(lambda tmp: read_names(write(tmp / "c.names", "cat\n"), 3))
+produces("E-DETECT-WEIGHTS-INCOMPLETE")(
+    lambda tmp: check_detector_weights(_tiny_yolo_model(tmp, WeightsHeader().to_bytes()),
+                                       tmp / "y.weights"))
+produces("E-DETECT-WEIGHTS-NONFINITE")(
+    lambda tmp: check_detector_weights(_tiny_yolo_model(tmp, nan=True), tmp / "y.weights"))
+
+
+def _eval_data(tmp: Path, names: str = "a\n", images: int = 0, classes: int = 1) -> Path:
+    lines = []
+    for i in range(images):
+        lines.append(str(write(tmp / f"im{i}.jpg", b"not a jpeg")))
+    write(tmp / "valid.txt", "".join(f"{line}\n" for line in lines))
+    write(tmp / "c.names", names)
+    return write(tmp / "e.data", f"classes={classes}\nvalid={tmp / 'valid.txt'}\n"
+                                 f"names={tmp / 'c.names'}\n")
+
+
+produces("E-EVAL-NAMES-COUNT")(
+    lambda tmp: evaluate_model(_tiny_yolo_model(tmp), _eval_data(tmp, "a\n", classes=2)))
+produces("E-EVAL-NOTHING-SCORED")(lambda tmp: evaluate_model(_tiny_yolo_model(tmp),
+                                                             _eval_data(tmp)))
+produces("E-EVAL-NOTHING-SCORED")(lambda tmp: evaluate_model(_tiny_yolo_model(tmp),
+                                                             _eval_data(tmp, images=2)))
+produces("E-EVAL-DATA-TWICE")(lambda tmp: _data_by_head(("a.data", "b.data"), None))
+@produces("E-EVAL-UNKNOWN-HEAD")
+def _eval_unknown_head(tmp):
+    from netsurgery.cli.app import main
+
+    _tiny_yolo_model(tmp)
+    main.main(["eval", str(tmp / "y.cfg"), str(tmp / "y.weights"), "--data",
+               f"logo={_eval_data(tmp)}"], standalone_mode=False)
+
+
+def _shapes_data(tmp: Path, images: int) -> Path:
+    from netsurgery.training.synth import make_shapes_dataset
+
+    return make_shapes_dataset(tmp / "ds", images, 0, (32, 32), valid_fraction=0.5).data
+
+
+produces("E-TASK-NO-YOLO")(lambda tmp: task_cfg_for_dataset(parse_cfg_text(TINY, "t.cfg"),
+                                                            None, 3))
+produces("E-TASK-CLASSES-DIFFER")(
+    lambda tmp: task_cfg_for_dataset(parse_cfg_text(_ONE_YOLO, "y.cfg"), _shapes_data(tmp, 2),
+                                     7))
+produces("E-TASK-TOO-FEW-BOXES")(
+    lambda tmp: task_cfg_for_dataset(parse_cfg_text(_ONE_YOLO, "y.cfg"),
+                                     write(tmp / "t.data", f"classes=1\ntrain="
+                                                           f"{write(tmp / 'l.txt', '')}\n")))
+produces("E-TASK-TOO-FEW-BOXES")(
+    lambda tmp: task_cfg_for_dataset(parse_cfg_text(_ONE_YOLO, "y.cfg"), _shapes_data(tmp, 2)))
+
 # -- merge -----------------------------------------------------------------------------------
 MERGE_CFG = NET + "[convolutional]\nfilters=4\nsize=3\npad=1\nactivation=leaky\n" \
                   "[convolutional]\nfilters={filters}\nsize=1\nactivation=linear\n" \
@@ -379,8 +531,8 @@ def merge_files_on_disk(tmp: Path, name: str, classes: int = 1, seed: int = 0,
 
 
 def graphs(tmp: Path, task_seed: int = 0, task_cfg: str | None = None, classes: int = 1):
-    base = load_graph(*merge_files_on_disk(tmp, "base"))
-    task = load_graph(*merge_files_on_disk(tmp, "task", classes, task_seed, task_cfg))
+    base = load_weighted(*merge_files_on_disk(tmp, "base"))
+    task = load_weighted(*merge_files_on_disk(tmp, "task", classes, task_seed, task_cfg))
     return base, task
 
 
@@ -389,7 +541,7 @@ produces("E-MERGE-NAMES-UNIQUE")(
     lambda tmp: merge(graphs(tmp)[0], [TaskInput("base", graphs(tmp)[1], 0)]))
 produces("E-MERGE-TASK-SYNTAX")(lambda tmp: parse_task_option("logo", 3))
 produces("E-MERGE-TASK-SYNTAX")(lambda tmp: parse_task_option("logo=a.cfg", 3))
-produces("E-MERGE-TASK-K")(lambda tmp: parse_task_option("logo=a.cfg:a.weights@x", 3))
+produces("E-MERGE-TASK-K")(lambda tmp: parse_task_option("logo=a.cfg:a.weights@-1", 3))
 produces("E-MERGE-NO-SHARE-POINT")(lambda tmp: parse_task_option("logo=a.cfg:a.weights", None))
 produces("E-MERGE-EMPTY-NAME")(lambda tmp: parse_task_option("=a.cfg:a.weights", 3))
 produces("E-MERGE-BEYOND")(lambda tmp: merge(graphs(tmp)[0], [TaskInput("t", graphs(tmp)[1],
@@ -413,8 +565,8 @@ produces("E-MERGE-TRUNK-DIFFERS")(
 
 @produces("E-MERGE-ARRAY")
 def _merge_task_without_weights(tmp):
-    base = load_graph(*merge_files_on_disk(tmp, "base"))
-    task = load_graph(merge_files_on_disk(tmp, "task")[0])  # cfg only: no arrays
+    base = load_weighted(*merge_files_on_disk(tmp, "base"))
+    task = load_weighted(merge_files_on_disk(tmp, "task")[0])  # cfg only: no arrays
     merge(base, [TaskInput("t", task, 0)])
 
 
@@ -423,8 +575,8 @@ def _merge_mixed_classes(tmp):
     text = MERGE_CFG.format(filters=6, classes=1) + \
         "[route]\nlayers=0\n[convolutional]\nfilters=7\nsize=1\nactivation=linear\n" \
         "[yolo]\nmask=1\nanchors=1,1,2,2\nnum=2\nclasses=2\n"
-    base = load_graph(*merge_files_on_disk(tmp, "base", cfg_text=text))
-    task = load_graph(*merge_files_on_disk(tmp, "task"))
+    base = load_weighted(*merge_files_on_disk(tmp, "base", cfg_text=text))
+    task = load_weighted(*merge_files_on_disk(tmp, "task"))
     merge(base, [TaskInput("t", task, 0)])
 
 
@@ -439,16 +591,48 @@ produces("E-MERGE-HEADS-NOT-FOUND")(lambda tmp: load_heads(tmp / "m.heads.json")
 produces("E-MERGE-HEADS-JSON")(lambda tmp: load_heads(write(tmp / "m.heads.json", "{base:")))
 produces("E-MERGE-HEADS-FILE")(lambda tmp: load_heads(write(tmp / "m.heads.json", "[]")))
 produces("E-MERGE-HEADS-FILE")(
-    lambda tmp: load_heads(write(tmp / "m.heads.json", json.dumps({"format": "other/1"}))))
+    lambda tmp: load_heads(write(tmp / "m.heads.json", json.dumps({"schema": "other/1"}))))
 produces("E-MERGE-HEADS-FILE")(
-    lambda tmp: MergedHeads.from_json({"format": "netsurgery-heads/1", "base": {}},
-                                      "m.heads.json"))
+    lambda tmp: parse_heads({"schema": "netsurgery.heads/2", "base": {}, "tasks": [{}]},
+                            "m.heads.json"))
+produces("E-HEADS-NOT-A-FILE")(lambda tmp: load_heads(tmp))
 
 
-@produces("E-MERGE-NAMES-READ")
-def _merge_names_unreadable(tmp):
+def _legacy_heads_json(tmp: Path) -> dict:
+    """A format-1 heads file as merge wrote it before format 2."""
+    data = _merged(tmp)[1].to_json()
+    del data["schema"]
+    data["format"] = "netsurgery-heads/1"
+    return data
+
+
+@produces("E-HEADS-MISMATCH")
+def _heads_of_another_network(tmp):
     base, task = graphs(tmp)
-    merge(base, [TaskInput("t", task, 0, str(tmp / "missing.names"))], common_classes=True)
+    check_heads(_merged(tmp)[1], base.network)
+
+
+@produces("E-HEADS-LEGACY-NAMES")
+def _legacy_heads_without_names_file(tmp):
+    data = _legacy_heads_json(tmp)
+    data["base"].pop("class_names")
+    data["base"]["names_file"] = "weights/coco.names"
+    parse_heads(data, str(tmp / "m.heads.json"))
+
+
+@produces("E-HEADS-LEGACY-COUNT")
+def _legacy_heads_short_names_file(tmp):
+    data = _legacy_heads_json(tmp)
+    data["tasks"][0].update(class_names=None, names_file="t.names", classes=3)
+    write(tmp / "t.names", "car\nbus\n")
+    parse_heads(data, str(tmp / "m.heads.json"))
+
+
+@produces("E-MERGE-NAMES-HEAD")
+def _merge_names_of_no_head(tmp):
+    cfg, weights = merge_files_on_disk(tmp, "base")
+    merge_files(cfg, weights, [f"t={cfg}:{weights}"], str(tmp / "m"), 0,
+                names={"logo": "logo.names"})
 
 
 @produces("E-MERGE-NAMES-COUNT")
@@ -461,7 +645,133 @@ def _merge_names_count(tmp):
 @produces("E-MERGE-CONV-BEFORE-YOLO")
 def _merge_pad_without_weights(tmp):
     cfg = merge_files_on_disk(tmp, "base")[0]
-    merge(load_graph(cfg), [TaskInput("t", load_graph(cfg), 0)], common_classes=True)
+    merge(load_weighted(cfg), [TaskInput("t", load_weighted(cfg), 0)], common_classes=True)
+
+
+# -- gates -----------------------------------------------------------------------------------
+def _merged_for_gate(tmp):
+    base, task = graphs(tmp)
+    return merge(base, [TaskInput("t", task, 0)])  # 16×16: trunk 0, base head 1..2
+
+
+produces("E-GATE-BASE-HEAD")(
+    lambda tmp: check_gate_target(_merged_for_gate(tmp)[1], "base", None))
+produces("E-GATE-AT")(lambda tmp: check_gate_target(_merged_for_gate(tmp)[1], "t", 9))
+produces("E-GATE-RECALL")(lambda tmp: calibrate_threshold([0.5] * 400, recall=1.0))
+produces("E-GATE-FEW-POSITIVES")(lambda tmp: calibrate_threshold([0.5] * 40, recall=0.99))
+
+
+@produces("E-GATE-ALREADY")
+def _gate_twice(tmp):
+    heads = _merged_for_gate(tmp)[1]
+    heads.group("t").gate = Gate(0, [5, 8], 4, 0.5, 0.9, 0.95, 30, 0.9, 1.0, 0.1, 30, 30)
+    check_gate_target(heads, "t", None)
+
+
+def _gate_on_stream(tmp, negatives: float, valid_fraction: float):
+    from netsurgery.training.gate import train_gate
+    from netsurgery.training.synth import make_shapes_dataset
+
+    merged, heads = _merged_for_gate(tmp)
+    data = make_shapes_dataset(tmp / "stream", 6, seed=0, size=(32, 32), classes=("circle",),
+                               valid_fraction=valid_fraction, negative_fraction=negatives)
+    train_gate(merged, heads, "t", data.data)
+
+
+produces("E-GATE-NEEDS-BOTH")(lambda tmp: _gate_on_stream(tmp, 0.0, 0.5))
+produces("E-GATE-VALID-SMALL")(lambda tmp: _gate_on_stream(tmp, 0.5, 0.1))
+# -- ONNX export and onnxruntime ---------------------------------------------------------------
+def _tiny_model(tmp: Path, text: str = MERGE_CFG.format(filters=6, classes=1)):
+    return load_model(write(tmp / "t.cfg", text))
+
+
+def _export(tmp: Path, **kwargs):
+    from netsurgery.export import build_onnx, export_heads
+
+    model = _tiny_model(tmp, kwargs.pop("text", MERGE_CFG.format(filters=6, classes=1)))
+    return build_onnx(model, export_heads(model), **kwargs)
+
+
+@produces("E-ONNX-NOT-INSTALLED")
+def _onnx_missing(tmp):
+    import builtins
+
+    from netsurgery.export.graph import require
+
+    real = builtins.__import__
+    builtins.__import__ = lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name)) \
+        if name == "onnx" else real(name, *a, **k)
+    try:
+        require("onnx")
+    finally:
+        builtins.__import__ = real
+
+
+@produces("E-ONNX-LAYER")
+def _onnx_no_emitter(tmp):
+    from netsurgery.export import layers
+
+    emitter = layers.EMITTERS.pop("convolutional")
+    try:
+        _export(tmp)
+    finally:
+        layers.EMITTERS["convolutional"] = emitter
+
+
+produces("E-ONNX-LAYER")(lambda tmp: _export(tmp, text=NET + "[local]\nfilters=2\nsize=3\npad=1\n"))
+produces("E-ONNX-POOL-PADDING")(lambda tmp: _export(tmp, text=NET + "[maxpool]\nsize=2\n"
+                                                    "stride=1\npadding=4\n"))
+produces("E-ONNX-DECODE-REGION")(lambda tmp: _export(
+    tmp, decode=True, text=NET + "[convolutional]\nfilters=14\nsize=1\n[region]\nclasses=2\n"
+    "num=2\n"))
+produces("E-ONNX-OPSET")(lambda tmp: _export(tmp, opset=12))
+produces("E-ONNX-BATCH")(lambda tmp: _export(tmp, batch=0))
+
+
+@produces("E-ONNX-TOO-BIG")
+def _onnx_too_big(tmp):
+    from netsurgery.export import onnx_export
+
+    limit, onnx_export.MAX_BYTES = onnx_export.MAX_BYTES, 10
+    try:
+        _export(tmp)
+    finally:
+        onnx_export.MAX_BYTES = limit
+
+
+def _onnx_runner(tmp: Path, onnx_file: Path, size=None):
+    from netsurgery.detection.runner import load_runner
+
+    cfg = write(tmp / "r.cfg", MERGE_CFG.format(filters=6, classes=1))
+    return load_runner(cfg, "unused.weights", size, onnx_path=onnx_file)
+
+
+produces("E-ONNX-FILE-NOT-FOUND")(lambda tmp: _onnx_runner(tmp, tmp / "missing.onnx"))
+produces("E-ONNX-LOAD")(lambda tmp: _onnx_runner(tmp, write(tmp / "x.onnx", b"not onnx")))
+
+
+@produces("E-ONNX-NOT-OURS")
+def _onnx_foreign(tmp):
+    import onnx
+
+    proto = onnx.load_from_string(_export(tmp).data)
+    del proto.metadata_props[:]
+    _onnx_runner(tmp, write(tmp / "f.onnx", proto.SerializeToString()))
+
+
+produces("E-ONNX-INPUT-SIZE")(
+    lambda tmp: _onnx_runner(tmp, write(tmp / "a.onnx", _export(tmp).data), (32, 32)))
+produces("E-ONNX-DECODED")(
+    lambda tmp: _onnx_runner(tmp, write(tmp / "d.onnx", _export(tmp, decode=True).data)))
+produces("E-ONNX-NO-OUTPUT")(
+    lambda tmp: _onnx_runner(tmp, write(tmp / "l.onnx", _export(tmp, extra_layers=[0]).data)
+                             ).run(__import__("torch").zeros(1, 3, 16, 16), [0, 5]))
+produces("E-RUNTIME-NAME")(
+    lambda tmp: __import__("netsurgery.detection.runner").detection.runner.load_runner(
+        "x.cfg", "x.weights", runtime="tvm"))
+produces("E-RUNTIME-DEVICE")(
+    lambda tmp: __import__("netsurgery.detection.runner").detection.runner.load_runner(
+        "x.cfg", "x.weights", runtime="onnxruntime", device="cuda"))
 
 
 # -- suggest-k --------------------------------------------------------------------------------
@@ -507,6 +817,22 @@ produces("E-SUGGEST-SWEEP-JSON")(
 # =============================================================================================
 # Tests
 # =============================================================================================
+@produces("E-SWEEP-SETTINGS-DIFFER")
+def _sweep_settings_differ(tmp):
+    from netsurgery.analysis.sweep import SweepPlan, _compare_earlier
+
+    write(tmp / "k_3" / "result.json", json.dumps({"settings": {"iterations": 30}, "point": {}}))
+    _compare_earlier(SweepPlan(3, tmp / "k_3", None, {"iterations": 60}), overwrite=False)
+
+
+@produces("E-SWEEP-UNRECORDED-RUN")
+def _sweep_unrecorded_run(tmp):
+    from netsurgery.analysis.sweep import SweepPlan, _compare_earlier
+
+    write(tmp / "k_3" / "task_state.json", "{}")
+    _compare_earlier(SweepPlan(3, tmp / "k_3", None, {"iterations": 60}), overwrite=False)
+
+
 CATALOGUE = read_catalogue() if DOC.exists() else {}
 CASES = [(ident, i) for ident in sorted(PRODUCERS) for i in range(len(PRODUCERS[ident]))]
 
@@ -566,11 +892,17 @@ def test_user_error_exits_2_with_one_line(tmp_path, capsys):
 
 def test_user_error_in_a_cfg_names_file_and_line(tmp_path, capsys):
     cfg = write(tmp_path / "typo.cfg", NET + "[convolutional]\nfilters=8\nszie=3\n")
-    assert run(["info", str(cfg)]) == 2
+    message = (f"{cfg}:7: [convolutional] unknown key 'szie': Darknet does not read it in "
+               "[convolutional] (typo? did you mean 'size'?)")
+    assert run(["info", "--strict", str(cfg)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert 1 <= len(lines) <= 2
-    assert lines[0] == (f"netsurgery: error: {cfg}:7: [convolutional] unknown key 'szie': "
-                        "Darknet does not read it in [convolutional] (typo?)")
+    assert lines[0] == f"netsurgery: error: {message}"
+    # without --strict: Darknet's leniency, the same text as a warning, and the table
+    assert run(["info", str(cfg)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == f"netsurgery: warning: {message}\n"
+    assert "total: " in captured.out
 
 
 def test_debug_shows_the_traceback_of_a_user_error(tmp_path, capsys):

@@ -25,9 +25,9 @@ from netsurgery.darknet.layers.fastconv import (
 from netsurgery.darknet.model import load_model
 from netsurgery.darknet.network import build_network
 from netsurgery.darknet.weights import WeightsHeader, load_weights, random_arrays, save_weights
-from netsurgery.surgery.editing import load_graph
 from netsurgery.surgery.merge import TaskInput, merge
 from netsurgery.surgery.multihead import MergedModel, load_merged
+from netsurgery.surgery.weighted import load_weighted
 
 REL_TOL = 1e-4
 needs_mkldnn = pytest.mark.skipif(not mkldnn_ops_available(),
@@ -134,8 +134,8 @@ def test_load_weights_repacks_a_fast_model(yolov3_tiny, tmp_path):
     """A fast model given new weights computes with them (not with stale packed kernels)."""
     cfg, weights = yolov3_tiny
     model = load_model(cfg, weights, inference=True)
-    graph = load_graph(cfg, weights)
-    arrays = graph.arrays()
+    graph = load_weighted(cfg, weights)
+    arrays = dict(graph.arrays)
     arrays[14] = {k: v * np.float32(0.5) if k == "weights" else v
                   for k, v in arrays[14].items()}
     other = tmp_path / "half14.weights"
@@ -304,13 +304,12 @@ def test_fused_activations_compute_darknets_functions(activation):
 def test_fast_merged_network_equals_plain_and_separate_models(yolov3_tiny, tmp_path):
     cfg, weights = yolov3_tiny
     k = 12
-    base = load_graph(cfg, weights)
+    base = load_weighted(cfg, weights)
     task = base.copy()
     rng = np.random.default_rng(7)
-    for layer in task.layers[k + 1:]:
-        if layer.arrays:
-            layer.arrays = {n: (a * (1 + 0.05 * rng.standard_normal(a.shape))).astype(np.float32)
-                            for n, a in layer.arrays.items()}
+    for index in sorted(i for i in task.arrays if i > k):
+        task.arrays[index] = {n: (a * (1 + 0.05 * rng.standard_normal(a.shape)))
+                              .astype(np.float32) for n, a in task.arrays[index].items()}
     task_cfg, task_weights = tmp_path / "task.cfg", tmp_path / "task.weights"
     task.save(task_cfg, task_weights)
     merged, heads = merge(base, [TaskInput("task", task, k)])

@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import data_path
 
 from netsurgery.detection.image import (
     letterbox_geometry,
@@ -17,7 +18,6 @@ from netsurgery.detection.image import (
 )
 from netsurgery.errors import DataError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 F32 = np.float32
 
 
@@ -163,9 +163,6 @@ def test_preprocess_accepts_array():
     ("yolov4-tiny-160", "chelsea.png", 160),     # 451x300 -> 160x106 on a 160x160 canvas
 ])
 def test_preprocess_equals_darknet_input(case, image, size):
-    root = SHARED / "conformance" / case
-    if not (root / "input.npy").exists() or not (SHARED / "images" / image).exists():
-        pytest.skip(f"{root} not available (shared conformance data lives beside the repo)")
-    want = np.load(root / "input.npy")[0]
-    got, _ = preprocess(SHARED / "images" / image, size, size, letterbox=True)
+    want = np.load(data_path("conformance", case, "input.npy"))[0]
+    got, _ = preprocess(data_path("images", image), size, size, letterbox=True)
     np.testing.assert_array_equal(got, want)  # bit-exact with Darknet's own tensor

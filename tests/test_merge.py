@@ -14,31 +14,33 @@ from netsurgery.darknet.cfg import load_cfg
 from netsurgery.darknet.model import load_model
 from netsurgery.darknet.network import build_network
 from netsurgery.errors import UsageError
-from netsurgery.surgery.editing import Graph, Layer, load_graph
-from netsurgery.surgery.merge import MergedHeads, TaskInput, load_heads, merge, merge_files, split
+from netsurgery.surgery.heads import load_heads
+from netsurgery.surgery.merge import TaskInput, merge, merge_files, split
 from netsurgery.surgery.multihead import load_merged
+from netsurgery.surgery.weighted import WeightedNetwork, load_weighted
 
 LOGO_ANCHORS = [12, 16, 20, 30, 40, 40, 60, 70, 100, 120, 200, 200]
 
 
-def make_task(base: Graph, k: int, classes: int, seed: int, anchors=None) -> Graph:
+def make_task(base: WeightedNetwork, k: int, classes: int, seed: int,
+              anchors=None) -> WeightedNetwork:
     """A task derived from ``base``: layers 0..k unchanged, the tail re-weighted (random
     perturbations and fresh arrays where the class count changes the shape)."""
-    g = base.copy()
+    cfg = base.cfg.copy()
     rng = np.random.default_rng(seed)
-    for i, layer in enumerate(g.layers):
-        if layer.section.type == "yolo":
-            layer.section.set("classes", classes)
+    for i, section in enumerate(cfg.layers):
+        if section.type == "yolo":
+            section.set("classes", classes)
             if anchors:
-                layer.section.set("anchors", anchors)
-            n = len(layer.section.get_ints("mask"))
-            g.layers[i - 1].section.set("filters", n * (classes + 5))
-    network = g.network()
-    for spec in network.layers[k + 1:]:
+                section.set("anchors", anchors)
+            n = len(section.get_ints("mask"))
+            cfg.layers[i - 1].set("filters", n * (classes + 5))
+    task = WeightedNetwork(build_network(cfg), dict(base.arrays), base.header)
+    for spec in task.network.layers[k + 1:]:
         arrays = spec.weight_arrays()
         if not arrays:
             continue
-        old = g.layers[spec.index].arrays or {}
+        old = base.arrays.get(spec.index, {})
         new = {}
         for a in arrays:
             if a.name in old and old[a.name].shape == a.shape:
@@ -47,8 +49,8 @@ def make_task(base: Graph, k: int, classes: int, seed: int, anchors=None) -> Gra
                 new[a.name] = rng.uniform(0.5, 2.0, a.shape).astype(np.float32)
             else:
                 new[a.name] = (rng.standard_normal(a.shape) * 0.05).astype(np.float32)
-        g.layers[spec.index].arrays = new
-    return g
+        task.arrays[spec.index] = new
+    return task
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,7 @@ def tiny_setup(tmp_path_factory, yolov3_tiny):
     """Base yolov3-tiny plus two tasks per share point, written to disk."""
     cfg, weights = yolov3_tiny
     root = tmp_path_factory.mktemp("merge")
-    base = load_graph(cfg, weights)
+    base = load_weighted(cfg, weights)
     files = {}
     for k in (8, 12):
         for name, classes, anchors, seed in (("logo", 1, LOGO_ANCHORS, 1), ("text", 3, None, 2)):
@@ -79,7 +81,7 @@ def test_merged_heads_equal_separate_models(tiny_setup, k):
     tasks = [f"{n}={files[(n, k)][0]}:{files[(n, k)][1]}" for n in ("logo", "text")]
     merged, heads = merge_files(*base_files, tasks, out, share_until=k)
     # base 24 layers + per task (1 route + 23 - k tail layers)
-    assert len(merged.layers) == 24 + 2 * (1 + 23 - k)
+    assert len(merged) == 24 + 2 * (1 + 23 - k)
     mm = load_merged(f"{out}.cfg", f"{out}.weights", f"{out}.heads.json", inference=False)
     x = _input()
     with torch.no_grad():
@@ -134,16 +136,15 @@ def test_merged_network_loads_in_opencv_with_same_outputs(tiny_setup):
 
 def test_yolov3_share_73_structure():
     cfg = shared_path("darknet-cfg", "yolov3.cfg")
-    base = load_graph(cfg)
-    task = base.copy()
-    for layer in task.layers:  # a one-class task
-        if layer.section.type == "yolo":
-            layer.section.set("classes", 1)
-    for i, layer in enumerate(task.layers):
-        if i + 1 < len(task.layers) and task.layers[i + 1].section.type == "yolo":
-            layer.section.set("filters", 18)
+    base = load_weighted(cfg)
+    task_cfg = base.cfg.copy()
+    for i, section in enumerate(task_cfg.layers):  # a one-class task
+        if section.type == "yolo":
+            section.set("classes", 1)
+            task_cfg.layers[i - 1].set("filters", 18)
+    task = WeightedNetwork(build_network(task_cfg))
     merged, heads = merge(base, [TaskInput("task", task, 73)])
-    network = merged.network()
+    network = merged.network
     assert len(network.layers) == 141  # 107 + 1 route + 33
     route = heads.tasks[0].route
     assert route == 107 and network.layers[107].sources() == [73]
@@ -170,6 +171,43 @@ def test_split_restores_each_task_byte_identical(tiny_setup):
         assert [s.type_name for s in a.layers] == [s.type_name for s in b.layers]
         assert [s.out_shape for s in a.layers] == [s.out_shape for s in b.layers]
         assert [s.inputs() for s in a.layers] == [s.inputs() for s in b.layers]
+
+
+def test_split_keeps_the_task_cfg_as_it_was(tiny_setup, tmp_path):
+    """Comments, key order and stopbackward=1 of the task's trunk come back (issue 21): a
+    split cfg continued in Darknet still freezes the trunk."""
+    root, base_files, files = tiny_setup
+    cfg_path, weights = files[("logo", 8)]
+    lines = open(cfg_path).read().splitlines()
+    sections = [i for i, line in enumerate(lines) if line.startswith("[")]
+    k_header = sections[1 + 8]  # [net] is section 0
+    lines.insert(k_header + 1, "stopbackward=1")
+    lines.insert(sections[1 + 3], "# the trunk: COCO's")
+    lines.insert(0, "# logo detector, retrained from layer 9")
+    lines.append("# end of the logo cfg")
+    task_cfg = tmp_path / "logo.cfg"
+    task_cfg.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "m"
+    merge_files(*base_files, [f"logo={task_cfg}:{weights}"], str(out), share_until=8)
+    assert "stopbackward" not in (tmp_path / "m.cfg").read_text()  # the base's trunk is kept
+    assert run(["split", f"{out}.cfg", f"{out}.weights", "--heads", f"{out}.heads.json",
+                "--task", "logo", "-o", str(tmp_path / "back")]) == 0
+    assert (tmp_path / "back.cfg").read_text() == load_cfg(task_cfg).to_text()
+    assert (tmp_path / "back.weights").read_bytes() == open(weights, "rb").read()
+    assert load_cfg(tmp_path / "back.cfg").layers[8].get_int("stopbackward") == 1
+
+
+def test_merged_network_runs_in_memory_like_its_files(tiny_setup, tmp_path):
+    root, base_files, files = tiny_setup
+    tasks = [TaskInput(n, load_weighted(*files[(n, 8)]), 8) for n in ("logo", "text")]
+    merged, heads = merge(load_weighted(*base_files), tasks)
+    merged.save(tmp_path / "m.cfg", tmp_path / "m.weights")
+    x = _input(4)
+    with torch.inference_mode():
+        in_memory = merged.model(inference=True)(x)
+        from_files = load_model(tmp_path / "m.cfg", tmp_path / "m.weights", inference=True)(x)
+    assert len(in_memory) == len(from_files) == 6
+    assert all(torch.equal(a, b) for a, b in zip(in_memory, from_files))
 
 
 def test_lazy_heads_run_only_needed_layers(tiny_setup):
@@ -210,8 +248,9 @@ def test_common_classes_pads_heads_and_keeps_detections(tiny_setup, tmp_path):
         p.write_text("\n".join(["logo"] if classes == 1 else ["text", "line", "logo"]) + "\n")
         names[name] = str(p)
     coco = shared_path("models", "coco.names")
-    base = load_graph(*base_files)
-    tasks = [TaskInput(n, load_graph(*files[(n, 12)]), 12, names[n]) for n in ("logo", "text")]
+    base = load_weighted(*base_files)
+    tasks = [TaskInput(n, load_weighted(*files[(n, 12)]), 12, names[n])
+             for n in ("logo", "text")]
     plain, plain_heads = merge(base, tasks, base_names_file=str(coco))
     padded, padded_heads = merge(base, tasks, base_names_file=str(coco), common_classes=True)
     union = padded_heads.common_classes
@@ -230,8 +269,8 @@ def test_common_classes_pads_heads_and_keeps_detections(tiny_setup, tmp_path):
     groups = plain_heads.groups()
     for g_plain, g_pad in zip(groups, padded_heads.groups()):
         for yp, yq in zip(g_plain.yolo_layers, g_pad.yolo_layers):
-            p = outs_p[plain.network().heads().index(yp)][0].numpy()
-            q = outs_q[padded.network().heads().index(yq)][0].numpy()
+            p = outs_p[plain.network.heads().index(yp)][0].numpy()
+            q = outs_q[padded.network.heads().index(yq)][0].numpy()
             n_anchors = p.shape[0] // (g_plain.classes + 5)
             p = p.reshape(n_anchors, g_plain.classes + 5, *p.shape[1:])
             q = q.reshape(n_anchors, len(union) + 5, *q.shape[1:])
@@ -285,8 +324,8 @@ def test_info_on_merged_network_shows_savings(tiny_setup, capsys):
 def test_time_merged_against_each_head_alone(tiny_setup, capsys):
     """Timing values themselves are not asserted (benchmarks do that): the rounds, the sum,
     the FLOP ratio shown beside the time, and the command's output."""
+    from netsurgery.analysis.cost import merge_savings
     from netsurgery.detection.timing import time_merged, time_model
-    from netsurgery.surgery.merge import merge_savings
 
     root, base_files, files = tiny_setup
     out = str(root / "merged_time")

@@ -12,7 +12,8 @@ from netsurgery import NetsurgeryError, load_cfg, load_model
 
 def conformance(case: str):
     folder = shared_path("conformance", case)
-    return folder / "net.cfg", folder / "net.weights", np.load(folder / "input.npy")
+    return folder / "net.cfg", shared_path("conformance", case, "net.weights"), \
+        np.load(folder / "input.npy")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ cv2 = pytest.importorskip("cv2")
 if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromDarknet"):
     pytest.skip("this OpenCV has no Darknet importer", allow_module_level=True)
 
-from conftest import shared_path  # noqa: E402
+from conftest import data_path, shared_path  # noqa: E402
 from opencv_util import opencv_cfg_text, opencv_yolo_outputs, to_opencv_layout  # noqa: E402
 
 from netsurgery import load_model  # noqa: E402
@@ -23,14 +23,14 @@ ABS_TOL = 1e-4
 
 
 def opencv_meta(case: str) -> dict:
-    meta = json.loads(shared_path("conformance", case, "meta.json").read_text())
+    meta = json.loads(data_path("conformance", case, "meta.json").read_text())
     return meta["independent_checks"]["opencv"]
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_yolo_outputs_match_opencv(case, tmp_path):
-    folder = shared_path("conformance", case)
-    cfg, weights = folder / "net.cfg", folder / "net.weights"
+    folder = data_path("conformance", case)
+    cfg, weights = folder / "net.cfg", data_path("conformance", case, "net.weights")
     meta = opencv_meta(case)
     x = np.load(folder / "input.npy")
     if "refused" in meta:

@@ -4,10 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import data_path
 
 from netsurgery.darknet import schema
-
-CFG_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "darknet-cfg"
 
 
 def _read_cfg(path: Path) -> list[tuple[str, int, str, str]]:
@@ -30,11 +29,9 @@ def _read_cfg(path: Path) -> list[tuple[str, int, str, str]]:
 
 
 def _cfg_files() -> list[Path]:
-    if not CFG_DIR.is_dir():
-        pytest.skip("../shared/darknet-cfg not found")
-    files = sorted(CFG_DIR.glob("*.cfg"))
+    files = sorted(data_path("darknet-cfg").glob("*.cfg"))
     if not files:
-        pytest.skip("../shared/darknet-cfg holds no .cfg file")
+        pytest.skip("darknet-cfg holds no .cfg file")
     return files
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import shared_path
+from test_json_schemas import check
 
 from netsurgery.analysis.suggest import (
     block_ends,
@@ -25,6 +26,7 @@ from netsurgery.darknet.cfg import load_cfg
 from netsurgery.darknet.network import build_network
 from netsurgery.errors import UsageError
 from netsurgery.surgery.editing import retarget_heads
+from netsurgery.training.config import TrainConfig
 from netsurgery.training.synth import make_shapes_dataset
 from netsurgery.training.train import train
 
@@ -74,8 +76,9 @@ def test_tail_run_trains_as_the_trainer_does(tiny, tmp_path):
     """Same initialisation, batches, schedule and loss as train() without augmentation:
     the per-iteration losses agree to float rounding."""
     root, base_cfg, weights, task_cfg, data = tiny
-    result = train(task_cfg, weights, data, freeze_until=12, iterations=3,
-                   out_dir=tmp_path / "t", augment=False, base_cfg=base_cfg, validate=False)
+    result = train(TrainConfig(task_cfg, weights, data, tmp_path / "t", freeze_until=12,
+                               iterations=3, augment=False, base_cfg=base_cfg,
+                               validate=False))
     task = load_task(task_cfg, weights, base_cfg, data)
     tail = TailRun(task, cache_features(task, [12]), 12)
     tail.train(3)
@@ -178,7 +181,7 @@ def test_suggest_k_end_to_end(tiny, tmp_path, capsys):
               "--json", str(out), "--plot", str(chart), "--compare", str(sweep)])
     printed = capsys.readouterr().out
     assert rc == 0, printed
-    result = json.loads(out.read_text())
+    result = check(out, "suggest-k")  # the JSON Schema in docs/schemas
     assert [c["k"] for c in result["candidates"]] == [12, 13]
     for c in result["candidates"]:
         assert 0.0 <= c["predicted_map"] <= 1.0 and c["map_sigma"] >= 0.005

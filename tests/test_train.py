@@ -22,7 +22,7 @@ from netsurgery.darknet.model import load_model
 from netsurgery.darknet.network import build_network
 from netsurgery.darknet.weights import load_weights
 from netsurgery.detection.image import letterbox_image, resize_image
-from netsurgery.errors import CfgError, UsageError
+from netsurgery.errors import CfgError, DataError, UsageError
 from netsurgery.training.augment import (
     AugmentConfig,
     Crop,
@@ -36,6 +36,7 @@ from netsurgery.training.augment import (
 from netsurgery.training.synth import make_shapes_dataset
 from netsurgery.training.train import (
     Schedule,
+    TrainConfig,
     checkpoint_cfg,
     default_batch,
     freeze_from_cfg,
@@ -165,7 +166,8 @@ def tiny_train(t: Tiny, out: Path, **kw):
     args = dict(freeze_until=1, iterations=4, batch=4, out_dir=out, augment=False,
                 base_cfg=t.cfg)
     args.update(kw)
-    return train(t.cfg, t.weights, t.data, **args)
+    progress = args.pop("progress", None)
+    return train(TrainConfig(t.cfg, t.weights, t.data, **args), progress=progress)
 
 
 # --------------------------------------------------------------------------- schedule
@@ -480,8 +482,9 @@ def test_multi_scale_mosaic_run_resizes_and_saves_at_the_cfg_size(tiny, tmp_path
     cfg.write_text(tiny_text().replace("policy=constant",
                                        "policy=constant\nresize_step=16\nmosaic=1") +
                    "random=1\n")
-    result = train(cfg, tiny.weights, tiny.data, freeze_until=1, iterations=140, batch=2,
-                   lr=0.001, out_dir=tmp_path / "out", base_cfg=tiny.cfg, validate=False)
+    result = train(TrainConfig(cfg, tiny.weights, tiny.data, freeze_until=1, iterations=140,
+                               batch=2, lr=0.001, out_dir=tmp_path / "out", base_cfg=tiny.cfg,
+                               validate=False))
     scales = MultiScale.from_cfg(load_cfg(cfg), 64, 64)
     assert scales.largest == (112, 112)  # round(1.4·64/16 + 1)·16 = 7·16
     rows = list(csv.DictReader(open(result.log_csv)))
@@ -497,9 +500,9 @@ def test_multi_scale_mosaic_run_resizes_and_saves_at_the_cfg_size(tiny, tmp_path
     assert model(torch.zeros(1, 3, 64, 64))[0].shape == (1, 24, 16, 16)
     assert result.trunk_verified
     # multi_scale=False (CLI --no-multi-scale) keeps the cfg's size
-    flat = train(cfg, tiny.weights, tiny.data, freeze_until=1, iterations=3, batch=2,
-                 out_dir=tmp_path / "flat", base_cfg=tiny.cfg, validate=False,
-                 multi_scale=False)
+    flat = train(TrainConfig(cfg, tiny.weights, tiny.data, freeze_until=1, iterations=3,
+                             batch=2, out_dir=tmp_path / "flat", base_cfg=tiny.cfg,
+                             validate=False, multi_scale=False))
     assert {r["input"] for r in csv.DictReader(open(flat.log_csv))} == {"64x64"}
 
 
@@ -534,8 +537,9 @@ def test_resume_continues_exactly(tiny, tmp_path):
 def test_stopbackward_in_cfg_sets_the_freeze(tiny, tmp_path):
     cfg = tmp_path / "stop.cfg"
     cfg.write_text(tiny_text(stop1=True))
-    result = train(cfg, tiny.weights, tiny.data, iterations=2, batch=4, out_dir=tmp_path / "o",
-                   augment=False, base_cfg=tiny.cfg, validate=False)
+    result = train(TrainConfig(cfg, tiny.weights, tiny.data, iterations=2, batch=4,
+                               out_dir=tmp_path / "o", augment=False, base_cfg=tiny.cfg,
+                               validate=False))
     assert result.freeze_until == 1 and result.trunk_verified
     saved = arrays_of(result.final_weights, cfg)
     base = arrays_of(tiny.weights, tiny.cfg)
@@ -544,8 +548,9 @@ def test_stopbackward_in_cfg_sets_the_freeze(tiny, tmp_path):
     assert [s.get_int("stopbackward", 0) for s in written.layers] == [0, 1, 0, 0, 0]
     # an explicit freeze wins, and the written cfg follows it
     # (2 iterations: burn-in makes the first learning rate 0, as in Darknet)
-    result = train(cfg, tiny.weights, tiny.data, freeze_until=0, iterations=2, batch=4,
-                   out_dir=tmp_path / "p", augment=False, base_cfg=tiny.cfg, validate=False)
+    result = train(TrainConfig(cfg, tiny.weights, tiny.data, freeze_until=0, iterations=2,
+                               batch=4, out_dir=tmp_path / "p", augment=False,
+                               base_cfg=tiny.cfg, validate=False))
     assert result.freeze_until == 0
     saved = arrays_of(result.final_weights, cfg)
     assert not np.array_equal(saved[1]["weights"], base[1]["weights"])
@@ -562,8 +567,8 @@ def test_freeze_errors(tiny, tmp_path):
     assert "filters=16\nsize=3\nstride=2" in text
     task.write_text(text.replace("filters=16\nsize=3\nstride=2", "filters=12\nsize=3\nstride=2"))
     with pytest.raises(UsageError, match="layers 1, 2 would be frozen but have no base weights"):
-        train(task, tiny.weights, tiny.data, freeze_until=2, iterations=1, batch=4,
-              out_dir=tmp_path / "b", base_cfg=tiny.cfg)
+        train(TrainConfig(task, tiny.weights, tiny.data, freeze_until=2, iterations=1,
+                          batch=4, out_dir=tmp_path / "b", base_cfg=tiny.cfg))
 
 
 def test_cli_train_and_errors(tiny, tmp_path, capsys):
@@ -630,8 +635,9 @@ def tiny_yolo_run(yolov3_tiny, tmp_path_factory):
         text = text.replace(old, new)
     task = root / "shapes-tiny.cfg"
     task.write_text(text)
-    result = train(task, weights, paths.data, freeze_until=12, iterations=150, batch=8,
-                   out_dir=root / "out", augment=False, base_cfg=cfg_path, seed=0)
+    result = train(TrainConfig(task, weights, paths.data, freeze_until=12, iterations=150,
+                               batch=8, out_dir=root / "out", augment=False, base_cfg=cfg_path,
+                               seed=0))
     return task, weights, cfg_path, result
 
 
@@ -757,9 +763,9 @@ def test_yolov4_tiny_trains_with_every_option_its_family_sets(tmp_path):
     retarget_heads(load_cfg(base_cfg), 3).save(task)
     assert AugmentConfig.from_cfg(load_cfg(task)).resize == 1.5
     paths = make_shapes_dataset(tmp_path / "ds", 12, seed=1, size=(96, 96))
-    result = train(task, tmp_path / "base.weights", paths.data, freeze_until=20, iterations=6,
-                   batch=4, lr=0.001, out_dir=tmp_path / "out", base_cfg=base_cfg,
-                   validate=False)
+    result = train(TrainConfig(task, tmp_path / "base.weights", paths.data, freeze_until=20,
+                               iterations=6, batch=4, lr=0.001, out_dir=tmp_path / "out",
+                               base_cfg=base_cfg, validate=False))
     assert not [m for m in result.messages if "ignored" in m]
     assert result.trunk_verified
     assert all(math.isfinite(loss) for _, loss in result.losses)
@@ -776,9 +782,31 @@ def test_scaled_yolov4_heads_train(tiny, tmp_path):
         "iou_thresh=0.2\nmax_delta=5\n")
     cfg = tmp_path / "csp.cfg"
     cfg.write_text(text)
-    result = train(cfg, tiny.weights, tiny.data, freeze_until=1, iterations=6, batch=4,
-                   lr=0.001, out_dir=tmp_path / "out", base_cfg=tiny.cfg, validate=False)
+    result = train(TrainConfig(cfg, tiny.weights, tiny.data, freeze_until=1, iterations=6,
+                               batch=4, lr=0.001, out_dir=tmp_path / "out", base_cfg=tiny.cfg,
+                               validate=False))
     assert not [m for m in result.messages if "ignored" in m]
     assert result.trunk_verified and all(math.isfinite(v) for _, v in result.losses)
     saved = arrays_of(result.final_weights, cfg)
     assert not np.array_equal(saved[3]["weights"], arrays_of(tiny.weights, tiny.cfg)[3]["weights"])
+
+
+def test_undecodable_image_is_skipped_up_front_and_counted(tiny, tmp_path):
+    """An image whose bytes cannot be decoded (found late in the list) is skipped and counted
+    before the first iteration, as bad labels are; --strict stops on it before training."""
+    paths = make_shapes_dataset(tmp_path / "ds", 12, seed=3, size=(64, 64))
+    broken = paths.train_images[-1]
+    broken.write_bytes(b"\xff\xd8\xff\xe0" + bytes(200))  # a JPEG start, then nothing
+    lines: list[str] = []
+    result = train(TrainConfig(tiny.cfg, tiny.weights, paths.data, tmp_path / "out",
+                               freeze_until=1, iterations=3, batch=4, augment=False,
+                               base_cfg=tiny.cfg, validate=False), log=lines.append)
+    skipped = [m for m in lines if "cannot be decoded" in m]
+    assert skipped and skipped[0].startswith("training list: 1 images skipped")
+    assert str(broken) in skipped[0]
+    assert result.iterations == 3 and result.trunk_verified
+    with pytest.raises(DataError, match=f"{broken.name}: cannot read image"):
+        train(TrainConfig(tiny.cfg, tiny.weights, paths.data, tmp_path / "strict",
+                          freeze_until=1, iterations=3, batch=4, augment=False,
+                          base_cfg=tiny.cfg, strict=True))
+    assert not (tmp_path / "strict").exists()  # stopped before anything was written

@@ -20,14 +20,19 @@ counting conv FLOPs only gives 0.66372, also 0.664, so the all-layers total is k
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Iterable
+import math
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 import numpy as np
 
+from netsurgery.darknet.layers import LayerSpec
 from netsurgery.darknet.network import Network
 from netsurgery.darknet.weights import WeightsFile, expected_size, file_layout, nonfinite_report
 from netsurgery.errors import UsageError
+
+if TYPE_CHECKING:
+    from netsurgery.surgery.heads import MergedHeads
 
 
 @dataclass
@@ -48,14 +53,28 @@ class LayerCost:
 
 
 @dataclass
+class HeadCost:
+    """One detector of a merged network as a standalone network: its trunk 0..k and tail."""
+
+    name: str
+    params: int
+    bflops: float
+
+
+@dataclass
 class MergeSavings:
-    """N tasks run as N separate detectors versus one merged network sharing layers 0..k."""
+    """N detectors run as N separate networks versus one merged network sharing their trunk.
+
+    From :meth:`ShareCost.merge_savings` (N copies of one detector, predicted) or from
+    :func:`merge_savings` (a real merged network: ``per_head`` holds each head's own cost)."""
 
     n_tasks: int
     params_separate: int
     params_merged: int
     bflops_separate: float
     bflops_merged: float
+    per_head: list[HeadCost] = field(default_factory=list)
+    bflops_gated: float | None = None  # expected per image with gates (None: no gate)
 
     @property
     def params_saved(self) -> int:
@@ -72,6 +91,16 @@ class MergeSavings:
     @property
     def bflops_saved_fraction(self) -> float:
         return self.bflops_saved / self.bflops_separate if self.bflops_separate else 0.0
+
+    @property
+    def params_ratio(self) -> float:
+        """merged / separate parameters."""
+        return self.params_merged / self.params_separate if self.params_separate else 0.0
+
+    @property
+    def bflops_ratio(self) -> float:
+        """merged / separate FLOPs (what ``time`` compares its measured ratio with)."""
+        return self.bflops_merged / self.bflops_separate if self.bflops_separate else 0.0
 
 
 @dataclass
@@ -145,9 +174,11 @@ class CostReport:
     weights_info: WeightsInfo | None = None
 
 
-def frontier(network: Network, k: int) -> list[int]:
-    """Layers ≤ ``k`` whose output some layer > ``k`` reads (the network input excluded)."""
-    read = {src for spec in network.layers[k + 1:] for src in spec.inputs() if 0 <= src <= k}
+def frontier(network: Network, k: int, readers: Iterable[int] | None = None) -> list[int]:
+    """Layers ≤ ``k`` whose output some layer of ``readers`` (default: every layer > ``k``)
+    reads, the network input excluded: what a shared trunk 0..k must hand over to a tail."""
+    indices = range(k + 1, len(network.layers)) if readers is None else readers
+    read = {src for i in indices for src in network.layers[i].inputs() if 0 <= src <= k}
     return sorted(read)
 
 
@@ -250,16 +281,152 @@ def network_cost(network: Network, share_until: Iterable[int] = (),
     )
 
 
+# -- merged networks ------------------------------------------------------------------------
+def merge_savings(network: Network, heads: "MergedHeads") -> MergeSavings:
+    """What the merged ``network`` costs against running every head's own network (the base:
+    its layers; a task: the trunk 0..k and its tail). ``heads`` must have been checked
+    against ``network`` (:func:`netsurgery.surgery.heads.check_heads`)."""
+    params = [s.params for s in network.layers]
+    flops = [s.flops() / 1e9 for s in network.layers]
+    first, last = heads.base.tail
+    per_head = [HeadCost(heads.base.name, sum(params[first:last + 1]),
+                         sum(flops[first:last + 1]))]
+    for g in heads.tasks:
+        k, (a, b) = g.share_until, g.tail
+        per_head.append(HeadCost(g.name, sum(params[:k + 1]) + sum(params[a:b + 1]),
+                                 sum(flops[:k + 1]) + sum(flops[a:b + 1])))
+    return MergeSavings(len(per_head), sum(h.params for h in per_head), sum(params),
+                        sum(h.bflops for h in per_head), sum(flops), per_head,
+                        _gated_bflops(flops, heads))
+
+
+def _gated_bflops(flops: list[float], heads: "MergedHeads") -> float | None:
+    """Expected BFLOPs per image with gates: everything (base, gates, tails) minus the part of
+    each gated tail that its gate skips, at the pass rate measured on its held-out images."""
+    gated = [g for g in heads.tasks if g.gate is not None]
+    if not gated:
+        return None
+    skipped = 0.0
+    for g in gated:
+        gate = g.gate
+        seen = gate.held_out_positives + gate.held_out_negatives
+        passing = (gate.positive_pass_rate * gate.held_out_positives
+                   + gate.negative_pass_rate * gate.held_out_negatives) / seen if seen else 1.0
+        skipped += (1.0 - passing) * sum(flops[g.route:g.tail[1] + 1])
+    return sum(flops) - skipped
+
+
+def format_savings(s: MergeSavings) -> str:
+    """The table ``merge`` and ``info --heads`` print: each head alone, their sum, merged."""
+    lines = ["  model                params      BFLOPs"]
+    for h in s.per_head:
+        lines.append(f"  {h.name:<18} {h.params:>10,d} {h.bflops:>11.3f}")
+    lines.append(f"  {'separate (sum)':<18} {s.params_separate:>10,d} {s.bflops_separate:>11.3f}")
+    lines.append(f"  {'merged':<18} {s.params_merged:>10,d} {s.bflops_merged:>11.3f}")
+    lines.append(f"  merged / separate: params {s.params_ratio:.3f}, FLOPs {s.bflops_ratio:.3f}")
+    if s.bflops_gated is not None:
+        lines.append(f"  with gates: {s.bflops_gated:.3f} BFLOPs per image expected (gated tails "
+                     f"at their held-out pass rates), {s.bflops_gated / s.bflops_separate:.3f} "
+                     "of separate")
+    return "\n".join(lines)
+
+
+@dataclass
+class TrunkCheck:
+    """How far a task's layers 0..k are from the base's."""
+
+    identical: bool  # every array bit-identical
+    max_relative_difference: float  # mean|Δ| / mean|base| of the worst array (inf: NaN/Inf)
+    worst_layer: int | None
+
+
+def spec_difference(a: LayerSpec, b: LayerSpec) -> str | None:
+    """The first parsed field in which two layer specs differ (``"filters 4 vs 8"``), or None
+    when they compute the same thing. Comparing parsed specs, not cfg text, makes key order,
+    written-out defaults (``stride=1``) and relative against absolute references
+    irrelevant."""
+    if a.type_name != b.type_name:
+        return f"type [{a.type_name}] vs [{b.type_name}]"
+    own = [f.name for f in fields(a) if f.name not in ("index", "section", "in_shape",
+                                                         "out_shape")]
+    for name in own + ["in_shape", "out_shape"]:  # options first: the shapes follow from them
+        x, y = getattr(a, name), getattr(b, name)
+        if x != y:
+            return f"{name} {x} vs {y}"
+    return None
+
+
+def bit_identical(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same shape and the same float32 bits (a NaN copied bit for bit is identical). Chunked,
+    so a difference near the start returns early."""
+    if a.shape != b.shape:
+        return False
+    ua = np.ascontiguousarray(a, dtype="<f4").view(np.uint32).reshape(-1)
+    ub = np.ascontiguousarray(b, dtype="<f4").view(np.uint32).reshape(-1)
+    step = 1 << 18
+    return all(np.array_equal(ua[i:i + step], ub[i:i + step]) for i in range(0, ua.size, step))
+
+
+def _relative_difference(base: np.ndarray, other: np.ndarray) -> float:
+    with np.errstate(all="ignore"):
+        b64 = base.astype(np.float64)
+        rel = float(np.abs(other.astype(np.float64) - b64).mean() /
+                    max(float(np.abs(b64).mean()), 1e-30))
+    return rel if math.isfinite(rel) else math.inf
+
+
+def compare_trunk(base: Network, base_arrays: Mapping[int, Mapping[str, np.ndarray]],
+                  task: Network, task_arrays: Mapping[int, Mapping[str, np.ndarray]],
+                  k: int) -> TrunkCheck:
+    """Compare layers 0..k of ``task`` with the base's: input size and parsed layer specs must
+    agree (else a UsageError naming the layer and the field); arrays are compared by their
+    bytes (a bit-identical NaN is identical). Returns the largest relative difference."""
+    last = min(len(base.layers), len(task.layers)) - 1
+    if not 0 <= k <= last:
+        raise UsageError(f"share_until={k}: expected a layer index 0..{last} (base has "
+                         f"{len(base.layers)} layers, task {len(task.layers)})")
+    for key in ("width", "height", "channels"):
+        if getattr(base.net, key) != getattr(task.net, key):
+            raise UsageError(f"[net] {key} differs: base {getattr(base.net, key)}, task "
+                             f"{getattr(task.net, key)}; a merged network has one input size")
+    worst, worst_layer = 0.0, None
+    for i in range(k + 1):
+        b, t = base.layers[i], task.layers[i]
+        if b.type_name != t.type_name:
+            raise UsageError(f"layer {i}: base is [{b.type_name}], task is [{t.type_name}]; "
+                             f"the trunks 0..{k} must be the same network")
+        difference = spec_difference(b, t)
+        if difference is not None:
+            raise UsageError(f"layer {i} [{b.type_name}]: differs between base and task "
+                             f"({difference})")
+        mine, theirs = base_arrays.get(i) or {}, task_arrays.get(i) or {}
+        for name, arr in mine.items():
+            other = theirs.get(name)
+            if other is None or other.shape != arr.shape:
+                raise UsageError(f"layer {i}: array '{name}' missing or of another shape in "
+                                 "the task")
+            if bit_identical(arr, other):
+                continue
+            rel = _relative_difference(arr, other)
+            if worst_layer is None or rel > worst:
+                worst, worst_layer = rel, i
+    return TrunkCheck(worst_layer is None, worst, worst_layer)
+
+
 # -- output -------------------------------------------------------------------------------
 MERGE_TASKS = (2, 3)
 
 
-def _savings_json(s: MergeSavings) -> dict:
+def savings_to_json(s: MergeSavings) -> dict:
+    """Plain JSON-able dict of a :class:`MergeSavings` (``heads``: each head's own cost)."""
     return {"n_tasks": s.n_tasks,
             "params_separate": s.params_separate, "params_merged": s.params_merged,
             "params_saved": s.params_saved, "params_saved_fraction": s.params_saved_fraction,
             "bflops_separate": s.bflops_separate, "bflops_merged": s.bflops_merged,
-            "bflops_saved": s.bflops_saved, "bflops_saved_fraction": s.bflops_saved_fraction}
+            "bflops_saved": s.bflops_saved, "bflops_saved_fraction": s.bflops_saved_fraction,
+            "bflops_gated": s.bflops_gated,
+            "heads": [{"name": h.name, "params": h.params, "bflops": h.bflops}
+                      for h in s.per_head]}
 
 
 def report_to_json(report: CostReport) -> dict:
@@ -277,7 +444,7 @@ def report_to_json(report: CostReport) -> dict:
         "bflops_shared": s.bflops_shared,
         "saved_per_extra_task": {"params": s.params_saved_per_extra_task,
                                  "bflops": s.bflops_saved_per_extra_task},
-        "merge": [_savings_json(s.merge_savings(n)) for n in MERGE_TASKS],
+        "merge": [savings_to_json(s.merge_savings(n)) for n in MERGE_TASKS],
     } for s in report.share]
     weights = None
     if report.weights_info is not None:
@@ -316,7 +483,7 @@ def _table(rows: list[list[str]], right: set[int]) -> list[str]:
 def _format_layers(report: CostReport) -> list[str]:
     with_weights = report.weights_info is not None
     head = ["idx", "type", "options", "input (c x h x w)", "", "output", "params", "BFLOPs",
-            "cum.params", "cum.BFLOPs"]
+            "params 0..i frac", "BFLOPs 0..i frac"]
     if with_weights:
         head.append("weights")
     rows = [head]
@@ -379,6 +546,7 @@ def format_report(report: CostReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["LayerCost", "MergeSavings", "ShareCost", "NonFinite", "WeightsInfo", "CostReport",
-           "frontier", "darknet_total_bflops", "share_cost", "network_cost", "report_to_json",
-           "format_report"]
+__all__ = ["LayerCost", "HeadCost", "MergeSavings", "ShareCost", "NonFinite", "WeightsInfo",
+           "CostReport", "TrunkCheck", "bit_identical", "frontier", "darknet_total_bflops",
+           "share_cost", "network_cost", "merge_savings", "format_savings", "spec_difference",
+           "compare_trunk", "savings_to_json", "report_to_json", "format_report"]

@@ -38,11 +38,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from netsurgery.analysis.cost import bit_identical
 from netsurgery.darknet.cfg import Cfg
+from netsurgery.darknet.layers import LayerSpec
 from netsurgery.darknet.network import Network, build_network
 from netsurgery.darknet.weights import WeightsFile, file_layout, load_weights
 from netsurgery.errors import UsageError
-from netsurgery.fileio import atomic_open, atomic_write_text
+from netsurgery.fileio import atomic_open
 
 EPSILON = 1e-8
 QUANTILES = (("p25", 0.25), ("median", 0.5), ("p75", 0.75), ("p95", 0.95), ("max", 1.0))
@@ -191,13 +193,6 @@ def _ratio(num: float, den: float) -> float:
 def _flat32(arr: np.ndarray) -> np.ndarray:
     # plain ndarray (not np.memmap: its subclass hooks cost time on every slice)
     return np.ascontiguousarray(arr, dtype=np.float32).view(np.ndarray).reshape(-1)
-
-
-def _bit_identical(a: np.ndarray, b: np.ndarray) -> bool:
-    """Raw 32-bit words equal; chunked, so a difference near the start returns early."""
-    ua, ub = a.view(np.uint32), b.view(np.uint32)
-    step = 1 << 18
-    return all(np.array_equal(ua[i:i + step], ub[i:i + step]) for i in range(0, ua.size, step))
 
 
 def _positions(n: int) -> list[float]:
@@ -396,7 +391,7 @@ def tensor_diff(name: str, base: np.ndarray, task: np.ndarray) -> TensorDiff:
         raise ValueError(f"{name}: shapes differ {base.shape} vs {task.shape}")
     shape = tuple(int(v) for v in base.shape)
     b32, t32 = _flat32(base), _flat32(task)
-    if _bit_identical(b32, t32):
+    if bit_identical(b32, t32):
         return TensorDiff(name, shape, 0.0, 0.0, 1.0, True, Quantiles(0.0, 0.0, 0.0, 0.0, 0.0))
     n = b32.size
     quantiles = None
@@ -442,12 +437,9 @@ def check_same_layers(base: Network, task: Network) -> None:
                 "weights layer by layer")
 
 
-def _canonical(arrays: dict[str, np.ndarray], type_name: str, transposed: bool):
-    """[connected] kernels of a transposed file, back to (outputs, inputs)."""
-    if transposed and type_name == "connected" and "weights" in arrays:
-        arrays = dict(arrays)
-        arrays["weights"] = arrays["weights"].T
-    return arrays
+def _canonical(arrays: dict[str, np.ndarray], spec: LayerSpec, transposed: bool):
+    """A layer's arrays from a file in the module's layout (the same for any file header)."""
+    return {name: spec.to_module_layout(name, a, transposed) for name, a in arrays.items()}
 
 
 def _kernel_shape(arrays: dict[str, np.ndarray]) -> tuple[int, ...]:
@@ -526,8 +518,10 @@ def diff_weights(base_cfg: Cfg | Network | str | os.PathLike,
     for index in sorted(stored):
         type_name = base_net.layers[index].type_name
         b, t = base_wf.layers.get(index), task_wf.layers.get(index)
-        b = None if b is None else _canonical(b.arrays, type_name, base_wf.header.transposed)
-        t = None if t is None else _canonical(t.arrays, type_name, task_wf.header.transposed)
+        b = None if b is None else _canonical(b.arrays, base_net.layers[index],
+                                              base_wf.header.transposed)
+        t = None if t is None else _canonical(t.arrays, task_net.layers[index],
+                                              task_wf.header.transposed)
         skip = _skip(index, type_name, b, t, base_wf.path, task_wf.path)
         if skip is not None:
             skipped.append(skip)
@@ -656,19 +650,18 @@ def report_to_json(report: DiffReport) -> dict:
 
 
 def reports_to_json(reports: Sequence[DiffReport]) -> dict:
-    """One report as :func:`report_to_json`; several as ``{"base": ..., "tasks": [...]}``."""
-    if len(reports) == 1:
-        return report_to_json(reports[0])
+    """``{"base": {"cfg", "weights"}, "tasks": [report_to_json(...), ...]}`` for one task or
+    several alike."""
     return {"base": {"cfg": reports[0].base_cfg, "weights": reports[0].base_weights},
             "tasks": [report_to_json(r) for r in reports]}
 
 
 def write_json(reports: DiffReport | Sequence[DiffReport], path: str | os.PathLike) -> None:
-    import json
+    from netsurgery.jsonout import write_document
 
     if isinstance(reports, DiffReport):
         reports = [reports]
-    atomic_write_text(path, json.dumps(reports_to_json(reports), indent=1) + "\n")
+    write_document(path, "diff", reports_to_json(reports))
 
 
 CSV_COLUMNS = ("task", "index", "type", "tensor", "count", "identical", "rel_mean_abs",

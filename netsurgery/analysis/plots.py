@@ -59,6 +59,55 @@ def _diff_figure(n_layers: int) -> Figure:
     return fig
 
 
+# The body of a box (p25..p95 and the mean) decides the scale; the maxima of a few elements
+# whose base value is near zero (|Δ|/|base| of 10^5) must not flatten every box to 0.
+LOG_SPAN = 1e3  # log axis when the bodies span more than three decades
+
+
+@dataclass
+class YScale:
+    """How a panel's y axis is drawn: log, or linear up to ``top`` with larger values
+    (the clipped maxima) drawn on the top edge and labelled."""
+
+    log: bool
+    top: float | None = None
+
+
+def choose_scale(body: Sequence[float], log_y: bool | None = None) -> YScale:
+    """Log when ``log_y`` or (``log_y`` None) when the positive ``body`` values span more
+    than LOG_SPAN; else linear from 0 to a little above the largest body value."""
+    import math
+
+    values = [v for v in body if math.isfinite(v) and v > 0]
+    if log_y is None:
+        log_y = bool(values) and max(values) / min(values) > LOG_SPAN
+    if log_y or not values:
+        return YScale(bool(log_y))
+    return YScale(False, 1.12 * max(values))
+
+
+def _apply_scale(ax, scale: YScale, outliers: Sequence[tuple[float, float]] = ()) -> None:
+    """Set the y axis; on a clipped linear axis draw each (x, value) above the top as a
+    marker on the top edge with its value."""
+    if scale.log:
+        ax.set_yscale("log", nonpositive="clip")
+        return
+    ax.set_ylim(0.0, scale.top)
+    if scale.top is None:
+        return
+    clipped = [(x, v) for x, v in outliers if v > scale.top]
+    if not clipped:
+        return
+    ax.plot([x for x, _ in clipped], [scale.top] * len(clipped), linestyle="none",
+            marker="^", markersize=5, markerfacecolor="white", markeredgecolor="black",
+            clip_on=False, zorder=5)
+    for x, v in clipped:
+        ax.annotate(f"max {v:.3g}", (x, scale.top), xytext=(3, -6),
+                    textcoords="offset points", rotation=90, ha="left", va="top",
+                    fontsize=7, bbox={"boxstyle": "square,pad=0.1", "facecolor": "white",
+                                      "edgecolor": "none", "alpha": 0.8})
+
+
 def check_marks(marks: Sequence[int], n_layers: int) -> list[int]:
     """Candidate share-until layers must be layer indices of the network."""
     bad = [k for k in marks if not 0 <= k < n_layers]
@@ -69,7 +118,7 @@ def check_marks(marks: Sequence[int], n_layers: int) -> list[int]:
 
 
 def _decorate(ax, n_layers: int, skipped: dict[int, str], marks: Sequence[int],
-              log_y: bool, title: str) -> list:
+              title: str) -> list:
     """Axes labels, limits, skipped-layer bands and candidate-k lines; returns legend
     handles for what it drew."""
     handles = []
@@ -87,10 +136,6 @@ def _decorate(ax, n_layers: int, skipped: dict[int, str], marks: Sequence[int],
     if marks:
         handles.append(Line2D([], [], linestyle="--", color="tab:red",
                               label="candidate share-until k"))
-    if log_y:
-        ax.set_yscale("log", nonpositive="clip")
-    else:
-        ax.set_ylim(bottom=0.0)
     ax.set_xlim(-1, n_layers)
     ax.set_xlabel(X_LABEL)
     ax.set_ylabel(Y_LABEL)
@@ -110,12 +155,16 @@ def _skipped_labels(report: DiffReport) -> dict[int, str]:
     return out
 
 
-def plot_diff(report: DiffReport, path: str | os.PathLike, log_y: bool = False,
+def plot_diff(report: DiffReport, path: str | os.PathLike, log_y: bool | None = None,
               marks: Sequence[int] = (), title: str | None = None) -> Chart:
     """Two panels (kernels, biases): per layer a box from the quantiles of |Δ|/(|base|+ε)
     (p25–p75 box, median line, whisker to p95, max as an outlier marker), the mean
     mean|Δ|/mean|base| as a diamond, bit-identical layers as ticks on the x axis, skipped
-    layers as grey bands, ``marks`` as dashed lines. Written to ``path`` (.png or .svg)."""
+    layers as grey bands, ``marks`` as dashed lines. Written to ``path`` (.png or .svg).
+
+    The y axis of each panel follows :func:`choose_scale` (``log_y`` True/False forces log
+    or linear): linear axes end above the whiskers and means, and maxima beyond are drawn on
+    the top edge with their value."""
     chart_format(path)
     n = report.summary.n_layers
     marks = check_marks(marks, n)
@@ -163,7 +212,15 @@ def plot_diff(report: DiffReport, path: str | os.PathLike, log_y: bool = False,
                           markersize=4, label="mean|Δ|/mean|base|"),
                    Line2D([], [], linestyle="none", marker="|", color="tab:green",
                           markersize=10, label="bit-identical")]
-        handles += _decorate(ax, n, skipped, marks, log_y, label)
+        scale = choose_scale([v for st in stats for v in (st["q1"], st["med"], st["q3"],
+                                                          st["whishi"], st["mean"])],
+                             log_y)
+        _apply_scale(ax, scale, [(x, st["fliers"][0]) for x, st in zip(positions, stats)])
+        handles += _decorate(ax, n, skipped, marks, label)
+        if scale.top is not None and any(st["fliers"][0] > scale.top for st in stats):
+            handles.append(Line2D([], [], linestyle="none", marker="^", markersize=5,
+                                  markerfacecolor="white", markeredgecolor="black",
+                                  label="max beyond the axis (value)"))
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7)
     return _save(fig, path)
 
@@ -176,11 +233,12 @@ def _task_labels(reports: Sequence[DiffReport]) -> list[str]:
 
 
 def plot_diff_tasks(reports: Sequence[DiffReport], path: str | os.PathLike,
-                    log_y: bool = False, marks: Sequence[int] = (),
+                    log_y: bool | None = None, marks: Sequence[int] = (),
                     labels: Sequence[str] | None = None, title: str | None = None) -> Chart:
     """Several task models against one base on the same axes (kernels, biases panels): per
     task a line with markers of mean|Δ|/mean|base| per layer and a thin bar from p25 to p75,
-    skipped layers (of any task) as grey bands, ``marks`` as dashed lines."""
+    skipped layers (of any task) as grey bands, ``marks`` as dashed lines. The y axis as in
+    :func:`plot_diff` (chosen from the means and bars unless ``log_y`` says)."""
     chart_format(path)
     if not reports:
         raise UsageError("no task reports to plot")
@@ -196,7 +254,7 @@ def plot_diff_tasks(reports: Sequence[DiffReport], path: str | os.PathLike,
         skipped.update(_skipped_labels(r))
     m = len(reports)
     for ax, (tensor, label) in zip(axes, DIFF_PANELS):
-        handles = []
+        handles, body = [], []
         for j, (r, name) in enumerate(zip(reports, labels)):
             color = f"C{j % 10}"
             rows = [(d.index, d.tensors[tensor]) for d in r.layers if tensor in d.tensors]
@@ -208,16 +266,20 @@ def plot_diff_tasks(reports: Sequence[DiffReport], path: str | os.PathLike,
                       [t.quantiles.p75 for _, t in rows], color=color, alpha=0.5,
                       linewidth=2.0)
             handles.append(Line2D([], [], color=color, marker="o", markersize=3, label=name))
+            body += [v for _, t in rows for v in (t.rel_mean_abs, t.quantiles.p25,
+                                                  t.quantiles.p75)]
         handles.append(Line2D([], [], color="0.3", marker="o", markersize=3,
                               label="line: mean|Δ|/mean|base|"))
         handles.append(Line2D([], [], color="0.3", alpha=0.5, linewidth=2.0,
                               label="bar: p25–p75 of |Δ|/|base|"))
-        handles += _decorate(ax, n, skipped, marks, log_y, label)
+        _apply_scale(ax, choose_scale(body, log_y))
+        handles += _decorate(ax, n, skipped, marks, label)
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7)
     return _save(fig, path)
 
 
-__all__ = ["Chart", "FORMATS", "chart_format", "check_marks", "plot_diff", "plot_diff_tasks"]
+__all__ = ["Chart", "FORMATS", "YScale", "chart_format", "check_marks", "choose_scale",
+           "plot_diff", "plot_diff_tasks"]
 
 
 
@@ -246,6 +308,31 @@ def plot_pr_curves(result, path: str | os.PathLike, title: str = "") -> Chart:
         ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return _save(fig, path)
+
+
+# -- training loss (netsurgery train) ---------------------------------------------------------
+def plot_loss(iterations: Sequence[int], losses: Sequence[float],
+              path: str | os.PathLike) -> Chart:
+    """Loss per image against the iteration, with a running mean of up to 20 iterations (a
+    third of a short run, so that the mean is a line too); a log axis when the loss spans
+    more than a factor 20. PNG or SVG by extension."""
+    import numpy as np
+
+    chart_format(path)
+    its, loss = np.array(iterations, dtype=int), np.array(losses, dtype=float)
+    fig = Figure(figsize=(7, 4), dpi=DPI)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(its, loss, lw=0.8, alpha=0.5, label="loss per image")
+    if len(loss) >= 5:
+        k = min(20, max(2, len(loss) // 3))
+        smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+        ax.plot(its[k - 1:], smooth, lw=1.6, label=f"running mean of {k} iterations")
+    if len(loss) and loss.min() > 0 and loss.max() / loss.min() > 20:
+        ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss per image")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
 
 
 # -- suggest-k: predicted mAP and savings against k -------------------------------------------

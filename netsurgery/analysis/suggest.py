@@ -22,7 +22,7 @@ import numpy as np
 
 from netsurgery.darknet.network import Network
 from netsurgery.errors import UsageError
-from netsurgery.fileio import atomic_write_text
+from netsurgery.jsonout import write_document
 
 from .cost import share_cost
 
@@ -185,7 +185,7 @@ def suggest_k(cfg: str, weights: str, data: str, base_cfg: str | None = None,
     recommend the largest k within ``tolerance`` mAP points of the best. ``budget``: each
     candidate trains for that fraction of ``iterations``, its mAP measured at
     ``n_checkpoints`` evenly spaced iterations."""
-    from netsurgery.training.train import default_base_cfg
+    from netsurgery.training.config import default_base_cfg
 
     from .tails import TailRun, cache_features, load_task
 
@@ -249,7 +249,8 @@ def suggestion_to_json(s: Suggestion) -> dict:
 
 
 def write_json(s: Suggestion, path: str | Path) -> None:
-    atomic_write_text(path, json.dumps(suggestion_to_json(s), indent=1) + "\n")
+    """``path`` as a ``netsurgery.suggest-k/1`` document (docs/schemas/suggest-k.schema.json)."""
+    write_document(path, "suggest-k", suggestion_to_json(s))
 
 
 def format_suggestion(s: Suggestion, measured: Mapping[int, float] | None = None) -> str:

@@ -36,13 +36,15 @@ from netsurgery.detection.evaluate import (
 from netsurgery.detection.image import preprocess
 from netsurgery.errors import UsageError
 from netsurgery.training.augment import AugmentConfig
-from netsurgery.training.batches import TrainImages
-from netsurgery.training.data import Dataset, load_data_file, load_dataset, load_names
-from netsurgery.training.loss import DetectionLoss
 
-# The trainer's building blocks, imported in this one place (training/train.py is being split
-# into modules: only these lines follow it).
-from netsurgery.training.train import Schedule, _param_groups, default_batch, init_from_base
+# the trainer's building blocks: a tail here starts, batches and steps as train() does
+from netsurgery.training.base_weights import init_from_base
+from netsurgery.training.batches import TrainImages
+from netsurgery.training.config import default_batch
+from netsurgery.training.data import Dataset, load_data_file, load_dataset, load_names
+from netsurgery.training.freezing import param_groups
+from netsurgery.training.loss import DetectionLoss
+from netsurgery.training.schedule import Schedule
 
 EVAL_THRESH, EVAL_NMS = 0.005, 0.45  # darknet detector map
 
@@ -220,7 +222,7 @@ class TailRun:
             module.requires_grad_(i > k and i in needed)
         trainable = [i for i in range(k + 1, len(model.layers)) if i in needed]
         self.optimizer = torch.optim.SGD(
-            _param_groups(model, trainable, task.schedule.decay),
+            param_groups(model, trainable, task.schedule.decay),
             lr=task.schedule.rate(0), momentum=task.schedule.momentum)
         self.model, self.iteration, self.seconds = model, 0, 0.0
         self.losses: list[float] = []

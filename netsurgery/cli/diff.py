@@ -6,10 +6,11 @@ import click
 from netsurgery.analysis.diff import diff_many, format_report, resolve_cfgs, write_csv, write_json
 from netsurgery.fileio import check_output
 
-from .app import INT_LIST, main
+from .app import INT_LIST, main, strict_option
 
 
 @main.command()
+@strict_option
 @click.argument("base", type=click.Path(dir_okay=False), metavar="BASE.weights")
 @click.argument("tasks", nargs=-1, required=True, type=click.Path(dir_okay=False),
                 metavar="TASK.weights [TASK2.weights ...]")
@@ -25,7 +26,9 @@ from .app import INT_LIST, main
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Write a chart (.png or .svg): boxes per layer for one task, one series "
                    "per task for several.")
-@click.option("--log-y", is_flag=True, help="Logarithmic y axis in the chart.")
+@click.option("--log-y/--linear-y", "log_y", default=None,
+              help="Y axis of the chart (default: logarithmic when the boxes span more than "
+                   "three decades, else linear with larger maxima marked on the top edge).")
 @click.option("--mark", "marks", type=INT_LIST, default="",
               help="K[,K...]: dashed lines in the chart at candidate share-until layers, e.g. "
                    "40,48,64,73.")

@@ -7,10 +7,11 @@ from netsurgery.darknet.dump import dump_layers, load_input, save_npz
 from netsurgery.darknet.model import load_model
 from netsurgery.fileio import check_output
 
-from .app import INT_LIST, main
+from .app import INT_LIST, main, strict_option
 
 
 @main.command()
+@strict_option
 @click.argument("cfg", type=click.Path(dir_okay=False))
 @click.argument("weights", type=click.Path(dir_okay=False))
 @click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
@@ -30,8 +31,6 @@ def dump(cfg, weights, input_path, out, layers, letterbox, fast, overwrite):
         raise click.BadParameter(exc.message, param_hint="'--layers'") from None
     check_output(out, [cfg, weights, input_path], overwrite)
     model = load_model(cfg, weights, inference=fast)
-    for warning in model.cfg.warnings:  # duplicate keys and the like: Darknet warns too
-        click.echo(f"warning: {warning}", err=True)
     for note in model.weights_notes:
         click.echo(note, err=True)
     x = load_input(input_path, model, letterbox)

@@ -20,8 +20,12 @@ from .app import SIZE, main
 @click.option("--photos", type=click.Path(file_okay=False, exists=True),
               help="Folder of photos to use as backgrounds (text only).")
 @click.option("--valid-fraction", default=0.2, show_default=True, type=float)
+@click.option("--negatives", "negative_fraction", default=0.0, show_default=True, type=float,
+              help="Share of images without any object (empty labels), e.g. 0.8 for a stream "
+              "where 20 % of the images hold the task's objects.")
 @click.option("--overwrite", is_flag=True)
-def make_dataset(kind, out, n_images, seed, size, photos, valid_fraction, overwrite):
+def make_dataset(kind, out, n_images, seed, size, photos, valid_fraction, negative_fraction,
+                 overwrite):
     """Write a synthetic Darknet dataset (.data, names, lists, labels)."""
     show = sys.stderr.isatty()
 
@@ -31,11 +35,12 @@ def make_dataset(kind, out, n_images, seed, size, photos, valid_fraction, overwr
 
     if kind == "text":
         paths = make_text_dataset(out, n_images, seed, size or (416, 416), photos,
-                                  valid_fraction, progress=progress, overwrite=overwrite)
+                                  valid_fraction, progress=progress, overwrite=overwrite,
+                                  negative_fraction=negative_fraction)
     else:
         paths = make_shapes_dataset(out, n_images, seed, size or (160, 160),
                                     valid_fraction=valid_fraction, progress=progress,
-                                    overwrite=overwrite)
+                                    overwrite=overwrite, negative_fraction=negative_fraction)
     if show:
         click.echo("", err=True)
     click.echo(f"wrote {paths.data} ({len(paths.train_images)} train, "

@@ -5,10 +5,11 @@ import click
 
 from netsurgery.surgery.partial import write_partial
 
-from .app import main
+from .app import main, strict_option
 
 
 @main.command()
+@strict_option
 @click.argument("cfg", type=click.Path(dir_okay=False))
 @click.argument("weights", type=click.Path(dir_okay=False))
 @click.argument("out", type=click.Path(dir_okay=False))

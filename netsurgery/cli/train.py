@@ -5,11 +5,12 @@ import click
 import torch
 
 from netsurgery.errors import UsageError
+from netsurgery.training.config import TrainConfig
 from netsurgery.training.data import load_data_file
-from netsurgery.training.train import TrainProgress
+from netsurgery.training.train import FINAL_LOSS_ITERATIONS, TrainProgress
 from netsurgery.training.train import train as run_training
 
-from .app import echo_err, main
+from .app import DEVICE, POSITIVE, echo_err, main
 
 
 @main.command(short_help="Retrain the layers after K on a new task, trunk 0..K frozen.")
@@ -25,9 +26,9 @@ from .app import echo_err, main
 @click.option("--freeze-until", type=int, default=None,
               help="Freeze layers 0..K (default: the cfg's stopbackward layer, else none; "
                    "-1 trains everything).")
-@click.option("--iterations", type=int, default=None,
+@click.option("--iterations", type=POSITIVE, default=None,
               help="Total iterations (default: max_batches).")
-@click.option("--batch", type=int, default=None,
+@click.option("--batch", type=POSITIVE, default=None,
               help="Images per iteration (default: batch/subdivisions of [net], at most 16).")
 @click.option("--lr", type=float, default=None, help="Learning rate (default: [net]).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
@@ -40,7 +41,7 @@ from .app import echo_err, main
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--strict", is_flag=True, help="Stop at the first bad label instead of "
                                             "skipping the image.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, type=DEVICE)
 @click.option("--threads", type=int, default=None,
               help="CPU threads for torch (default: torch's choice; 1 is often faster on "
                    "a busy machine).")
@@ -74,17 +75,19 @@ def train(cfg, weights, data, base_cfg, freeze_until, iterations, batch, lr, out
                 info.iteration == 1:
             echo_err(info.line())
 
-    result = run_training(cfg, weights, data, freeze_until=freeze_until,
-                          iterations=iterations, batch=batch, lr=lr, out_dir=out_dir,
-                          resume=resume, augment=not no_augment, seed=seed,
-                          progress=progress, strict=strict, device=device, base_cfg=base_cfg,
-                          save_every=save_every, keep_every=keep_every, log_every=print_every,
-                          overwrite=overwrite, validate=not no_validate, log=echo_err,
-                          multi_scale=not no_multi_scale)
+    config = TrainConfig(cfg, weights, data, out_dir, freeze_until=freeze_until,
+                         iterations=iterations, batch=batch, lr=lr, base_cfg=base_cfg,
+                         resume=resume, overwrite=overwrite, augment=not no_augment,
+                         multi_scale=not no_multi_scale, seed=seed, strict=strict,
+                         validate=not no_validate, device=device, save_every=save_every,
+                         keep_every=keep_every, log_every=print_every)
+    result = run_training(config, progress=progress, log=echo_err)
     if result.rank != 0:
         return
-    summary = (f"loss {result.first_loss:.4f} -> {result.final_loss:.4f} in "
-               f"{result.iterations - result.start_iteration} iterations")
+    done = result.iterations - result.start_iteration
+    tail = min(FINAL_LOSS_ITERATIONS, len(result.losses))
+    summary = (f"loss {result.first_loss:.4f} -> {result.final_loss:.4f} (first iteration -> "
+               f"mean of the last {tail}) in {done} iterations")
     if result.map50 is not None:
         summary += f", validation mAP@0.5 {result.map50:.4f}"
     click.echo(summary)

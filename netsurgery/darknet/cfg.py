@@ -7,19 +7,34 @@ ignored, lines starting with ``#`` or ``;`` are comments, values are split at th
 """
 from __future__ import annotations
 
+import contextvars
 import copy
+import difflib
 import math
 import os
 import re
+import warnings as warnings_module
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from netsurgery.errors import CfgError
+from netsurgery.errors import CfgError, CfgWarning
+from netsurgery.fileio import read_input_bytes
 
 from . import schema
 
 _REQUIRED = object()
+
+# What ``strict=None`` means when reading a cfg: False (Darknet's leniency, with warnings)
+# unless the CLI's ``--strict`` (or :func:`strict_reading`) says otherwise.
+STRICT_DEFAULT: contextvars.ContextVar[bool] = contextvars.ContextVar("strict_cfg",
+                                                                        default=False)
+
+
+def strict_reading(strict: bool = True) -> contextvars.Token:
+    """Make every cfg read with ``strict=None`` (the default) strict or lenient from now on in
+    this context; returns the token to undo it (``STRICT_DEFAULT.reset(token)``)."""
+    return STRICT_DEFAULT.set(strict)
 
 
 @dataclass
@@ -128,6 +143,8 @@ class Cfg:
     path: str | None = None
     trailing_comments: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    strict: bool = False  # warnings are errors (``strict=True`` / ``--strict``)
+    issues: list[CfgError] = field(default_factory=list)  # the warnings, as errors to raise
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -151,6 +168,24 @@ class Cfg:
             out.append("")
         out.extend(self.trailing_comments)
         return "\n".join(out).rstrip("\n") + "\n"
+
+    def warn(self, section: Section, message: str, key: str | None = None) -> None:
+        """Something Darknet accepts quietly or with a warning of its own (a key it does not
+        read, surplus anchors ...): with ``strict`` a :class:`CfgError` at ``key``'s line,
+        else a warning ``file:line: [section] message`` kept in :attr:`warnings` and issued
+        as a :class:`CfgWarning` (once per cfg: rebuilding the network does not repeat it)."""
+        issue = section.error(message, key)
+        if self.strict:
+            raise issue
+        self.add_warning(issue)
+
+    def add_warning(self, issue: CfgError) -> None:
+        """Record and issue a located warning (see :meth:`warn`)."""
+        text = str(issue)
+        if text not in self.warnings:
+            self.warnings.append(text)
+            self.issues.append(issue)
+            warnings_module.warn(CfgWarning(text), stacklevel=3)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the cfg atomically."""
@@ -250,15 +285,19 @@ def printable(text: str) -> str:
 
 
 
-def parse_cfg_text(text: str, path: str | None = None, strict_keys: bool = True) -> Cfg:
-    """Parse cfg text. Unknown sections and (with ``strict_keys``) keys Darknet never reads are
-    errors with ``file:line``; duplicate keys keep Darknet's meaning (the first wins) and add a
-    warning."""
+def parse_cfg_text(text: str, path: str | None = None, strict: bool | None = None) -> Cfg:
+    """Parse cfg text as Darknet's ``read_cfg`` does. Unknown sections are errors with
+    ``file:line``. What Darknet reads without complaint or only warns about — a key it never
+    reads (its "Unused field"), a duplicate key (the first wins), an inline comment in a word
+    value — is kept for the round trip and reported as a warning (:attr:`Cfg.warnings` and a
+    :class:`~netsurgery.errors.CfgWarning`); with ``strict`` each is a :class:`CfgError`
+    (``None``: :data:`STRICT_DEFAULT`)."""
+    strict = STRICT_DEFAULT.get() if strict is None else strict
     if text.startswith("\ufeff"):
         text = text[1:]
     sections: list[Section] = []
     pending_comments: list[str] = []
-    inline_warnings: list[str] = []
+    found: list[tuple[Section, Option, str]] = []  # what Darknet accepts: warnings
     # Lines end at LF, CR LF or CR, as editors count them; str.splitlines() would also split
     # at form feeds and the like, and error messages would name the wrong line.
     for lineno, raw in enumerate(_LINE_END.split(text), start=1):
@@ -273,62 +312,92 @@ def parse_cfg_text(text: str, path: str | None = None, strict_keys: bool = True)
                                          "UTF-8 text outside a comment: expected ASCII "
                                          "section names, keys and values")
         if line[0] == "[":
-            if not line.endswith("]") or len(line) < 3:
-                raise CfgError(path, lineno, f"malformed section header {raw.strip()!r}: "
-                                             "expected [name]")
-            header = line[1:-1]
-            canonical = schema.canonical_section(header)
-            if canonical is None:
-                raise CfgError(path, lineno, f"unknown section [{header}]: expected one of "
-                                             f"Darknet's layer types (e.g. [convolutional], "
-                                             f"[route], [yolo])")
-            sections.append(Section(canonical, header, [], lineno, path, pending_comments))
+            sections.append(_section_header(line, raw, path, lineno, pending_comments))
             pending_comments = []
             continue
         if not sections:
             raise CfgError(path, lineno, f"{raw.strip()!r} before the first section: "
                                          "expected a [net] header first")
-        if "=" not in line:
-            raise CfgError(path, lineno, f"[{sections[-1].header}] {raw.strip()!r}: "
-                                         "expected key=value")
-        key, value = line.split("=", 1)
-        value = _strip_inline_comment(value)
-        if not key:
-            raise CfgError(path, lineno, f"[{sections[-1].header}] {raw.strip()!r}: "
-                                         "missing key before '='")
         section = sections[-1]
-        if strict_keys and schema.value_kind(section.type, key) is None:
-            raise CfgError(path, lineno, f"[{section.header}] unknown key '{key}': Darknet "
-                                         f"does not read it in [{section.type}] (typo?)")
-        inline = _inline_comment(raw) if value != line.split("=", 1)[1] else ""
-        if inline and schema.value_kind(section.type, key) == "str":
-            # atoi/atof stop at '#', but a word value does not: Darknet reads the comment too
-            inline_warnings.append(
-                f"{path}:{lineno}: [{section.header}] {key}: Darknet reads the inline comment "
-                f"as part of the value ({printable(line.split('=', 1)[1])!r}); netsurgery "
-                f"uses {value!r}")
-        section.options.append(Option(key, value, lineno, pending_comments, inline))
+        key, value, inline = _key_value(line, raw, section, path, lineno)
+        opt = Option(key, value, lineno, pending_comments, inline)
+        section.options.append(opt)
         pending_comments = []
+        if schema.value_kind(section.type, key) is None:
+            found.append((section, opt, unknown_key_message(section, key)))
+        elif inline and schema.value_kind(section.type, key) == "str":
+            # atoi/atof stop at '#', but a word value does not: Darknet reads the comment too
+            found.append((section, opt,
+                          f"{key}: Darknet reads the inline comment as part of the value "
+                          f"({printable(line.split('=', 1)[1])!r}); netsurgery uses {value!r}"))
     if not sections:
         raise CfgError(path, None, "no sections: expected a [net] section and layers")
     net, *layers = sections
     if net.type != "net":
         raise CfgError(path, net.line, f"first section is [{net.header}]: expected [net]")
-    cfg = Cfg(net, layers, path, pending_comments, inline_warnings)
+    cfg = Cfg(net, layers, path, pending_comments, strict=strict)
     for section in sections:
         if section is not net and section.type == "net":
             raise CfgError(path, section.line, "a second [net] section: expected layers only")
         seen: dict[str, int | None] = {}
         for opt in section.options:
             if opt.key in seen:
-                cfg.warnings.append(
-                    f"{path}:{opt.line}: [{section.header}] duplicate key '{opt.key}' "
-                    f"(Darknet uses the first, line {seen[opt.key]})")
+                found.append((section, opt, f"duplicate key '{opt.key}' (Darknet uses the "
+                                            f"first, line {seen[opt.key]})"))
             else:
                 seen[opt.key] = opt.line
     for section in sections:
         _check_value_kinds(section)
+    for section, opt, message in sorted(found, key=lambda f: f[1].line or 0):
+        issue = CfgError(path, opt.line, f"[{section.header}] {message}")
+        if strict:
+            raise issue
+        cfg.add_warning(issue)
     return cfg
+
+
+def _section_header(line: str, raw: str, path: str | None, lineno: int,
+                    comments: list[str]) -> Section:
+    if not line.endswith("]") or len(line) < 3:
+        raise CfgError(path, lineno, f"malformed section header {raw.strip()!r}: "
+                                     "expected [name]")
+    header = line[1:-1]
+    canonical = schema.canonical_section(header)
+    if canonical is None:
+        raise CfgError(path, lineno, f"unknown section [{header}]: expected one of "
+                                     f"Darknet's layer types (e.g. [convolutional], "
+                                     f"[route], [yolo])")
+    return Section(canonical, header, [], lineno, path, comments)
+
+
+def _key_value(line: str, raw: str, section: Section, path: str | None,
+               lineno: int) -> tuple[str, str, str]:
+    """(key, value without an inline comment, the inline comment) of an option line."""
+    if "=" not in line:
+        raise CfgError(path, lineno, f"[{section.header}] {raw.strip()!r}: expected key=value")
+    key, written = line.split("=", 1)
+    if not key:
+        raise CfgError(path, lineno, f"[{section.header}] {raw.strip()!r}: "
+                                     "missing key before '='")
+    value = _strip_inline_comment(written)
+    return key, value, (_inline_comment(raw) if value != written else "")
+
+
+def unknown_key_message(section: Section, key: str) -> str:
+    """Darknet's "Unused field" for ``key``, with the likely intended key: a near-miss of a
+    key of this section (``siez`` → ``size``), or the sections that do read it."""
+    known = schema.known_keys(section.type)
+    by_lower = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(key.lower(), list(by_lower), n=1, cutoff=0.75)
+    elsewhere = [name for name in schema.SECTION_KEYS
+                 if name != section.type and key in schema.SECTION_KEYS[name]]
+    if elsewhere:
+        hint = " (it is read in " + ", ".join(f"[{n}]" for n in elsewhere) + ")"
+    elif close:
+        hint = f" (typo? did you mean '{by_lower[close[0]]}'?)"
+    else:
+        hint = " (typo?)"
+    return f"unknown key '{key}': Darknet does not read it in [{section.type}]{hint}"
 
 
 def _check_value_kinds(section: Section) -> None:
@@ -345,11 +414,12 @@ def _check_value_kinds(section: Section) -> None:
             [_parse_float(v, section, opt) for v in _split_list(opt.value, section, opt)]
 
 
-def load_cfg(path: str | os.PathLike, strict_keys: bool = True) -> Cfg:
-    """Read a .cfg file into sections. Errors name ``file:line``."""
+def load_cfg(path: str | os.PathLike, strict: bool | None = None) -> Cfg:
+    """Read a .cfg file into sections. Errors name ``file:line``; ``strict`` makes the
+    warnings (see :func:`parse_cfg_text`) errors."""
     p = Path(path)
     try:
-        data = p.read_bytes()
+        data = read_input_bytes(p, "cfg")  # refuses FIFOs, devices and huge files
     except FileNotFoundError:
         raise CfgError(str(p), None, "file not found") from None
     except IsADirectoryError:
@@ -363,7 +433,57 @@ def load_cfg(path: str | os.PathLike, strict_keys: bool = True) -> Cfg:
     if "\x00" in text:
         line = len(_LINE_END.findall(text[: text.index("\x00")])) + 1
         raise CfgError(str(p), line, "binary data (NUL byte): expected a Darknet .cfg text")
-    return parse_cfg_text(text, str(p), strict_keys)
+    return parse_cfg_text(text, str(p), strict)
+
+
+def edited_text(original: str, before: Cfg, after: Cfg) -> str:
+    """``original`` — the text ``before`` was parsed from — with only what ``after`` changed:
+    values that differ are rewritten on their own line (spacing around ``=`` and any comment
+    after the value kept), keys new in ``after`` are added after the last line of their
+    section; every other line stays as it was (blank lines, ``key = value`` spacing,
+    comments). ``after`` must have the same sections as ``before`` (an edited copy)."""
+    if len(before.layers) != len(after.layers):
+        raise ValueError("edited_text: the edit added or removed sections")
+    lines = _LINE_END.split(original)
+    ends = _LINE_END.findall(original) + [""]
+    replaced: dict[int, str] = {}
+    appended: dict[int, list[str]] = {}
+    for old, new in zip([before.net, *before.layers], [after.net, *after.layers]):
+        last = max([old.line or 0] + [o.line or 0 for o in old.options])
+        for opt in new.options:
+            found = old.find(opt.key)
+            if found is None:
+                appended.setdefault(last, []).append(f"{opt.key}={opt.value}")
+            elif found.value != opt.value:
+                replaced[found.line] = _with_value(lines[found.line - 1], opt.value)
+    out = []
+    for number, (line, end) in enumerate(zip(lines, ends), start=1):
+        out.append(replaced.get(number, line) + end)
+        for extra in appended.get(number, ()):
+            out.append(extra + (end or "\n"))
+    return "".join(out)
+
+
+def save_edited(after: Cfg, path: str | os.PathLike, original: str | os.PathLike) -> None:
+    """Write ``after`` — an edited copy of the cfg read from ``original`` — to ``path``
+    atomically, as :func:`edited_text` of the original bytes (only the edited keys change)."""
+    from netsurgery.fileio import atomic_write_bytes
+
+    text = Path(original).read_bytes().decode("utf-8", "surrogateescape")
+    before = parse_cfg_text(text, str(original), strict=False)
+    atomic_write_bytes(path, edited_text(text, before, after).encode("utf-8", "surrogateescape"))
+
+
+def _with_value(raw: str, value: str) -> str:
+    """A ``key = value  # comment`` line with another value, its layout kept."""
+    key, _, rest = raw.partition("=")
+    lead = rest[:len(rest) - len(rest.lstrip())]
+    marks = [p for p in (rest.find("#"), rest.find(";")) if p >= 0]
+    if not marks:
+        return f"{key}={lead}{value}"
+    written = rest[:min(marks)]
+    gap = written[len(written.rstrip()):] or " "
+    return f"{key}={lead}{value}{gap}{rest[min(marks):]}"
 
 
 def make_section(type_: str, options: Sequence[tuple[str, object]] | dict = ()) -> Section:

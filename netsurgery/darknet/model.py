@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from netsurgery.errors import NetsurgeryError, WeightsError
+from netsurgery.errors import NetsurgeryError
+from netsurgery.memory import check_fits
 
 from .cfg import Cfg
 from .layers.fastconv import FoldScratch, release_free_memory
@@ -277,17 +278,15 @@ class DarknetModel(nn.Module):
         with torch.no_grad():
             for index, lw in wf.layers.items():
                 tensors = dict(self.layers[index].weight_tensors())
-                for name, arr in lw.arrays.items():
+                spec = self.network.layers[index]
+                for name, stored in lw.arrays.items():
                     target = tensors[name]
-                    transposed = wf.header.transposed and name == "weights" and \
-                        arr.ndim == 2 and self.network.layers[index].type_name == "connected"
-                    if not transposed and target.device.type == "cpu" and \
+                    arr = spec.to_module_layout(name, stored, wf.header.transposed)
+                    if arr is stored and target.device.type == "cpu" and \
                             target.dtype == torch.float32 and target.is_contiguous() and \
                             target.numel() == arr.size:
                         direct.setdefault(index, {})[name] = target.detach().numpy()
                         continue
-                    if transposed:
-                        arr = arr.T
                     target.copy_(torch.from_numpy(np.ascontiguousarray(arr)).view_as(target))
             read_arrays_into(wf, direct)  # straight from disk into the parameters: one copy
         self.header = WeightsHeader(wf.header.major, wf.header.minor, wf.header.revision,
@@ -299,18 +298,14 @@ class DarknetModel(nn.Module):
         return wf
 
     def layer_arrays(self, index: int, transposed: bool | None = None) -> dict[str, np.ndarray]:
-        """A layer's arrays as float32 numpy in file layout: [connected] weights transposed
-        if ``transposed`` (default: if the header of the loaded file says so)."""
+        """A layer's arrays as float32 numpy in the layout of a file whose header says
+        ``transposed`` (default: the header of the loaded file)."""
         if transposed is None:
             transposed = self.header.transposed
-        out = {}
-        for name, t in self.layers[index].weight_tensors():
-            arr = t.detach().cpu().numpy().astype(np.float32, copy=False)
-            if transposed and name == "weights" and \
-                    self.network.layers[index].type_name == "connected":
-                arr = arr.T
-            out[name] = arr
-        return out
+        spec = self.network.layers[index]
+        return {name: spec.to_file_layout(
+                    name, t.detach().cpu().numpy().astype(np.float32, copy=False), transposed)
+                for name, t in self.layers[index].weight_tensors()}
 
     def save_weights(self, path: str | os.PathLike, upto: int | None = None,
                      header: WeightsHeader | None = None) -> None:
@@ -346,6 +341,7 @@ def load_model(cfg: str | os.PathLike | Cfg | Network, weights: str | os.PathLik
     ``weights``. With ``inference=True`` the model is in the fast inference mode (eval,
     BatchNorm folded, no autograd) and ``model(x)`` returns the head outputs."""
     network = cfg if isinstance(cfg, Network) else build_network(cfg, size)
+    check_fits(network)  # before any allocation: a typo in a size is an error, not an OOM
     model = DarknetModel(network)
     if weights is not None:
         model.load_weights(weights)

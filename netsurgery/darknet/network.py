@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from netsurgery.errors import CfgError
 
 from .cfg import Cfg, load_cfg
-from .layers import REGISTRY, BuildContext, LayerSpec, NetInput, Shape
+from .layers import BuildContext, LayerSpec, NetInput, Shape
+from .layers.base import spec_class
 
 
 @dataclass
@@ -29,8 +30,8 @@ class Network:
         return self.cfg.path
 
     def heads(self) -> list[int]:
-        """Indices of the detection layers ([yolo], [region])."""
-        return [s.index for s in self.layers if s.type_name in ("yolo", "region", "Gaussian_yolo")]
+        """Indices of the detection layers ([yolo], [region] ...: ``spec.is_detection``)."""
+        return [s.index for s in self.layers if s.is_detection]
 
     def outputs(self) -> list[int]:
         """Layers whose output the model returns: the heads, else the last layer."""
@@ -70,19 +71,25 @@ def net_input(cfg: Cfg, size: tuple[int, int] | None = None) -> NetInput:
     return NetInput(width, height, channels, net.get_int("batch", 1))
 
 
-def build_network(cfg: Cfg | str | os.PathLike, size: tuple[int, int] | None = None) -> Network:
-    """Parse every layer of ``cfg`` and infer its shapes; errors name ``file:line``."""
+def build_network(cfg: Cfg | str | os.PathLike, size: tuple[int, int] | None = None,
+                  strict: bool | None = None) -> Network:
+    """Parse every layer of ``cfg`` and infer its shapes; errors name ``file:line``.
+    What Darknet accepts but probably is a mistake (a key it does not read, surplus anchors)
+    is a warning in ``cfg.warnings``, or an error with ``strict`` (default: the cfg's own
+    ``strict``, as it was read; for a path, see :func:`~netsurgery.darknet.cfg.load_cfg`)."""
     if not isinstance(cfg, Cfg):
-        cfg = load_cfg(cfg)
-    ctx = BuildContext(net_input(cfg, size), [], cfg.path)
+        cfg = load_cfg(cfg, strict)
+    elif strict is not None and strict != cfg.strict:
+        cfg = cfg.copy()
+        cfg.strict = strict
+        if strict and cfg.issues:  # read leniently, asked strictly: the first one stops
+            raise cfg.issues[0]
+    time_steps = max(1, cfg.net.get_int("time_steps", 1))
+    ctx = BuildContext(net_input(cfg, size), [], cfg.path, cfg, time_steps)
     if not cfg.layers:
         raise CfgError(cfg.path, cfg.net.line, "no layers after [net]")
     for index, section in enumerate(cfg.layers):
-        cls = REGISTRY.get(section.type)
-        if cls is None:
-            raise CfgError(cfg.path, section.line,
-                           f"layer {index} [{section.header}]: this layer type is read by "
-                           "Darknet but not supported by netsurgery")
+        cls = spec_class(section, index)
         try:
             spec = cls.parse(index, section, ctx)
         except CfgError as exc:

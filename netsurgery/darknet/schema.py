@@ -334,7 +334,9 @@ SECTION_KEYS: dict[str, dict[str, ValueKind]] = {
         "new_coords": "int",
         "focal_loss": "int",
         "track_history_size": "int",
-        "sim_thresh": "int",  # read with the int reader although its default is 0.8
+        # Darknet reads it with option_find_int_quiet (atoi: "0.7" is 0) although it is a
+        # threshold with default 0.8; users write a fraction, so it is checked as a number.
+        "sim_thresh": "float",
         "dets_for_track": "int",
         "dets_for_show": "int",
         "track_ciou_norm": "float",

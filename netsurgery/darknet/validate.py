@@ -11,13 +11,11 @@ from dataclasses import dataclass
 
 from netsurgery.errors import CfgError
 
-from .layers import LayerSpec, RegionSpec, RouteSpec, Shape, ShortcutSpec, YoloSpec
+from .layers import LayerSpec, RouteSpec, Shape, ShortcutSpec, YoloSpec
 from .network import Network
 
 ERROR = "error"
 WARNING = "warning"
-
-_HEADS = ("yolo", "region", "Gaussian_yolo")
 
 
 @dataclass
@@ -72,14 +70,14 @@ class _Checker:
                 self.route(spec)
             elif isinstance(spec, YoloSpec):
                 self.yolo(spec)
-            elif isinstance(spec, RegionSpec):
-                self.region(spec)
+            if spec.is_detection:
+                self.head(spec)
             self.after_head(spec)
         self.unused()
         return self.problems
 
     def references(self, spec: LayerSpec) -> None:
-        key = "layers" if isinstance(spec, RouteSpec) else "from"
+        key = spec.reference_keys[0].key if spec.reference_keys else None
         for src in spec.sources():
             if not 0 <= src < spec.index:
                 self.add(spec, f"reads layer {src}: expected an earlier layer "
@@ -127,28 +125,20 @@ class _Checker:
             if not 0 <= m < spec.total:
                 self.add(spec, f"mask index {m} is outside 0..{spec.total - 1} (num="
                                f"{spec.total})", "mask")
-        expected = (spec.classes + 5) * len(spec.mask)
-        channels = self.shape_of(spec.index - 1).c
-        if channels != expected:
-            target = self.layers[spec.index - 1] if spec.index > 0 else spec
-            self.add(target, f"filters={channels} does not fit the [yolo] layer {spec.index} "
-                             f"after it: expected (classes+5)·len(mask) = ({spec.classes}+5)·"
-                             f"{len(spec.mask)} = {expected}", "filters")
 
-    def region(self, spec: RegionSpec) -> None:
-        expected = spec.num * (spec.classes + spec.coords + 1)
+    def head(self, spec: LayerSpec) -> None:
+        expected, rule = spec.input_channels()
         channels = self.shape_of(spec.index - 1).c
         if channels != expected:
             target = self.layers[spec.index - 1] if spec.index > 0 else spec
-            self.add(target, f"filters={channels} does not fit the [region] layer "
-                             f"{spec.index} after it: expected num·(classes+coords+1) = "
-                             f"{expected}", "filters")
+            self.add(target, f"filters={channels} does not fit the [{spec.section.header}] "
+                             f"layer {spec.index} after it: expected {rule}", "filters")
 
     def after_head(self, spec: LayerSpec) -> None:
         if spec.index == 0 or not spec.reads_previous():
             return
         prev = self.layers[spec.index - 1]
-        if prev.type_name in _HEADS:
+        if prev.is_detection:
             self.add(spec, f"reads the output of the [{prev.section.header}] layer "
                            f"{prev.index} (partly activated detections); a [route] "
                            "usually follows a head", severity=WARNING)

@@ -16,7 +16,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from netsurgery.errors import WeightsError
-from netsurgery.fileio import atomic_open
+from netsurgery.fileio import atomic_open, regular_file_size
 
 from .layers import LayerSpec
 
@@ -143,9 +143,9 @@ def load_weights(path: str | os.PathLike, layers: list[LayerSpec],
     needs, is an error naming the layer and the byte counts."""
     p = Path(path)
     try:
-        size = p.stat().st_size
         if p.is_dir():
             raise WeightsError(f"{p}: is a folder, expected a .weights file")
+        size = regular_file_size(p, "weights")  # a FIFO would block, /dev/zero never ends
         with open(p, "rb") as handle:
             head = handle.read(20)
     except FileNotFoundError:
@@ -310,14 +310,15 @@ def random_arrays(layers: Iterable[LayerSpec], seed: int = 0) -> dict[int, dict[
         out = {}
         for arr in wanted:
             n = arr.count
-            if arr.name == "weights":
+            kind = arr.name.rsplit(".", 1)[-1]  # sub-layers: "input_layer.weights"
+            if kind == "weights":
                 fan_in = max(1, n // arr.shape[0])
                 v = rng.standard_normal(n, dtype=np.float32) * np.float32(np.sqrt(1.0 / fan_in))
-            elif arr.name == "scales":
+            elif kind == "scales":
                 v = rng.uniform(0.5, 1.0, n).astype(np.float32)
-            elif arr.name == "rolling_mean":
+            elif kind == "rolling_mean":
                 v = (rng.standard_normal(n) * 0.1).astype(np.float32)
-            elif arr.name == "rolling_variance":
+            elif kind == "rolling_variance":
                 v = rng.uniform(0.5, 1.5, n).astype(np.float32)
             else:  # biases
                 v = (rng.standard_normal(n) * 0.01).astype(np.float32)

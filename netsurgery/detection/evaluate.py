@@ -25,7 +25,7 @@ How Darknet scores, and so how this module scores:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Hashable, Iterable, Sequence
 
 import numpy as np
@@ -88,6 +88,7 @@ class EvalResult:
     points: int
     ap50_95: float | None = None          # mean over IoU .50:.05:.95, 101 points, all classes
     ap50_95_present: float | None = None  # same, classes with ground truth only
+    coverage: "EvalCoverage | None" = None  # which images were scored (evaluate_model)
 
 
 def scored_detections(image_id: Hashable, dets: Iterable[Detection]) -> list[ScoredDetection]:
@@ -321,33 +322,77 @@ def _coco_ap(cands: list[_Candidate], probs: np.ndarray, classes: np.ndarray,
 
 
 # -- running a network over a dataset ---------------------------------------------------------
+@dataclass
+class EvalCoverage:
+    """Which images of the valid list were scored, and why the others were not."""
+    listed: int = 0
+    scored: int = 0
+    without_label_file: int = 0  # scored as "no objects", as Darknet does
+    skipped: int = 0  # images left out: a bad label line, an image that cannot be read
+    issues: list[str] = field(default_factory=list)  # "file:line: what", one per problem
+
+    def line(self) -> str:
+        text = f"{self.scored} of {self.listed} images scored"
+        if self.without_label_file:
+            text += f" ({self.without_label_file} without a label file: no objects)"
+        if self.skipped:
+            text += f", {self.skipped} skipped (bad label lines or unreadable images)"
+        return text
+
+
 def evaluate_model(model, data_path, head=None, iou_thresh: float = 0.5, points: int = 0,
                    letterbox: bool | None = None, thresh: float = 0.005, nms: float = 0.45,
                    batch_size: int = 8, progress=None, strict: bool = False) -> EvalResult:
     """``darknet detector map`` on the ``valid`` list of a ``.data`` file.
 
-    ``head`` (a :class:`~netsurgery.detection.detect.HeadInfo`) selects the layers of one head of a
-    merged network; by default all detection layers form one head. Letterboxing follows
-    ``[net] letter_box`` of the cfg unless given, as Darknet's ``map`` does."""
+    ``head`` (a :class:`~netsurgery.detection.detect.HeadInfo`) selects the layers of one head
+    of a merged network; by default all detection layers form one head. Letterboxing follows
+    ``[net] letter_box`` of the cfg unless given, as Darknet's ``map`` does.
+
+    An image without a label file has no objects (Darknet only warns). An image with a bad
+    label line, or that cannot be decoded, is skipped and listed in ``result.coverage``; with
+    ``strict`` it is an error instead. No image to score at all is a DataError."""
     from netsurgery.training.data import load_data_file, load_dataset, load_names
 
-    from .detect import HeadInfo, detect_batch, heads_of
-    from .image import preprocess
+    from .detect import heads_of
 
     data = load_data_file(data_path)
     n_classes = data.require_classes()
     valid = data.require("valid")
     names = load_names(data.require("names")) if data.names else None
+    if names is not None and len(names) < n_classes:
+        raise DataError(f"{data.names}: {len(names)} class names, but {data.where('classes')} "
+                        f"says classes={n_classes}")
     if head is None:
         head = heads_of(model)[0]
-    head = HeadInfo(head.name, head.layers, names or head.class_names)
+    head = replace(head, class_names=names or head.class_names)
     spec = model.network.layers[head.layers[0]]
     if spec.classes != n_classes:
         raise DataError(f"{data_path}: classes={n_classes}, but head '{head.name}' has "
                         f"{spec.classes} classes")
     if letterbox is None:
         letterbox = bool(model.network.cfg.net.get_int("letter_box", 0))
-    dataset = load_dataset(valid, n_classes, strict=strict)
+    dataset = load_dataset(valid, n_classes, strict=strict, allow_missing=True)
+    coverage = EvalCoverage(listed=dataset.summary.n_listed, skipped=dataset.summary.n_skipped,
+                            issues=[str(issue) for issue in dataset.issues])
+    truths, detections = _detect_dataset(model, dataset.items, head, coverage, letterbox,
+                                         thresh, nms, batch_size, progress, strict)
+    if coverage.scored == 0:
+        raise DataError(f"{valid}: no image could be scored ({coverage.line()})")
+    result = evaluate_detections(truths, detections, n_classes, iou_thresh, points,
+                                 names=head.class_names[:n_classes])
+    result.coverage = coverage
+    return result
+
+
+def _detect_dataset(model, samples, head, coverage: EvalCoverage, letterbox: bool,
+                    thresh: float, nms: float, batch_size: int, progress, strict: bool):
+    """Ground truths and scored detections of every readable image (in list order)."""
+    from netsurgery.training.data import label_path
+
+    from .detect import detect_batch
+    from .image import preprocess
+
     net = model.network.net
     truths: list[GroundTruth] = []
     detections: list[ScoredDetection] = []
@@ -363,19 +408,27 @@ def evaluate_model(model, data_path, head=None, iou_thresh: float = 0.5, points:
             detections.extend(scored_detections(image_id, per_head[head.name]))
         batch.clear()
 
-    for n, sample in enumerate(dataset.items):
+    for n, sample in enumerate(samples):
         image_id = str(sample.image)
+        try:
+            x, size = preprocess(sample.image, net.width, net.height, letterbox)
+        except DataError as exc:
+            if strict:
+                raise
+            coverage.skipped += 1
+            coverage.issues.append(str(exc))
+            continue
+        coverage.scored += 1
+        coverage.without_label_file += not label_path(sample.image).is_file()
         for lab in sample.labels:
             truths.append(GroundTruth(image_id, lab.class_id, Box(lab.cx, lab.cy, lab.w, lab.h)))
-        x, size = preprocess(sample.image, net.width, net.height, letterbox)
         batch.append((image_id, x, size))
         if len(batch) >= batch_size:
             flush()
         if progress:
-            progress(n + 1, len(dataset.items))
+            progress(n + 1, len(samples))
     flush()
-    return evaluate_detections(truths, detections, n_classes, iou_thresh, points,
-                               names=head.class_names[:n_classes])
+    return truths, detections
 
 
 def result_to_json(result: EvalResult) -> dict:
@@ -394,6 +447,10 @@ def result_to_json(result: EvalResult) -> dict:
         "classes": [{"id": c.id, "name": c.name, "ap": num(c.ap), "tp": c.tp, "fp": c.fp,
                      "n_truth": c.n_truth, "n_detections": c.n_detections}
                     for c in result.classes],
+        **({} if result.coverage is None else {"images": {
+            "listed": result.coverage.listed, "scored": result.coverage.scored,
+            "without_label_file": result.coverage.without_label_file,
+            "skipped": result.coverage.skipped, "issues": result.coverage.issues}}),
     }
 
 
@@ -414,5 +471,7 @@ def format_result(result: EvalResult, title: str = "") -> str:
                  f"{result.map_present * 100:.2f} %)")
     if result.ap50_95 is not None:
         lines.append(f"COCO-style AP@[.50:.95] = {result.ap50_95 * 100:.2f} %")
+    if result.coverage is not None:
+        lines.append(f"images: {result.coverage.line()}")
     return "\n".join(lines)
 

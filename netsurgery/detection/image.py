@@ -10,6 +10,7 @@ Images are numpy float32 arrays in Darknet's layout: (channels, height, width), 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,26 +28,82 @@ ImageSource = Union[str, os.PathLike, np.ndarray]
 _BYTE_TO_FLOAT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
 
 
+# Decoding is refused above this many pixels: a 20000x20000 PNG of a few hundred KB would
+# need 1.2 GB as bytes and 4.8 GB as Darknet's floats.
+MAX_IMAGE_PIXELS = 1 << 26  # 67 Mpx, e.g. 8192x8192
+
+
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """Load an image file as Darknet does: float32 (3, H, W), RGB, values byte/255.
 
     Grayscale images get their channel replicated, alpha is dropped, 16-bit images keep
     their high byte (stb_image's 16 → 8 bit conversion). Raises DataError naming the file
-    when it cannot be read or decoded."""
+    when it cannot be read or decoded, or is larger than MAX_IMAGE_PIXELS."""
     path = Path(path)
     try:
+        if path.exists() and not path.is_file() and not path.is_dir():
+            raise DataError(f"{path}: cannot read image (not a regular file)")
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         raise DataError(f"{path}: cannot read image ({exc.strerror or exc})") from exc
     if data.size == 0:
         raise DataError(f"{path}: cannot read image (empty file)")
-    try:
-        pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    except cv2.error:
-        pixels = None
+    _check_pixel_count(path)
+    with _captured_stderr() as messages:  # libpng/libjpeg print to the C stderr
+        try:
+            pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        except cv2.error:
+            pixels = None
     if pixels is None or pixels.size == 0:
-        raise DataError(f"{path}: cannot read image (not a supported image format)")
+        detail = messages.text.strip().splitlines()
+        why = f": {detail[-1].strip()}" if detail else ""
+        raise DataError(f"{path}: cannot read image (not a supported image format{why})")
     return _pixels_to_darknet(pixels, path)
+
+
+def _check_pixel_count(path: Path) -> None:
+    """Refuse, from the file's header, an image too large to decode."""
+    try:
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = None  # our own limit applies, without PIL's warning
+        with Image.open(path) as im:
+            width, height = im.size
+    except Exception:  # noqa: BLE001 - not a format PIL knows: OpenCV decides below
+        return
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DataError(f"{path}: cannot read image ({width}x{height} pixels, more than the "
+                        f"{MAX_IMAGE_PIXELS / 1e6:.0f} Mpx netsurgery decodes)")
+
+
+@dataclass
+class _Captured:
+    text: str = ""
+
+
+@contextlib.contextmanager
+def _captured_stderr():
+    """Send what C libraries write to file descriptor 2 into a buffer, not to the user's
+    terminal (``libpng error: ...`` lines); the caller reports it in its own message."""
+    import sys
+    import tempfile
+
+    captured = _Captured()
+    with tempfile.TemporaryFile() as buffer:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no real fd 2 (embedded): leave it alone
+            yield captured
+            return
+        try:
+            os.dup2(buffer.fileno(), 2)
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            buffer.seek(0)
+            captured.text = buffer.read().decode("utf-8", "replace")
 
 
 def _pixels_to_darknet(pixels: np.ndarray, path: Path) -> np.ndarray:

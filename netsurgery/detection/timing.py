@@ -19,10 +19,14 @@ from typing import Callable, Sequence
 
 import torch
 
+from netsurgery.analysis.cost import merge_savings
 from netsurgery.darknet.model import DarknetModel
+from netsurgery.darknet.network import Network
 from netsurgery.errors import UsageError
-from netsurgery.surgery.merge import MergedHeads, merge_savings
+from netsurgery.surgery.heads import MergedHeads
 from netsurgery.surgery.multihead import MergedModel
+
+from .runner import Runner
 
 
 @dataclass
@@ -56,8 +60,9 @@ class MergedTiming:
         return self.merged.median_ms / self.separate_ms
 
 
-def _input(model: DarknetModel) -> torch.Tensor:
-    net = model.network.net
+def input_of(network: Network) -> torch.Tensor:
+    """The random image (fixed seed) every timing runs on."""
+    net = network.net
     return torch.rand((1, net.channels, net.height, net.width),
                       generator=torch.Generator().manual_seed(0))
 
@@ -80,24 +85,30 @@ def _rounds(candidates: Sequence[tuple[str, Callable[[], object]]], repeat: int,
     return timings
 
 
-def time_model(model: DarknetModel, repeat: int = 20,
+def time_model(model: Runner, repeat: int = 20,
                progress: Callable[[int, int], None] | None = None) -> Timing:
-    """Median time of ``model`` on one random image of its input size."""
-    x = _input(model)
+    """Median time of ``model`` (our model, or an onnxruntime runner) on one random image
+    of its input size."""
+    x = input_of(model.network)
     return _rounds([("network", lambda: model(x))], repeat, progress)[0]
+
+
+def time_heads(alone: dict[str, Callable[[], object]], together: Callable[[], object],
+               bflops_ratio: float, repeat: int = 20,
+               progress: Callable[[int, int], None] | None = None) -> MergedTiming:
+    """Each head alone (name → call) and all heads at once, in interleaved rounds."""
+    timings = _rounds([*alone.items(), ("merged", together)], repeat, progress)
+    return MergedTiming(timings[:-1], timings[-1], bflops_ratio)
 
 
 def time_merged(model: DarknetModel, heads: MergedHeads, repeat: int = 20,
                 progress: Callable[[int, int], None] | None = None) -> MergedTiming:
     """Each head alone and all heads together, interleaved (see the module docstring)."""
     merged = MergedModel(model, heads)
-    x = _input(model)
-    names = merged.head_names
-    candidates = [(name, lambda name=name: merged(x, [name])) for name in names]
-    candidates.append(("merged", lambda: merged(x)))
-    timings = _rounds(candidates, repeat, progress)
-    return MergedTiming(timings[:-1], timings[-1],
-                        merge_savings(model.network, heads).bflops_ratio)
+    x = input_of(model.network)
+    alone = {name: (lambda name=name: merged(x, [name])) for name in merged.head_names}
+    return time_heads(alone, lambda: merged(x), merge_savings(model.network, heads).bflops_ratio,
+                      repeat, progress)
 
 
 def format_timing(timing: Timing | MergedTiming) -> str:
@@ -113,4 +124,66 @@ def format_timing(timing: Timing | MergedTiming) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["MergedTiming", "Timing", "format_timing", "time_merged", "time_model"]
+@dataclass
+class GatedTiming:
+    """A gated merged network on real images: mean ms per image with and without the gates,
+    per round, and how many images each gate let through."""
+
+    images: int
+    gated_ms: list[float] = field(default_factory=list)  # per round: mean over the images
+    ungated_ms: list[float] = field(default_factory=list)
+    passed: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        """Measured gated / ungated time (medians over rounds)."""
+        return statistics.median(self.gated_ms) / statistics.median(self.ungated_ms)
+
+
+def time_gated(model: DarknetModel, heads: MergedHeads, images: Sequence[torch.Tensor],
+               repeat: int = 3,
+               progress: Callable[[int, int], None] | None = None) -> GatedTiming:
+    """Every head with the gates against every head without them, on ``images`` (each a
+    preprocessed (1, 3, H, W) batch of one), image by image alternately so machine load biases
+    both alike. What a gate saves depends on the images, so this needs real ones."""
+    if repeat < 1:
+        raise UsageError(f"repeat={repeat}: expected at least 1 timed round")
+    if not images:
+        raise UsageError("timing with gates needs at least one image")
+    merged = MergedModel(model, heads)
+    result = GatedTiming(len(images))
+    with torch.inference_mode():
+        merged.run(images[0])  # warm-up: both paths' first-call allocations
+        merged.run(images[0], gates=False)
+        for r in range(repeat):
+            spent = {True: 0.0, False: 0.0}
+            for i, x in enumerate(images):
+                for gates in ((True, False) if (r + i) % 2 == 0 else (False, True)):
+                    t0 = time.perf_counter()
+                    runs = merged.run(x, gates=gates)
+                    spent[gates] += time.perf_counter() - t0
+                    if gates and r == 0:
+                        for name, run in runs.items():
+                            ran = len(x) if run.images is None else len(run.images)
+                            result.passed[name] = result.passed.get(name, 0) + ran
+            result.gated_ms.append(spent[True] * 1000 / len(images))
+            result.ungated_ms.append(spent[False] * 1000 / len(images))
+            if progress is not None:
+                progress(r + 1, repeat)
+    return result
+
+
+def format_gated(timing: GatedTiming) -> str:
+    lines = [f"  on {timing.images} images      ms per image (median of "
+             f"{len(timing.gated_ms)} rounds, batch 1)",
+             f"  {'without gates':<20} {statistics.median(timing.ungated_ms):>10.2f}",
+             f"  {'with gates':<20} {statistics.median(timing.gated_ms):>10.2f}",
+             f"  gated / ungated: time {timing.ratio:.3f}"]
+    for name, n in timing.passed.items():
+        if n != timing.images:
+            lines.append(f"  head '{name}' ran on {n} of {timing.images} images")
+    return "\n".join(lines)
+
+
+__all__ = ["GatedTiming", "MergedTiming", "Timing", "format_gated", "format_timing",
+           "input_of", "time_gated", "time_heads", "time_merged", "time_model"]

@@ -1,6 +1,7 @@
 """Graph surgery on Darknet networks: cut, extract, insert, remove and append layers with every
-``[route] layers=``, ``[shortcut] from=``, ``[sam] from=`` and ``[scale_channels] from=``
-renumbered, the weights following the layers they belong to.
+layer reference renumbered (``[route] layers=``, ``[shortcut] from=``, ``[sam] from=``,
+``[scale_channels] from=``, ``[convolutional] share_index=`` ...: whatever each layer spec
+declares in its ``reference_keys``), the weights following the layers they belong to.
 
 Every function is pure: it returns a new :class:`Graph` and leaves its input alone. Relative
 references stay relative where they remain valid; references that would cross a cut become
@@ -11,22 +12,16 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from netsurgery.darknet.cfg import Cfg, Section, load_cfg
+from netsurgery.darknet.layers.base import spec_class
+from netsurgery.darknet.layers.yolo import YoloSpec
 from netsurgery.darknet.network import Network, build_network
 from netsurgery.darknet.weights import WeightsHeader, load_weights, save_weights
-from netsurgery.errors import CfgError, NetsurgeryError, UsageError
-
-# Keys holding layer references, per section type.
-REFERENCE_KEYS: dict[str, str] = {
-    "route": "layers",
-    "shortcut": "from",
-    "sam": "from",
-    "scale_channels": "from",
-}
+from netsurgery.errors import NetsurgeryError, UsageError
 
 
 @dataclass
@@ -108,11 +103,9 @@ def graph_from_model(model) -> Graph:
 
 # -- references -----------------------------------------------------------------------------
 def references(section: Section, index: int) -> list[int]:
-    """Absolute indices of the layers ``section`` (at ``index``) refers to by key."""
-    key = REFERENCE_KEYS.get(section.type)
-    if key is None or not section.has(key):
-        return []
-    return [index + r if r < 0 else r for r in section.get_ints(key)]
+    """Absolute indices of the layers ``section`` (at ``index``) names in its options."""
+    return [t for targets in spec_class(section, index).references_in(section, index).values()
+            for t in targets]
 
 
 def remap_references(section: Section, old_index: int, new_index: int,
@@ -121,25 +114,7 @@ def remap_references(section: Section, old_index: int, new_index: int,
     layer ``t`` replaced by ``mapping(t)``. ``mapping`` returns None for a layer that no
     longer exists (an error naming both layers). Relative references stay relative when the
     new target is still earlier than the new position."""
-    key = REFERENCE_KEYS.get(section.type)
-    out = section.copy()
-    if key is None or not section.has(key):
-        return out
-    raw = section.get_ints(key)
-    new_values = []
-    for r in raw:
-        target = old_index + r if r < 0 else r
-        new_target = mapping(target)
-        if new_target is None:
-            raise section.error(f"layer {old_index}: {key} refers to layer {target}, which is "
-                                "not part of the result", key)
-        if new_target >= new_index:
-            raise section.error(f"layer {old_index}: {key} would refer to layer {new_target} "
-                                f"at or after its new position {new_index}", key)
-        new_values.append(new_target - new_index if r < 0 else new_target)
-    if new_values != raw:
-        out.set(key, new_values)
-    return out
+    return spec_class(section, old_index).renumber_section(section, old_index, new_index, mapping)
 
 
 def _rebuild(graph: Graph, kept: Sequence[tuple[int, Layer]],
@@ -217,12 +192,6 @@ def _check_index(graph: Graph, index: int) -> None:
         raise UsageError(f"layer {index} does not exist: expected 0..{len(graph.layers) - 1}")
 
 
-def frontier(network: Network, k: int) -> list[int]:
-    """Layers ≤ k whose outputs are read by layers after k (what a tail from k+1 needs)."""
-    needed = {src for spec in network.layers[k + 1:] for src in spec.inputs() if 0 <= src <= k}
-    return sorted(needed)
-
-
 def retarget_heads(cfg: Cfg, classes: int, anchors: Sequence[float] | None = None) -> Cfg:
     """A copy of ``cfg`` whose [yolo] heads detect ``classes`` classes (and use ``anchors``,
     flat w,h pairs, if given): sets ``classes`` (and ``anchors``/``num``) in every [yolo] and
@@ -243,5 +212,5 @@ def retarget_heads(cfg: Cfg, classes: int, anchors: Sequence[float] | None = Non
         prev = out.layers[i - 1] if i > 0 else None
         if prev is None or prev.type != "convolutional":
             raise section.error(f"layer {i}: expected a [convolutional] before [yolo]")
-        prev.set("filters", (classes + 5) * len(mask))
+        prev.set("filters", YoloSpec.channel_rule(classes, len(mask))[0])
     return out

@@ -5,183 +5,69 @@ The merged network is the base network unchanged (so its own detections are bit-
 then for each task a ``[route] layers=k`` that jumps back to the shared trunk, followed by the
 task's layers k+1.. with their own weights, classes and anchors. References inside a copied
 tail that point at layers ≤ k read the shared trunk; the others read the task's copy.
+
+Both work on :class:`~netsurgery.surgery.weighted.WeightedNetwork` (the typed network plus its
+arrays): the result can be saved, or run with ``merged.model()`` without touching disk.
 """
 from __future__ import annotations
 
-import json
+import copy
 import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+import re
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from netsurgery.darknet.cfg import Section, make_section, parse_cfg_text
-from netsurgery.darknet.weights import WeightsHeader
+from netsurgery.analysis.cost import compare_trunk
+from netsurgery.darknet.cfg import Cfg, Section, make_section, parse_cfg_text
+from netsurgery.darknet.network import Network
 from netsurgery.errors import NetsurgeryError, UsageError
 from netsurgery.fileio import atomic_write_text, check_output, staged_outputs
+from netsurgery.training.data import load_names
 
-from .editing import Graph, Layer, load_graph, remap_references
+from .heads import HeadGroup, MergedHeads, data_text, detection_layers, names_text
+from .weighted import Arrays, WeightedNetwork, assemble, load_weighted
 
-HEADS_FORMAT = "netsurgery-heads/1"
 PAD_BIAS = -30.0  # logistic(-30) ≈ 1e-13: a padded class never passes any threshold
 
 
 @dataclass
 class TaskInput:
-    """One task to merge: its network (cfg + weights) and where it shares the base's trunk."""
+    """One task to merge: its network with weights and where it shares the base's trunk."""
 
     name: str
-    graph: Graph
+    network: WeightedNetwork
     share_until: int
-    names_file: str | None = None
+    names_file: str | os.PathLike | None = None
 
 
-@dataclass
-class HeadGroup:
-    """Which part of a merged network belongs to one detector."""
-
-    name: str
-    yolo_layers: list[int]
-    classes: int
-    share_until: int | None = None  # None for the base
-    route: int | None = None  # the [route] that jumps back to the trunk (tasks only)
-    tail: list[int] = field(default_factory=list)  # [first, last] merged indices of the tail
-    names_file: str | None = None
-    class_names: list[str] | None = None
-    class_map: list[int] | None = None  # with common classes: own class j → common index
-    header: dict | None = None  # the task's own weights header (to split it back exactly)
-    net: str | None = None  # the task's own [net] section text
-
-
-@dataclass
-class MergedHeads:
-    """Contents of ``OUT.heads.json``."""
-
-    base: HeadGroup
-    tasks: list[HeadGroup]
-    common_classes: list[str] | None = None
-    format: str = HEADS_FORMAT
-
-    def groups(self) -> list[HeadGroup]:
-        return [self.base, *self.tasks]
-
-    def group(self, name: str) -> HeadGroup:
-        for g in self.groups():
-            if g.name == name:
-                return g
-        raise UsageError(f"no head named '{name}': expected one of "
-                         f"{', '.join(g.name for g in self.groups())}")
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict, path: str | None = None) -> "MergedHeads":
-        try:
-            if data.get("format") != HEADS_FORMAT:
-                raise KeyError("format")
-            base = HeadGroup(**data["base"])
-            tasks = [HeadGroup(**t) for t in data["tasks"]]
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise NetsurgeryError(f"{path}: not a netsurgery heads file ({HEADS_FORMAT}): "
-                                  f"problem with {exc}") from None
-        return cls(base, tasks, data.get("common_classes"))
-
-    def save(self, path: str | os.PathLike) -> None:
-        atomic_write_text(path, json.dumps(self.to_json(), indent=1) + "\n")
-
-
-def load_heads(path: str | os.PathLike) -> MergedHeads:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise NetsurgeryError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise NetsurgeryError(f"{path}: not valid JSON ({exc})") from None
-    return MergedHeads.from_json(data, str(path))
-
-
-@dataclass
-class TrunkCheck:
-    """How far a task's layers 0..k are from the base's."""
-
-    identical: bool
-    max_relative_difference: float
-    worst_layer: int | None
-
-
-def check_trunk(base: Graph, task: Graph, k: int) -> TrunkCheck:
-    """Compare layers 0..k of ``task`` with the base: sections and shapes must agree (else an
-    error naming the layer); returns the largest mean|Δ|/mean|base| over their arrays."""
-    if k >= len(base.layers) or k >= len(task.layers):
-        raise UsageError(f"share_until={k}: beyond the last layer (base has "
-                         f"{len(base.layers)} layers, task {len(task.layers)})")
-    for key in ("width", "height", "channels"):
-        if base.net.get_int(key, 0) != task.net.get_int(key, 0):
-            raise UsageError(f"[net] {key} differs: base {base.net.get_int(key, 0)}, task "
-                             f"{task.net.get_int(key, 0)}; a merged network has one input size")
-    worst, worst_layer = 0.0, None
-    for i in range(k + 1):
-        b, t = base.layers[i], task.layers[i]
-        if b.section.type != t.section.type:
-            raise UsageError(f"layer {i}: base is [{b.section.type}], task is "
-                             f"[{t.section.type}]; the trunks 0..{k} must be the same network")
-        b_opts = [(o.key, o.value) for o in b.section.options]
-        t_opts = [(o.key, o.value) for o in t.section.options]
-        if _meaningful(b_opts) != _meaningful(t_opts):
-            raise UsageError(f"layer {i} [{b.section.type}]: options differ between base and "
-                             f"task ({_meaningful(b_opts)} vs {_meaningful(t_opts)})")
-        for name, arr in (b.arrays or {}).items():
-            other = (t.arrays or {}).get(name)
-            if other is None or other.shape != arr.shape:
-                raise UsageError(f"layer {i}: array '{name}' missing or of another shape in "
-                                 "the task")
-            if np.array_equal(arr, other):
-                continue
-            base64 = np.abs(arr.astype(np.float64))
-            rel = float(np.abs(other.astype(np.float64) - arr).mean() / max(base64.mean(), 1e-30))
-            if rel > worst or worst_layer is None:
-                worst, worst_layer = max(rel, worst), i
-    return TrunkCheck(worst_layer is None, worst, worst_layer)
-
-
-# Training-only keys do not change what a trunk layer computes.
-_TRAINING_KEYS = {"stopbackward", "dontload", "dontloadscales", "learning_rate", "train_only_bn",
-                  "dont_update", "burnin_update", "onlyforward", "clip"}
-
-
-def _meaningful(options: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in options if k not in _TRAINING_KEYS]
-
-
-def _yolo_indices(layers: Sequence[Layer], offset: int = 0) -> list[int]:
-    return [offset + i for i, l in enumerate(layers) if l.section.type in ("yolo", "region")]
-
-
-def _classes(layers: Sequence[Layer]) -> int:
-    counts = {l.section.get_int("classes", 20) for l in layers
-              if l.section.type in ("yolo", "region")}
+def head_classes(network: WeightedNetwork | Network) -> int:
+    """The class count of a network's detection layers (one count per network)."""
+    net = network.network if isinstance(network, WeightedNetwork) else network
+    counts = {net.layers[i].classes for i in detection_layers(net)}
     if len(counts) > 1:
         raise UsageError(f"heads of one network have different class counts {sorted(counts)}")
     return counts.pop() if counts else 0
 
 
-def _tail_layers(task: Graph, k: int, route_index: int) -> list[Layer]:
-    """Task layers k+1.. placed after a route at ``route_index`` (references remapped)."""
-    start = route_index + 1
+def _check_task_trunk(base: WeightedNetwork, task: TaskInput, force: bool, warn) -> None:
+    k = task.share_until
+    check = compare_trunk(base.network, base.arrays, task.network.network, task.network.arrays, k)
+    if check.identical:
+        return
+    message = (f"task '{task.name}': layers 0..{k} differ from the base (largest relative "
+               f"difference {check.max_relative_difference:.3g} at layer {check.worst_layer}); "
+               "it was not retrained with a frozen trunk and will perform badly when merged")
+    if not force:
+        raise UsageError(message + " — pass --force to merge anyway")
+    if warn:
+        warn("warning: " + message)
 
-    def mapping(t: int) -> int:
-        return t if t <= k else start + (t - (k + 1))
 
-    return [Layer(remap_references(layer.section, old, start + (old - (k + 1)), mapping),
-                  layer.arrays)
-            for old, layer in enumerate(task.layers) if old > k]
-
-
-def merge(base: Graph, tasks: Sequence[TaskInput], base_name: str = "base",
-          base_names_file: str | None = None, force: bool = False,
-          common_classes: bool = False, warn=None) -> tuple[Graph, MergedHeads]:
+def merge(base: WeightedNetwork, tasks: Sequence[TaskInput], base_name: str = "base",
+          base_names_file: str | os.PathLike | None = None, force: bool = False,
+          common_classes: bool = False, warn=None) -> tuple[WeightedNetwork, MergedHeads]:
     """One network: the base unchanged, then per task a route back to layer k and the task's
     tail. Refuses a task whose layers 0..k differ from the base (not retrained with a frozen
     trunk) unless ``force`` (then ``warn`` is called with the figure)."""
@@ -190,91 +76,91 @@ def merge(base: Graph, tasks: Sequence[TaskInput], base_name: str = "base",
     names = [base_name] + [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise UsageError(f"head names must be unique: {names}")
-    layers = [Layer(l.section.copy(), l.arrays) for l in base.layers]
-    base_group = HeadGroup(base_name, _yolo_indices(base.layers), _classes(base.layers),
-                           names_file=base_names_file, tail=[0, len(layers) - 1])
+    sections = [s.copy() for s in base.cfg.layers]
+    arrays: Arrays = dict(base.arrays)
+    base_classes = head_classes(base)
+    base_group = HeadGroup(base_name, detection_layers(base.network), base_classes,
+                           class_names(base_name, base_names_file, base_classes),
+                           tail=[0, len(sections) - 1])
     groups = []
     for task in tasks:
         k = task.share_until
-        check = check_trunk(base, task.graph, k)
-        if not check.identical:
-            message = (f"task '{task.name}': layers 0..{k} differ from the base (largest "
-                       f"relative difference {check.max_relative_difference:.3g} at layer "
-                       f"{check.worst_layer}); it was not retrained with a frozen trunk and "
-                       "will perform badly when merged")
-            if not force:
-                raise UsageError(message + " — pass --force to merge anyway")
-            if warn:
-                warn("warning: " + message)
-        route_index = len(layers)
-        layers.append(Layer(make_section("route", {"layers": [k]})))
-        tail = _tail_layers(task.graph, k, route_index)
-        layers.extend(tail)
-        t = task.graph
+        _check_task_trunk(base, task, force, warn)
+        route = len(sections)
+        sections.append(make_section("route", {"layers": [k]}))
+        start = route + 1
+        own = task.network.network.layers[k + 1:]
+
+        def mapping(t: int, k=k, start=start) -> int:
+            return t if t <= k else start + (t - (k + 1))
+
+        for spec in own:
+            new_index = mapping(spec.index)
+            sections.append(spec.renumbered(new_index, mapping))
+            if spec.index in task.network.arrays:
+                arrays[new_index] = task.network.arrays[spec.index]
+        classes = head_classes(task.network)
         groups.append(HeadGroup(
-            task.name, _yolo_indices(tail, route_index + 1), _classes(t.layers), k, route_index,
-            [route_index + 1, len(layers) - 1], task.names_file,
-            header=asdict(t.header), net=_section_text(t.net)))
-    merged = Graph(base.net.copy(), layers, base.header, None)
+            task.name, [mapping(i) for i in detection_layers(task.network.network) if i > k],
+            classes, class_names(task.name, task.names_file, classes),
+            tail=[start, len(sections) - 1], share_until=k, route=route,
+            header=copy.copy(task.network.header), trunk_cfg=trunk_text(task.network.cfg, k)))
     heads = MergedHeads(base_group, groups)
     if common_classes:
-        merged, heads = pad_to_common_classes(merged, heads)
-    merged.network()  # validate shapes and references of the result
+        sections, arrays = pad_to_common_classes(sections, arrays, heads)
+    merged = assemble(base.cfg.net.copy(), sections, arrays, base.header)  # checks the result
     return merged, heads
 
 
-def _section_text(section: Section) -> str:
-    lines = [f"[{section.header}]"] + [f"{o.key}={o.value}" for o in section.options]
-    return "\n".join(lines) + "\n"
+def trunk_text(cfg: Cfg, k: int) -> str:
+    """``[net]`` and layers 0..k of ``cfg`` as cfg text, comments and training keys (such as
+    ``stopbackward=1``) kept: what split needs to give a task's cfg back as it was."""
+    return Cfg(cfg.net, cfg.layers[:k + 1], None, cfg.trailing_comments).to_text()
 
 
-def _read_names(group: HeadGroup) -> list[str]:
-    if group.names_file:
-        try:
-            lines = Path(group.names_file).read_text().splitlines()
-        except OSError as exc:
-            raise NetsurgeryError(f"{group.names_file}: cannot read names ({exc})") from None
-        names = [n.strip() for n in lines]
-        while names and names[-1] == "":
-            names.pop()
-        if len(names) != group.classes:
-            raise NetsurgeryError(f"{group.names_file}: {len(names)} names for head "
-                                  f"'{group.name}' with classes={group.classes}")
-        return names
-    return [f"{group.name}:{j}" for j in range(group.classes)]
+def class_names(head: str, names_file: str | os.PathLike | None, classes: int) -> list[str]:
+    """A head's class names from its ``.names`` file (one per class), or ``head:0``, ``head:1``
+    ... when none is given."""
+    if names_file is None:
+        return [f"{head}:{j}" for j in range(classes)]
+    names = load_names(names_file)
+    if len(names) != classes:
+        raise NetsurgeryError(f"{names_file}: {len(names)} names for head '{head}' with "
+                              f"classes={classes}")
+    return names
 
 
-def pad_to_common_classes(graph: Graph, heads: MergedHeads) -> tuple[Graph, MergedHeads]:
+def pad_to_common_classes(sections: list[Section], arrays: Arrays,
+                          heads: MergedHeads) -> tuple[list[Section], Arrays]:
     """Pad every head to one class list (the union of the heads' names, in order) so stock
     Darknet, which sizes every detection from the first [yolo] layer, decodes all heads with
     one names file. Classes a head does not own get weights 0 and bias −30 in its last conv,
-    so the padded network's detections equal the unpadded ones."""
+    so the padded network's detections equal the unpadded ones. Sets ``heads.common_classes``
+    and each head's ``class_map``."""
     union: list[str] = []
     for group in heads.groups():
-        group.class_names = _read_names(group)
         for name in group.class_names:
             if name not in union:
                 union.append(name)
     total = len(union)
-    layers = list(graph.layers)
+    sections, arrays = list(sections), dict(arrays)
     for group in heads.groups():
         group.class_map = [union.index(n) for n in group.class_names]
         for y in group.yolo_layers:
-            yolo = layers[y].section.copy()
-            conv = layers[y - 1]
-            if conv.section.type != "convolutional" or not conv.arrays:
+            conv = sections[y - 1]
+            if conv.type != "convolutional" or y - 1 not in arrays:
                 raise UsageError(f"layer {y - 1}: expected a convolution with weights before "
                                  f"the [yolo] layer {y}")
+            yolo = sections[y].copy()
             n_anchors = len(yolo.get_ints("mask", range(yolo.get_int("num", 1))))
-            arrays = _pad_head_arrays(conv.arrays, n_anchors, group.classes, group.class_map,
-                                      total)
-            section = conv.section.copy()
-            section.set("filters", n_anchors * (total + 5))
+            arrays[y - 1] = _pad_head_arrays(arrays[y - 1], n_anchors, group.classes,
+                                             group.class_map, total)
+            sections[y - 1] = conv.copy()
+            sections[y - 1].set("filters", n_anchors * (total + 5))
             yolo.set("classes", total)
-            layers[y - 1] = Layer(section, arrays)
-            layers[y] = Layer(yolo, None)
+            sections[y] = yolo
     heads.common_classes = union
-    return Graph(graph.net, layers, graph.header, graph.path), heads
+    return sections, arrays
 
 
 def _pad_head_arrays(arrays: dict[str, np.ndarray], n_anchors: int, classes: int,
@@ -308,49 +194,58 @@ def _pad_head_arrays(arrays: dict[str, np.ndarray], n_anchors: int, classes: int
     return out
 
 
-def split(merged: Graph, heads: MergedHeads, name: str) -> Graph:
-    """The standalone network of one head: trunk 0..k and that task's tail (or the base)."""
+def split(merged: WeightedNetwork, heads: MergedHeads, name: str) -> WeightedNetwork:
+    """The standalone network of one head: the base's layers, or a task's own ``[net]`` and
+    trunk 0..k (as its cfg had them: comments, ``stopbackward``) with its tail and header."""
     group = heads.group(name)
     if heads.common_classes is not None:
         raise UsageError("split of a network merged with --common-classes is not supported: "
                          "split the unpadded merge instead")
-    if group.route is None:  # the base: its layers come first, unchanged
-        first, last = group.tail
-        layers = [Layer(l.section.copy(), l.arrays) for l in merged.layers[first:last + 1]]
-        return Graph(merged.net.copy(), layers, merged.header, None)
+    first, last = group.tail
+    specs = merged.network.layers
+    if group.is_base:  # the base: its layers come first, unchanged
+        return assemble(merged.cfg.net.copy(), [s.section.copy() for s in specs[:last + 1]],
+                        {i: a for i, a in merged.arrays.items() if i <= last}, merged.header)
     k = group.share_until
-    start, last = group.tail
-    trunk = [Layer(l.section.copy(), l.arrays) for l in merged.layers[:k + 1]]
+    own = parse_cfg_text(group.trunk_cfg, f"{heads.path or 'heads'}: {name} trunk")
+    trunk = own.layers or [s.section.copy() for s in specs[:k + 1]]  # format 1: [net] only
 
     def mapping(t: int) -> int | None:
         if t <= k:
             return t
-        if start <= t <= last:
-            return k + 1 + (t - start)
-        return None
+        return k + 1 + (t - first) if first <= t <= last else None
 
-    tail = [Layer(remap_references(merged.layers[i].section, i, k + 1 + (i - start), mapping),
-                  merged.layers[i].arrays) for i in range(start, last + 1)]
-    header = WeightsHeader(**group.header) if group.header else merged.header
-    net = parse_cfg_text(group.net).net if group.net else merged.net.copy()
-    return Graph(net, trunk + tail, header, None)
+    tail = [specs[i].renumbered(mapping(i), mapping) for i in range(first, last + 1)]
+    arrays = {i: a for i, a in merged.arrays.items() if i <= k}
+    arrays.update({mapping(i): a for i, a in merged.arrays.items() if first <= i <= last})
+    result = assemble(own.net, trunk + tail, arrays, copy.copy(group.header))
+    result.cfg.trailing_comments = list(own.trailing_comments)
+    return result
 
 
 def parse_task_option(text: str, default_k: int | None) -> tuple[str, str, str, int]:
-    """``NAME=TASK.cfg:TASK.weights[@K]`` → (name, cfg, weights, k)."""
-    if "=" not in text:
+    """``NAME=TASK.cfg:TASK.weights[@K]`` → (name, cfg, weights, k).
+
+    ``@K`` is read only when what follows the last '@' is an integer, so a weights path may
+    hold '@'. A cfg path may hold ':': the split is at the ':' after which the cfg part is an
+    existing file, else after the first part ending in ``.cfg``, else at the first ':'."""
+    name, sep, rest = text.partition("=")
+    if not sep:
         raise UsageError(f"--task {text}: expected NAME=TASK.cfg:TASK.weights[@K]")
-    name, rest = text.split("=", 1)
     k = default_k
-    if "@" in rest:
-        rest, k_text = rest.rsplit("@", 1)
-        try:
-            k = int(k_text)
-        except ValueError:
-            raise UsageError(f"--task {text}: '@{k_text}' is not a layer index") from None
-    if ":" not in rest:
+    head, at, k_text = rest.rpartition("@")
+    if at and re.fullmatch(r"[+-]?\d+", k_text.strip()):
+        rest, k = head, int(k_text)
+        if k < 0:
+            raise UsageError(f"--task {text}: '@{k_text}' is not a layer index (expected a "
+                             "layer index ≥ 0)")
+    cuts = [i for i, c in enumerate(rest) if c == ":"]
+    if not cuts:
         raise UsageError(f"--task {text}: expected NAME=TASK.cfg:TASK.weights[@K]")
-    cfg, weights = rest.split(":", 1)
+    cut = next((i for i in cuts if os.path.isfile(rest[:i])), None)
+    if cut is None:
+        cut = next((i for i in cuts if rest[:i].endswith(".cfg")), cuts[0])
+    cfg, weights = rest[:cut], rest[cut + 1:]
     if k is None:
         raise UsageError(f"--task {text}: no share point; pass --share-until K or @K")
     if not name:
@@ -361,66 +256,44 @@ def parse_task_option(text: str, default_k: int | None) -> tuple[str, str, str, 
 def merge_files(base_cfg: str, base_weights: str, tasks: Sequence[str], out: str,
                 share_until: int | None = None, names: dict[str, str] | None = None,
                 base_name: str = "base", force: bool = False, common_classes: bool = False,
-                overwrite: bool = False, warn=None) -> tuple[Graph, MergedHeads]:
+                overwrite: bool = False, warn=None) -> tuple[WeightedNetwork, MergedHeads]:
     """The ``netsurgery merge`` job: read the files, merge, write ``OUT.cfg``,
-    ``OUT.weights`` and ``OUT.heads.json`` (each atomically)."""
+    ``OUT.weights``, ``OUT.heads.json`` and ``OUT.names`` (with ``common_classes`` also
+    ``OUT.data``), all or none. ``names`` maps head names to ``.names`` files."""
     names = names or {}
     parsed = [parse_task_option(t, share_until) for t in tasks]
-    inputs = [base_cfg, base_weights] + [p for _, c, w, _ in parsed for p in (c, w)]
-    outs = [f"{out}.cfg", f"{out}.weights", f"{out}.heads.json"]
+    heads_named = [base_name] + [name for name, *_ in parsed]
+    for head in names:
+        if head not in heads_named:
+            raise UsageError(f"--names {head}=...: no head named '{head}': expected one of "
+                             f"{', '.join(heads_named)}")
+    inputs = [base_cfg, base_weights] + [p for _, c, w, _ in parsed for p in (c, w)] + \
+        list(names.values())
+    outs = merged_outputs(out, common_classes)
     for o in outs:
         check_output(o, inputs, overwrite)
-    base = load_graph(base_cfg, base_weights)
-    task_inputs = [TaskInput(name, load_graph(c, w), k, names.get(name))
+    base = load_weighted(base_cfg, base_weights)
+    task_inputs = [TaskInput(name, load_weighted(c, w), k, names.get(name))
                    for name, c, w, k in parsed]
     merged, heads = merge(base, task_inputs, base_name, names.get(base_name), force,
                           common_classes, warn)
-    with staged_outputs(outs) as staged:  # all three or none
-        merged.save(staged[0], staged[1])
-        heads.save(staged[2])
+    write_merged(merged, heads, out)
     return merged, heads
 
 
-@dataclass
-class MergeSavings:
-    """Parameters and FLOPs of the merged network against the separate networks."""
-
-    separate_params: int
-    merged_params: int
-    separate_bflops: float
-    merged_bflops: float
-    per_head: list[tuple[str, int, float]]  # (name, params, bflops) of each standalone model
-
-    @property
-    def params_ratio(self) -> float:
-        return self.merged_params / self.separate_params
-
-    @property
-    def bflops_ratio(self) -> float:
-        return self.merged_bflops / self.separate_bflops
+def write_merged(merged: WeightedNetwork, heads: MergedHeads, out: str | os.PathLike) -> None:
+    """Write what ``merge -o OUT`` writes (:func:`merged_outputs`), all or none."""
+    outs = merged_outputs(str(out), heads.common_classes is not None)
+    with staged_outputs(outs) as staged:
+        merged.save(staged[0], staged[1])
+        heads.save(staged[2])
+        atomic_write_text(staged[3], names_text(heads))
+        if heads.common_classes is not None:
+            atomic_write_text(staged[4], data_text(heads, outs[3]))
 
 
-def merge_savings(network, heads: MergedHeads) -> MergeSavings:
-    """What the merged ``network`` costs against running every head's own network."""
-    specs = network.layers
-    params = [s.params for s in specs]
-    flops = [s.flops() / 1e9 for s in specs]
-    per_head = []
-    first, last = heads.base.tail
-    per_head.append((heads.base.name, sum(params[first:last + 1]), sum(flops[first:last + 1])))
-    for g in heads.tasks:
-        k, (a, b) = g.share_until, g.tail
-        per_head.append((g.name, sum(params[:k + 1]) + sum(params[a:b + 1]),
-                         sum(flops[:k + 1]) + sum(flops[a:b + 1])))
-    return MergeSavings(sum(p for _, p, _ in per_head), sum(params),
-                        sum(f for _, _, f in per_head), sum(flops), per_head)
-
-
-def format_savings(s: MergeSavings) -> str:
-    lines = ["  model                params      BFLOPs"]
-    for name, p, f in s.per_head:
-        lines.append(f"  {name:<18} {p:>10,d} {f:>11.3f}")
-    lines.append(f"  {'separate (sum)':<18} {s.separate_params:>10,d} {s.separate_bflops:>11.3f}")
-    lines.append(f"  {'merged':<18} {s.merged_params:>10,d} {s.merged_bflops:>11.3f}")
-    lines.append(f"  merged / separate: params {s.params_ratio:.3f}, FLOPs {s.bflops_ratio:.3f}")
-    return "\n".join(lines)
+def merged_outputs(out: str, common_classes: bool = False) -> list[str]:
+    """The files ``merge -o OUT`` writes: cfg, weights, heads file, names (and .data)."""
+    suffixes = [".cfg", ".weights", ".heads.json", ".names"] + ([".data"] if common_classes
+                                                                else [])
+    return [f"{out}{s}" for s in suffixes]

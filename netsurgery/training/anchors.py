@@ -6,6 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
+from netsurgery.errors import DataError, UsageError
+
 
 def shape_iou(wh: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """IoU of boxes and centroids compared by shape only (both centred at the origin)."""
@@ -18,7 +20,8 @@ def shape_iou(wh: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 def kmeans_anchors(wh: Sequence[tuple[float, float]], n_anchors: int, net_w: int, net_h: int,
                    seed: int = 0, iterations: int = 100) -> list[tuple[int, int]]:
     """``n_anchors`` anchors (network pixels, sorted by area) for relative box sizes ``wh``."""
-    boxes = np.asarray(wh, dtype=np.float64) * np.array([net_w, net_h], dtype=np.float64)
+    boxes = np.asarray(wh, dtype=np.float64).reshape(-1, 2) * \
+        np.array([net_w, net_h], dtype=np.float64)
     if len(boxes) < n_anchors:
         raise ValueError(f"{len(boxes)} boxes are too few for {n_anchors} anchors")
     rng = np.random.default_rng(seed)
@@ -44,7 +47,11 @@ def mean_best_iou(wh: Sequence[tuple[float, float]], anchors: Sequence[tuple[int
 def task_cfg_for_dataset(base_cfg, data, classes: int | None = None, fit_anchors: bool = True):
     """The base cfg retargeted to a Darknet dataset: its class count and, with
     ``fit_anchors``, anchors fitted to its training boxes at the cfg's input size. Returns
-    (cfg, anchors or None, mean best IoU or None)."""
+    (cfg, anchors or None, mean best IoU or None). Without ``data`` only the class count
+    changes (``classes`` is then required).
+
+    ``classes``, when given, must agree with the ``.data`` file. Too few boxes to fit the
+    anchors to is a DataError that suggests keeping the base's anchors."""
     from netsurgery.darknet.cfg import load_cfg
     from netsurgery.darknet.network import build_network
     from netsurgery.surgery.editing import retarget_heads
@@ -53,16 +60,32 @@ def task_cfg_for_dataset(base_cfg, data, classes: int | None = None, fit_anchors
 
     cfg = load_cfg(base_cfg) if not hasattr(base_cfg, "layers") else base_cfg
     network = build_network(cfg)
+    yolo_layers = [i for i in network.heads() if network.layers[i].type_name == "yolo"]
+    if not yolo_layers:
+        raise UsageError(f"{network.path}: no [yolo] layer to retarget (task-cfg edits the "
+                         "[yolo] heads and the convolution before each)")
+    if data is None:  # classes only
+        new = retarget_heads(cfg, classes)
+        build_network(new)
+        return new, None, None
     data_file = load_data_file(data)
     n_classes = data_file.require_classes()
+    if classes is not None and classes != n_classes:
+        raise UsageError(f"--classes {classes}: {data_file.where('classes')} says "
+                         f"classes={n_classes}; give one or make them agree")
     anchors = quality = None
     if fit_anchors:
-        dataset = load_dataset(data_file.require("train"), n_classes)
+        train = data_file.require("train")
+        dataset = load_dataset(train, n_classes)
         wh = [(lab.w, lab.h) for s in dataset.items for lab in s.labels]
-        n = network.layers[network.heads()[0]].total
+        n = network.layers[yolo_layers[0]].total
+        if len(wh) < n:
+            raise DataError(f"{train}: {len(wh)} boxes in {len(dataset.items)} usable images "
+                            f"({dataset.summary}), too few to fit {n} anchors; add labelled "
+                            "images or pass --keep-anchors")
         anchors = kmeans_anchors(wh, n, network.net.width, network.net.height)
         quality = mean_best_iou(wh, anchors, network.net.width, network.net.height)
     flat = [v for a in anchors for v in a] if anchors else None
-    new = retarget_heads(cfg, classes or n_classes, flat)
+    new = retarget_heads(cfg, n_classes, flat)
     build_network(new)  # the result must be a valid network
     return new, anchors, quality

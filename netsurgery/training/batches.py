@@ -6,6 +6,8 @@ without replaying the earlier ones: a resumed or multi-process run sees the data
 uninterrupted run."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -23,17 +25,32 @@ class TrainImages:
     """The training images and labels, and the seeded batch order and augmentation."""
 
     def __init__(self, dataset: Dataset, net_w: int, net_h: int, aug: AugmentConfig,
-                 augment: bool, seed: int, cache_bytes: int = CACHE_BYTES):
-        if len(dataset) == 0:
-            raise DataError(f"{dataset.list_path}: no usable training images")
-        self.paths = [item.image for item in dataset.items]
-        self.labels = [np.array([[l.class_id, l.cx, l.cy, l.w, l.h] for l in item.labels],
-                                dtype=np.float32).reshape(-1, 5) for item in dataset.items]
+                 augment: bool, seed: int, cache_bytes: int = CACHE_BYTES,
+                 strict: bool = False):
         self.net_w, self.net_h = net_w, net_h
         self.aug, self.augment, self.seed = aug, augment, seed
         self._cache: dict[int, np.ndarray] = {}
         self._cache_left = cache_bytes
         self._perm: tuple[int, np.ndarray] | None = None  # (epoch, permutation)
+        self.paths: list[Path] = []
+        self.unreadable: list[str] = []  # why each skipped image could not be decoded
+        items = []
+        # decode every image before the first batch (into the cache while it lasts), so an
+        # image that cannot be decoded is skipped and counted here, not found mid-run
+        for item in dataset.items:
+            try:
+                self._remember(len(self.paths), _decode(item.image))
+            except DataError as exc:
+                if strict:
+                    raise
+                self.unreadable.append(str(exc))
+                continue
+            self.paths.append(item.image)
+            items.append(item)
+        if not items:
+            raise DataError(f"{dataset.list_path}: no usable training images")
+        self.labels = [np.array([[l.class_id, l.cx, l.cy, l.w, l.h] for l in item.labels],
+                                dtype=np.float32).reshape(-1, 5) for item in items]
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -58,12 +75,14 @@ class TrainImages:
         """(H, W, 3) uint8 RGB, kept in memory while the cache budget lasts."""
         im = self._cache.get(index)
         if im is None:
-            chw = load_image(self.paths[index])
-            im = np.ascontiguousarray(np.rint(chw.transpose(1, 2, 0) * 255).astype(np.uint8))
-            if im.nbytes <= self._cache_left:
-                self._cache[index] = im
-                self._cache_left -= im.nbytes
+            im = _decode(self.paths[index])
+            self._remember(index, im)
         return im
+
+    def _remember(self, index: int, im: np.ndarray) -> None:
+        if im.nbytes <= self._cache_left:
+            self._cache[index] = im
+            self._cache_left -= im.nbytes
 
     def sample(self, iteration: int, slot: int, index: int,
                size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -104,3 +123,9 @@ class TrainImages:
 
 
 __all__ = ["CACHE_BYTES", "TrainImages"]
+
+
+def _decode(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB as Darknet reads it (DataError when it cannot be decoded)."""
+    chw = load_image(path)
+    return np.ascontiguousarray(np.rint(chw.transpose(1, 2, 0) * 255).astype(np.uint8))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from netsurgery.errors import DataError
+from netsurgery.fileio import read_input_bytes
 
 # Keys of a .data file whose values are paths (resolved like Darknet, see _resolve_path).
 PATH_KEYS = ("train", "valid", "names", "backup", "difficult")
@@ -108,18 +109,22 @@ def _resolve_path(raw: str, file_dir: Path) -> ResolvedPath:
 
 
 def _read_text_lines(path: Path, what: str) -> list[str]:
-    """Lines of a text file without line ends; DataError when it cannot be read."""
+    """Lines of a text file without line ends; DataError when it cannot be read or is binary
+    (a NUL byte), and UsageError for a pipe or device (reading it could block forever)."""
     try:
-        # utf-8-sig: lists written by Windows editors often start with a BOM.
-        # surrogateescape: keep non-UTF-8 file names byte-exact.
-        with open(path, encoding="utf-8-sig", errors="surrogateescape") as handle:
-            return handle.read().splitlines()
+        data = read_input_bytes(path, what.removeprefix(".").removesuffix(" file"))
     except FileNotFoundError:
         raise DataError(f"{path}: {what} not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder, expected a {what}") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    if b"\0" in data:
+        line = data[:data.index(b"\0")].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: binary data (NUL byte): expected a {what} (text)")
+    # utf-8-sig: lists written by Windows editors often start with a BOM.
+    # surrogateescape: keep non-UTF-8 file names byte-exact.
+    return data.decode("utf-8-sig", "surrogateescape").splitlines()
 
 
 def load_data_file(path: str | os.PathLike) -> DataFile:

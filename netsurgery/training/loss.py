@@ -77,6 +77,10 @@ import torch.nn.functional as F
 from netsurgery.darknet.layers.yolo import YoloSpec
 from netsurgery.darknet.network import Network
 
+from .boxes import box_iou_matrix, iou_kind
+from .boxes import shape_iou as _shape_iou
+from .boxes import shape_iou_kind as _shape_iou_kind
+
 IOU_KINDS = ("mse", "iou", "giou", "diou", "ciou")
 CLASS_MATCH_THRESH = 0.25  # compare_yolo_class's conf_thresh in forward_yolo_layer
 
@@ -197,72 +201,6 @@ class LossResult:
         return sum(h.iou_sum for h in self.heads) / n if n else 0.0
 
 
-# --------------------------------------------------------------------------- boxes
-
-
-def box_iou_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of centre boxes a (N, 4) with b (M, 4) -> (N, M); 0 when the union is 0."""
-    ax0, ax1 = a[:, 0:1] - a[:, 2:3] / 2, a[:, 0:1] + a[:, 2:3] / 2
-    ay0, ay1 = a[:, 1:2] - a[:, 3:4] / 2, a[:, 1:2] + a[:, 3:4] / 2
-    bx0, bx1 = b[:, 0] - b[:, 2] / 2, b[:, 0] + b[:, 2] / 2
-    by0, by1 = b[:, 1] - b[:, 3] / 2, b[:, 1] + b[:, 3] / 2
-    iw = (torch.minimum(ax1, bx1) - torch.maximum(ax0, bx0)).clamp(min=0)
-    ih = (torch.minimum(ay1, by1) - torch.maximum(ay0, by0)).clamp(min=0)
-    inter = iw * ih
-    union = a[:, 2:3] * a[:, 3:4] + b[:, 2] * b[:, 3] - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
-
-
-def iou_kind(pred: torch.Tensor, truth: torch.Tensor, kind: str) -> torch.Tensor:
-    """Row-wise IoU, GIoU, DIoU or CIoU of centre boxes pred (K, 4) and truth (K, 4)."""
-    px0, px1 = pred[:, 0] - pred[:, 2] / 2, pred[:, 0] + pred[:, 2] / 2
-    py0, py1 = pred[:, 1] - pred[:, 3] / 2, pred[:, 1] + pred[:, 3] / 2
-    tx0, tx1 = truth[:, 0] - truth[:, 2] / 2, truth[:, 0] + truth[:, 2] / 2
-    ty0, ty1 = truth[:, 1] - truth[:, 3] / 2, truth[:, 1] + truth[:, 3] / 2
-    iw = (torch.minimum(px1, tx1) - torch.maximum(px0, tx0)).clamp(min=0)
-    ih = (torch.minimum(py1, ty1) - torch.maximum(py0, ty0)).clamp(min=0)
-    inter = iw * ih
-    union = pred[:, 2] * pred[:, 3] + truth[:, 2] * truth[:, 3] - inter
-    iou = inter / union.clamp(min=1e-12)
-    if kind in ("iou", "mse"):
-        return iou
-    cw = torch.maximum(px1, tx1) - torch.minimum(px0, tx0)
-    ch = torch.maximum(py1, ty1) - torch.minimum(py0, ty0)
-    if kind == "giou":
-        enclose = (cw * ch).clamp(min=1e-12)
-        return iou - (enclose - union) / enclose
-    diag = (cw ** 2 + ch ** 2).clamp(min=1e-12)
-    centre = (pred[:, 0] - truth[:, 0]) ** 2 + (pred[:, 1] - truth[:, 1]) ** 2
-    diou = iou - centre / diag
-    if kind == "diou":
-        return diou
-    if kind != "ciou":
-        raise ValueError(f"unknown IoU kind {kind!r}")
-    v = (4 / math.pi ** 2) * (torch.atan(truth[:, 2] / truth[:, 3].clamp(min=1e-12))
-                              - torch.atan(pred[:, 2] / pred[:, 3].clamp(min=1e-12))) ** 2
-    with torch.no_grad():  # the trade-off weight is a constant in CIoU's gradient
-        alpha = v / (1 - iou + v).clamp(min=1e-12)
-    return diou - alpha * v
-
-
-def _shape_iou(wh: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-    """IoU of boxes of size wh (K, 2) and anchors (A, 2) placed at the same centre."""
-    inter = torch.minimum(wh[:, None, 0], anchors[None, :, 0]) * \
-        torch.minimum(wh[:, None, 1], anchors[None, :, 1])
-    union = wh[:, None, 0] * wh[:, None, 1] + anchors[None, :, 0] * anchors[None, :, 1] - inter
-    return inter / union
-
-
-def _shape_iou_kind(wh: torch.Tensor, anchors: torch.Tensor, kind: str) -> torch.Tensor:
-    """Like :func:`_shape_iou` (boxes at one centre), in IoU kind ``kind`` (GIoU, DIoU,
-    CIoU): the iou_thresh test of Darknet's box_iou_kind. (K, A)."""
-    k, a = len(wh), len(anchors)
-    zeros = torch.zeros((k * a, 2), dtype=wh.dtype, device=wh.device)
-    truth = torch.cat([zeros, wh.repeat_interleave(a, dim=0)], dim=1)
-    anchor = torch.cat([zeros, anchors.repeat(k, 1)], dim=1)
-    return iou_kind(anchor, truth, kind).view(k, a)
-
-
 def _activated(pd: torch.Tensor, head: YoloHeadConfig) -> torch.Tensor:
     """What the [yolo] layer makes of its input (b, n, 5+C, h, w): x, y in cell units with
     scale_x_y, w, h as multiples of the anchor, objectness and classes as probabilities.
@@ -326,35 +264,75 @@ def yolo_loss(raw: torch.Tensor, head: YoloHeadConfig, truths: Sequence[torch.Te
                          f"{n}·(5+{head.classes}) = {n * nf}")
     if len(truths) != b:
         raise ValueError(f"{len(truths)} truth tensors for a batch of {b}")
+    pred = _predict(raw.view(b, n, nf, h, w), head, net_w, net_h)
     dev, f32 = raw.device, torch.float32
-    p = raw.view(b, n, nf, h, w)
-    s, off = head.scale_x_y, 0.5 * (head.scale_x_y - 1)
+    obj_weight = torch.full((b, n, h, w), head.obj_normalizer, dtype=f32, device=dev)
+    obj_target = torch.zeros((b, n, h, w), dtype=f32, device=dev)
+    assigned = _assign(pred, head, truths, obj_weight, obj_target)
+    zero = raw.sum() * 0  # keeps the graph connected when nothing is assigned
+    box_loss = cls_loss = zero
+    iou_sum, recall = 0.0, 0
+    if assigned.image:
+        box_loss, cls_loss, iou_sum, recall = _assigned_terms(pred, head, assigned,
+                                                              obj_weight, obj_target)
+    obj_loss = (obj_weight * _logistic_terms(pred.p[:, :, 4].float(), obj_target, head)).sum()
+    total = box_loss + obj_loss + cls_loss
+    from_loop = sum(m is None for m in assigned.iou_multiplier)  # Darknet's count
+    return HeadLoss(total, float(box_loss.detach()), float(obj_loss.detach()),
+                    float(cls_loss.detach()), from_loop, iou_sum, recall)
+
+
+@dataclass
+class _Prediction:
+    """A head's raw output (B, n, 5+C, H, W) and, without gradient, what it predicts."""
+
+    p: torch.Tensor
+    act: torch.Tensor  # x, y scaled; objectness and classes as probabilities
+    boxes: torch.Tensor  # (B, n, H, W, 4) cx, cy, w, h relative to the input
+    class_match: torch.Tensor  # (B, n, H, W): some class above CLASS_MATCH_THRESH
+    anchors_rel: torch.Tensor  # every anchor of the head's list, relative to the input
+    mask_rel: torch.Tensor  # the anchors of this head's mask
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(n, H, W)."""
+        return self.p.shape[1], self.p.shape[3], self.p.shape[4]
+
+
+def _predict(p: torch.Tensor, head: YoloHeadConfig, net_w: int, net_h: int) -> _Prediction:
+    dev, f32 = p.device, torch.float32
+    b, n, _, h, w = p.shape
     anchors = torch.tensor(head.anchors, dtype=f32, device=dev)
     anchors_rel = anchors / torch.tensor([net_w, net_h], dtype=f32, device=dev)
-    mask = list(head.mask)
-    mask_rel = anchors_rel[mask]
-
+    mask_rel = anchors_rel[list(head.mask)]
     with torch.no_grad():  # the boxes the layer currently predicts, for ignore and stats
         pd = p.detach().float()
         gx = torch.arange(w, device=dev, dtype=f32).view(1, 1, 1, w)
         gy = torch.arange(h, device=dev, dtype=f32).view(1, 1, h, 1)
-        act = _activated(pd, head)  # x, y scaled; objectness and classes as probabilities
+        act = _activated(pd, head)
         boxes = torch.stack([(gx + act[:, :, 0]) / w, (gy + act[:, :, 1]) / h,
                              act[:, :, 2] * mask_rel[:, 0].view(1, n, 1, 1),
                              act[:, :, 3] * mask_rel[:, 1].view(1, n, 1, 1)], dim=-1)
         class_match = act[:, :, 5:].amax(dim=2) > CLASS_MATCH_THRESH
+    return _Prediction(p, act, boxes, class_match, anchors_rel, mask_rel)
 
-    obj_weight = torch.full((b, n, h, w), head.obj_normalizer, dtype=f32, device=dev)
-    obj_target = torch.zeros((b, n, h, w), dtype=f32, device=dev)
+
+def _assign(pred: _Prediction, head: YoloHeadConfig, truths: Sequence[torch.Tensor],
+            obj_weight: torch.Tensor, obj_target: torch.Tensor) -> _Assignment:
+    """Darknet's per-image pass: ignore predictions that already match a truth (updating
+    the objectness weights and targets), then assign truths to cells and anchors."""
+    n, h, w = pred.shape
+    mask = list(head.mask)
+    dev, f32 = pred.p.device, torch.float32
     assigned = _Assignment()
     for bi, t in enumerate(truths):
         t = t.to(device=dev, dtype=f32).reshape(-1, 5)[:head.max_boxes]
         t = t[(t[:, 0] >= 0) & (t[:, 0] < head.classes)]  # Darknet skips such labels
         if len(t) == 0:
             continue
-        best, best_t = box_iou_matrix(boxes[bi].reshape(-1, 4), t[:, 1:5]).max(dim=1)
+        best, best_t = box_iou_matrix(pred.boxes[bi].reshape(-1, 4), t[:, 1:5]).max(dim=1)
         best, best_t = best.view(n, h, w), best_t.view(n, h, w)
-        ignored = (best > head.ignore_thresh) & class_match[bi]
+        ignored = (best > head.ignore_thresh) & pred.class_match[bi]
         if head.objectness_smooth:  # obj_normalizer·(IoU − out) instead of no delta
             obj_target[bi][ignored] = best[ignored]
         else:
@@ -364,10 +342,10 @@ def yolo_loss(raw: torch.Tensor, head: YoloHeadConfig, truths: Sequence[torch.Te
             for a, j, i in (best > head.truth_thresh).nonzero().tolist():
                 assigned.add(bi, a, j, i, rows[int(best_t[a, j, i])],
                              float(best[a, j, i]) ** 2)
-        shape_iou = _shape_iou(t[:, 3:5], anchors_rel)
+        shape_iou = _shape_iou(t[:, 3:5], pred.anchors_rel)
         best_anchor = shape_iou.argmax(dim=1).tolist()
         if head.iou_thresh < 1 and head.iou_thresh_kind != "iou":
-            shape_iou = _shape_iou_kind(t[:, 3:5], anchors_rel, head.iou_thresh_kind)
+            shape_iou = _shape_iou_kind(t[:, 3:5], pred.anchors_rel, head.iou_thresh_kind)
         for row, best_n, ious in zip(t.tolist(), best_anchor, shape_iou.tolist()):
             i = min(int(row[1] * w), w - 1)
             j = min(int(row[2] * h), h - 1)
@@ -377,70 +355,82 @@ def yolo_loss(raw: torch.Tensor, head: YoloHeadConfig, truths: Sequence[torch.Te
                 for m, anchor in enumerate(mask):
                     if anchor != best_n and ious[anchor] > head.iou_thresh:
                         assigned.add(bi, m, j, i, row)
+    return assigned
 
-    zero = raw.sum() * 0  # keeps the graph connected when nothing is assigned
-    box_loss = cls_loss = zero
-    count, iou_sum, recall = len(assigned.image), 0.0, 0
-    if count:
-        bi = torch.tensor(assigned.image, device=dev)
-        ai = torch.tensor(assigned.anchor, device=dev)
-        jj = torch.tensor(assigned.row, device=dev)
-        ii = torch.tensor(assigned.col, device=dev)
-        truth = torch.tensor(assigned.truth, dtype=f32, device=dev)  # (K, 5)
-        z = p[bi, ai, :, jj, ii].float()  # (K, nf) raw outputs of the assigned cells
-        anchor_wh = mask_rel[ai]
-        slot = ((bi * n + ai) * h + jj) * w + ii
-        unique, inverse = torch.unique(slot, return_inverse=True)
-        cells = (unique // (n * h * w), (unique // (h * w)) % n, (unique // w) % h, unique % w)
-        probs = act[cells[0], cells[1], 5:, cells[2], cells[3]]  # (U, classes), no grad
-        target, cls_weights = _class_plan(inverse.tolist(), assigned_classes(assigned), head,
-                                          probs, assigned.iou_multiplier)
-        weight = torch.ones(count, dtype=f32, device=dev)
-        if head.iou_thresh < 1 and head.classes:
-            # averages_yolo_deltas: / the classes with a positive delta in the cell
-            positive = ((target - probs) > 0).sum(dim=1).clamp(min=1).to(f32)
-            weight = 1 / positive[inverse]
-        mult = torch.ones(count, dtype=f32, device=dev)
-        if head.class_multipliers is not None:
-            mult = torch.tensor([head.class_multipliers[int(c)] for c in assigned_classes(
-                assigned)], dtype=f32, device=dev)
-        box_loss = _box_loss(z, truth, anchor_wh, ii, jj, w, h, head, mult, weight)
-        from_truths = torch.tensor([m is None for m in assigned.iou_multiplier], device=dev)
-        with torch.no_grad():  # Darknet's statistics count the truth loop's assignments
-            ious = iou_kind(boxes[bi, ai, jj, ii], truth[:, 1:5], "iou")[from_truths]
-            iou_sum, recall = float(ious.sum()), int((ious > 0.5).sum())
-        if not bool(from_truths.all()):  # the truth_thresh stage comes first, per prediction
-            stage = ~from_truths
-            iou_mult = torch.tensor([m or 0.0 for m in assigned.iou_multiplier], device=dev)
-            first_cells = (bi[stage], ai[stage], jj[stage], ii[stage])
-            obj_target[first_cells] = iou_mult[stage] if head.objectness_smooth else 1.0
-            obj_weight[first_cells] = head.obj_normalizer
-        # the truth loop's objectness: each truth assigned to a cell writes it, so the last
-        # one's multiplier stays (Darknet's order: truth by truth, best anchor first); with
-        # objectness_smooth only where the cell's delta is still exactly 0, so the first's
-        order = torch.arange(count, device=dev)
-        if head.objectness_smooth:
-            key = torch.where(from_truths, order, count)
-            pick = torch.full((len(unique),), count, dtype=torch.long,
-                              device=dev).scatter_reduce(0, inverse, key, "amin")
-            delta = obj_weight[cells] * (obj_target[cells] - act[:, :, 4][cells])
-            write = (pick < count) & (delta == 0)
-        else:
-            key = torch.where(from_truths, order, -1)
-            pick = torch.full((len(unique),), -1, dtype=torch.long,
-                              device=dev).scatter_reduce(0, inverse, key, "amax")
-            write = pick >= 0
-        if head.classes:
-            z_cls = p[cells[0], cells[1], 5:, cells[2], cells[3]].float()  # (U, classes)
-            cls_loss = (cls_weights * _logistic_terms(z_cls, target, head)).sum()
-        obj_cells = tuple(c[write] for c in cells)
-        obj_target[obj_cells] = 1
-        obj_weight[obj_cells] = head.obj_normalizer * mult[pick[write]]
-    obj_loss = (obj_weight * _logistic_terms(p[:, :, 4].float(), obj_target, head)).sum()
-    total = box_loss + obj_loss + cls_loss
-    from_loop = sum(m is None for m in assigned.iou_multiplier)  # Darknet's count
-    return HeadLoss(total, float(box_loss.detach()), float(obj_loss.detach()),
-                    float(cls_loss.detach()), from_loop, iou_sum, recall)
+
+def _assigned_terms(pred: _Prediction, head: YoloHeadConfig, assigned: _Assignment,
+                    obj_weight: torch.Tensor, obj_target: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, float, int]:
+    """Box and class loss of the assigned cells, their objectness targets (written into
+    ``obj_weight``/``obj_target``), and the IoU sum and recall of the truth loop's
+    assignments."""
+    p, act, (n, h, w) = pred.p, pred.act, pred.shape
+    dev, f32 = p.device, torch.float32
+    count = len(assigned.image)
+    bi = torch.tensor(assigned.image, device=dev)
+    ai = torch.tensor(assigned.anchor, device=dev)
+    jj = torch.tensor(assigned.row, device=dev)
+    ii = torch.tensor(assigned.col, device=dev)
+    truth = torch.tensor(assigned.truth, dtype=f32, device=dev)  # (K, 5)
+    z = p[bi, ai, :, jj, ii].float()  # (K, nf) raw outputs of the assigned cells
+    slot = ((bi * n + ai) * h + jj) * w + ii
+    unique, inverse = torch.unique(slot, return_inverse=True)
+    cells = (unique // (n * h * w), (unique // (h * w)) % n, (unique // w) % h, unique % w)
+    probs = act[cells[0], cells[1], 5:, cells[2], cells[3]]  # (U, classes), no grad
+    target, cls_weights = _class_plan(inverse.tolist(), assigned_classes(assigned), head,
+                                      probs, assigned.iou_multiplier)
+    weight = torch.ones(count, dtype=f32, device=dev)
+    if head.iou_thresh < 1 and head.classes:
+        # averages_yolo_deltas: / the classes with a positive delta in the cell
+        positive = ((target - probs) > 0).sum(dim=1).clamp(min=1).to(f32)
+        weight = 1 / positive[inverse]
+    mult = torch.ones(count, dtype=f32, device=dev)
+    if head.class_multipliers is not None:
+        mult = torch.tensor([head.class_multipliers[int(c)] for c in assigned_classes(
+            assigned)], dtype=f32, device=dev)
+    box_loss = _box_loss(z, truth, pred.mask_rel[ai], ii, jj, w, h, head, mult, weight)
+    from_truths = torch.tensor([m is None for m in assigned.iou_multiplier], device=dev)
+    with torch.no_grad():  # Darknet's statistics count the truth loop's assignments
+        ious = iou_kind(pred.boxes[bi, ai, jj, ii], truth[:, 1:5], "iou")[from_truths]
+        iou_sum, recall = float(ious.sum()), int((ious > 0.5).sum())
+    if not bool(from_truths.all()):  # the truth_thresh stage comes first, per prediction
+        stage = ~from_truths
+        iou_mult = torch.tensor([m or 0.0 for m in assigned.iou_multiplier], device=dev)
+        first_cells = (bi[stage], ai[stage], jj[stage], ii[stage])
+        obj_target[first_cells] = iou_mult[stage] if head.objectness_smooth else 1.0
+        obj_weight[first_cells] = head.obj_normalizer
+    pick, write = _objectness_writers(from_truths, inverse, len(unique), cells, act, head,
+                                      obj_weight, obj_target)
+    cls_loss = p.sum() * 0
+    if head.classes:
+        z_cls = p[cells[0], cells[1], 5:, cells[2], cells[3]].float()  # (U, classes)
+        cls_loss = (cls_weights * _logistic_terms(z_cls, target, head)).sum()
+    obj_cells = tuple(c[write] for c in cells)
+    obj_target[obj_cells] = 1
+    obj_weight[obj_cells] = head.obj_normalizer * mult[pick[write]]
+    return box_loss, cls_loss, iou_sum, recall
+
+
+def _objectness_writers(from_truths: torch.Tensor, inverse: torch.Tensor, n_cells: int,
+                        cells, act: torch.Tensor, head: YoloHeadConfig,
+                        obj_weight: torch.Tensor, obj_target: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which assignment writes each cell's objectness, and whether it does. Each truth
+    assigned to a cell writes it, so the last one's multiplier stays (Darknet's order: truth
+    by truth, best anchor first); with objectness_smooth only where the cell's delta is
+    still exactly 0, so the first's."""
+    count = len(from_truths)
+    order = torch.arange(count, device=from_truths.device)
+    if head.objectness_smooth:
+        key = torch.where(from_truths, order, count)
+        pick = torch.full((n_cells,), count, dtype=torch.long,
+                          device=order.device).scatter_reduce(0, inverse, key, "amin")
+        delta = obj_weight[cells] * (obj_target[cells] - act[:, :, 4][cells])
+        return pick, (pick < count) & (delta == 0)
+    key = torch.where(from_truths, order, -1)
+    pick = torch.full((n_cells,), -1, dtype=torch.long,
+                      device=order.device).scatter_reduce(0, inverse, key, "amax")
+    return pick, pick >= 0
 
 
 def _box_loss(z: torch.Tensor, truth: torch.Tensor, anchor_wh: torch.Tensor,

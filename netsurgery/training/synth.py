@@ -398,15 +398,21 @@ def shape_mask(kind: str, diameter: int, angle: float) -> np.ndarray:
 SHAPE_KINDS = ("circle", "square", "triangle", "diamond", "cross")
 
 
+def noise_background(rng: np.random.Generator, size: Size) -> np.ndarray:
+    """The shapes task's background: coarse colour noise, bilinearly enlarged, plus fine noise."""
+    width, height = size
+    coarse = rng.uniform(0, 255, (max(2, height // 8), max(2, width // 8), 3)).astype(np.float32)
+    image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype(np.uint8)
+
+
 def render_shapes_image(rng: np.random.Generator, size: Size = (160, 160),
                         classes: Sequence[str] = ("circle", "square", "triangle"),
                         ) -> tuple[np.ndarray, list[Label]]:
     """One BGR uint8 image with 1–3 filled shapes on a noise background and their labels
     (class id = index in ``classes``)."""
     width, height = size
-    coarse = rng.uniform(0, 255, (max(2, height // 8), max(2, width // 8), 3)).astype(np.float32)
-    image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_LINEAR)
-    image = np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype(np.uint8)
+    image = noise_background(rng, size)
     boxes: list[tuple[int, Box]] = []
     for _ in range(int(rng.integers(1, 4))):
         class_id = int(rng.integers(0, len(classes)))
@@ -428,7 +434,10 @@ def _label_text(labels: Sequence[Label]) -> str:
     return "".join(f"{l.class_id} {l.cx:.6f} {l.cy:.6f} {l.w:.6f} {l.h:.6f}\n" for l in labels)
 
 
-def _check_options(n_images: int, seed: int, size: Size, valid_fraction: float) -> None:
+def _check_options(n_images: int, seed: int, size: Size, valid_fraction: float,
+                   negative_fraction: float = 0.0) -> None:
+    if not 0 <= negative_fraction < 1:
+        raise UsageError(f"negative fraction must lie in [0, 1), got {negative_fraction}")
     if n_images < 1:
         raise UsageError(f"number of images must be at least 1, got {n_images}")
     if seed < 0:
@@ -447,12 +456,21 @@ def _n_valid(n_images: int, valid_fraction: float) -> int:
 
 
 Renderer = Callable[[np.random.Generator], tuple[np.ndarray, list[Label]]]
+Background = Callable[[np.random.Generator], np.ndarray]
+
+
+def _is_negative(seed: int, stream: int, index: int, negative_fraction: float) -> bool:
+    """Whether image ``index`` shows no object. Drawn from its own generator, so the positive
+    images are the same with or without negatives."""
+    return negative_fraction > 0 and (
+        np.random.default_rng([seed, stream, index, 2]).random() < negative_fraction)
 
 
 def _write_dataset(out_dir: str | os.PathLike, stem: str, class_names: Sequence[str],
                    n_images: int, seed: int, stream: int, render: Renderer,
                    valid_fraction: float, progress: ProgressFn | None,
-                   overwrite: bool) -> DatasetPaths:
+                   overwrite: bool, background: Background | None = None,
+                   negative_fraction: float = 0.0) -> DatasetPaths:
     root = Path(os.path.abspath(os.fspath(out_dir)))
     data_path = check_output(root / f"{stem}.data", overwrite=overwrite)
     n_train = n_images - _n_valid(n_images, valid_fraction)
@@ -460,7 +478,11 @@ def _write_dataset(out_dir: str | os.PathLike, stem: str, class_names: Sequence[
     valid_images: list[Path] = []
     for index in range(n_images):
         # One generator per image: image i is the same whatever n_images is.
-        image, labels = render(np.random.default_rng([seed, stream, index]))
+        rng = np.random.default_rng([seed, stream, index])
+        if background is not None and _is_negative(seed, stream, index, negative_fraction):
+            image, labels = background(rng), []
+        else:
+            image, labels = render(rng)
         split, images = ("train", train_images) if index < n_train else ("valid", valid_images)
         image_path = root / "images" / split / f"{index:06d}.jpg"
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
@@ -494,36 +516,46 @@ def make_text_dataset(out_dir: str | os.PathLike, n_images: int, seed: int,
                       size: Size = (416, 416), photos_dir: str | os.PathLike | None = None,
                       valid_fraction: float = 0.2, photo_fraction: float = 0.75,
                       progress: ProgressFn | None = None,
-                      overwrite: bool = False, style: TextStyle = TextStyle()) -> DatasetPaths:
+                      overwrite: bool = False, style: TextStyle = TextStyle(),
+                      negative_fraction: float = 0.0) -> DatasetPaths:
     """Write a one-class ("text") Darknet dataset of text blocks to ``out_dir``.
 
     ``size`` is (width, height). Backgrounds are procedural, or, with ``photos_dir``, random
     crops of its photos for a ``photo_fraction`` of the images (the photos should not show
     text themselves: it would be unlabelled). ``progress(done, total)`` is called after each
-    image. Refuses to replace an existing ``text.data`` unless ``overwrite``."""
-    _check_options(n_images, seed, size, valid_fraction)
+    image. A ``negative_fraction`` of the images (drawn per image) show a background with no
+    text and have empty label files: a stream on which a gate can be trained and measured.
+    Refuses to replace an existing ``text.data`` unless ``overwrite``."""
+    _check_options(n_images, seed, size, valid_fraction, negative_fraction)
     photos = _list_photos(photos_dir) if photos_dir is not None else []
 
-    def render(rng: np.random.Generator) -> tuple[np.ndarray, list[Label]]:
-        background = None
+    def background(rng: np.random.Generator) -> np.ndarray | None:
         if photos and rng.random() < photo_fraction:
             photo = _load_photo(photos[int(rng.integers(0, len(photos)))])
-            background = photo_background(rng, photo, size)
-        return render_text_image(rng, size, background, style)
+            return photo_background(rng, photo, size)
+        return None
+
+    def render(rng: np.random.Generator) -> tuple[np.ndarray, list[Label]]:
+        return render_text_image(rng, size, background(rng), style)
+
+    def negative(rng: np.random.Generator) -> np.ndarray:
+        image = background(rng)
+        return procedural_background(rng, size) if image is None else image
 
     return _write_dataset(out_dir, "text", ["text"], n_images, seed, 0, render,
-                          valid_fraction, progress, overwrite)
+                          valid_fraction, progress, overwrite, negative, negative_fraction)
 
 
 def make_shapes_dataset(out_dir: str | os.PathLike, n_images: int, seed: int,
                         size: Size = (160, 160),
                         classes: Sequence[str] = ("circle", "square", "triangle"),
                         valid_fraction: float = 0.2, progress: ProgressFn | None = None,
-                        overwrite: bool = False) -> DatasetPaths:
+                        overwrite: bool = False, negative_fraction: float = 0.0) -> DatasetPaths:
     """Write a Darknet dataset of coloured filled shapes (1–3 per image) for quick tests.
 
-    ``classes`` are shape names from SHAPE_KINDS; their order gives the class ids."""
-    _check_options(n_images, seed, size, valid_fraction)
+    ``classes`` are shape names from SHAPE_KINDS; their order gives the class ids. A
+    ``negative_fraction`` of the images show only the noise background (no labels)."""
+    _check_options(n_images, seed, size, valid_fraction, negative_fraction)
     unknown = [name for name in classes if name not in SHAPE_KINDS]
     if unknown or not classes or len(set(classes)) != len(classes):
         raise UsageError(f"shape classes must be distinct names from {', '.join(SHAPE_KINDS)}; "
@@ -534,4 +566,5 @@ def make_shapes_dataset(out_dir: str | os.PathLike, n_images: int, seed: int,
         return render_shapes_image(rng, size, classes)
 
     return _write_dataset(out_dir, "shapes", classes, n_images, seed, 1, render,
-                          valid_fraction, progress, overwrite)
+                          valid_fraction, progress, overwrite,
+                          lambda rng: noise_background(rng, size), negative_fraction)

@@ -7,12 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
-import torch.nn.functional as F
-
 from netsurgery.darknet.cfg import Section
 
-from .base import BuildContext, LayerModule, LayerSpec, Shape, register
+from .base import BuildContext, LayerModule, LayerSpec, lazy_torch, register
+
+torch, nn, F = lazy_torch(globals())
 
 
 def _leaky(x):
@@ -60,16 +59,17 @@ def _relie(x):
     return torch.where(x > 0, x, 0.01 * x)
 
 
-ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+# torch's own functions are reached through a lambda: this table is built without torch.
+ACTIVATIONS: dict[str, Callable] = {
     "linear": lambda x: x,
     "leaky": _leaky,
-    "logistic": torch.sigmoid,
-    "relu": F.relu,
+    "logistic": lambda x: torch.sigmoid(x),
+    "relu": lambda x: F.relu(x),
     "relu6": lambda x: torch.clamp(x, 0, 6),
-    "mish": F.mish,
-    "swish": F.silu,
+    "mish": lambda x: F.mish(x),
+    "swish": lambda x: F.silu(x),
     "hard_mish": _hard_mish,
-    "tanh": torch.tanh,
+    "tanh": lambda x: torch.tanh(x),
     "elu": _elu,
     "selu": _selu,
     "gelu": _gelu,
@@ -96,11 +96,11 @@ def activate(name: str, x: torch.Tensor) -> torch.Tensor:
 
 
 # In-place versions: one pass over memory instead of a read pass and a write to a new tensor.
-_INPLACE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+_INPLACE: dict[str, Callable] = {
     "leaky": lambda x: F.leaky_relu_(x, 0.1),
-    "logistic": torch.sigmoid_,
-    "relu": torch.relu_,
-    "tanh": torch.tanh_,
+    "logistic": lambda x: torch.sigmoid_(x),
+    "relu": lambda x: torch.relu_(x),
+    "tanh": lambda x: torch.tanh_(x),
 }
 
 

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+import numpy as np
 
 from netsurgery.darknet.cfg import Section
 
@@ -14,13 +13,21 @@ from .base import (
     BuildContext,
     LayerModule,
     LayerSpec,
+    LazyImport,
+    ReferenceKey,
     Shape,
     WeightArray,
+    lazy_torch,
     lazy_zeros,
     positive,
     register,
 )
-from .fastconv import FOLD_SLICE, FoldScratch, PackedConv, pack_conv
+
+if TYPE_CHECKING:
+    from .fastconv import FoldScratch, PackedConv
+
+torch, nn, F = lazy_torch(globals())
+fastconv = LazyImport("netsurgery.darknet.layers.fastconv", globals(), "fastconv")
 
 # AlexeyAB folds convolution BatchNorm with eps 1e-5 (fuse_conv_batchnorm, as `detector test`
 # does); its unfolded normalize_cpu, used by [connected] and [batchnorm], adds 1e-6.
@@ -36,6 +43,9 @@ _UNSUPPORTED_CONV_OPTIONS = ("share_index", "antialiasing", "binary", "xnor", "c
 @register("convolutional")
 @dataclass(eq=False)
 class ConvSpec(LayerSpec):
+    # share_index: the layer whose kernel this one uses; -1000000000 is Darknet's "none"
+    reference_keys = (ReferenceKey("share_index", none=-1000000000),)
+
     filters: int = 1
     size: int = 1
     stride_x: int = 1
@@ -69,7 +79,9 @@ class ConvSpec(LayerSpec):
         spec.batch_normalize = bool(s.get_int("batch_normalize", 0))
         spec.activation = activation_of(s, index, "logistic")
         spec.load_scales = not s.get_int("dontloadscales", 0)
-        spec.shares_weights = s.has("share_index")
+        spec.shares_weights = bool(spec.references())
+        if spec.shares_weights:
+            ctx.resolve(s, index, "share_index", s.get_int("share_index"))
         c = spec.in_shape.c
         if c % spec.groups or spec.filters % spec.groups:
             raise spec.error(f"groups={spec.groups} must divide the input channels ({c}) and "
@@ -98,7 +110,9 @@ class ConvSpec(LayerSpec):
 
     def flops(self) -> float:
         n = self.filters * (self.in_shape.c // self.groups) * self.size * self.size
-        return 2.0 * n * self.out_shape.h * self.out_shape.w
+        flops = 2.0 * n * self.out_shape.h * self.out_shape.w
+        # Darknet counts an XNOR convolution's bit operations as 1/32 of the float ones
+        return flops / 32 if self.section.get_int("xnor", 0) else flops
 
     def describe(self) -> str:
         parts = [f"{self.filters} {self.size}x{self.size}/{self.stride_x}"]
@@ -111,7 +125,7 @@ class ConvSpec(LayerSpec):
         parts.append(("bn " if self.batch_normalize else "") + self.activation)
         return " ".join(parts)
 
-    def build(self) -> nn.Module:
+    def build(self) -> LayerModule:
         for key in _UNSUPPORTED_CONV_OPTIONS:
             if self.section.has(key) and self.section.get_str(key) not in ("0", ""):
                 raise self.error(f"option {key} is not supported by netsurgery's model", key)
@@ -177,7 +191,7 @@ class ConvModule(LayerModule):
             # float64 a slice of filters at a time: a whole-kernel float64 temporary is twice
             # the kernel (for yolov3-tiny's 1024×512×3×3, half the weights file).
             w = torch.empty_like(self.weights, memory_format=torch.channels_last)
-            step = max(1, FOLD_SLICE // max(1, self.weights[0].numel()))
+            step = max(1, fastconv.FOLD_SLICE // max(1, self.weights[0].numel()))
             for a in range(0, w.shape[0], step):
                 w[a:a + step] = self.weights[a:a + step].double().mul_(
                     factor[a:a + step].view(-1, 1, 1, 1))
@@ -200,7 +214,7 @@ class ConvModule(LayerModule):
             weight, bias = self.weights, self.biases
             if scratch is not None and not weight.is_contiguous(memory_format=torch.channels_last):
                 weight = scratch.kernel(weight.shape).copy_(weight)  # see fold: no reorder copy
-        self.packed = pack_conv(weight, bias, self.stride, self.pad, self.dilation, self.groups,
+        self.packed = fastconv.pack_conv(weight, bias, self.stride, self.pad, self.dilation, self.groups,
                                 self.activation, self.in_chw)
         if self.packed is not None:
             self.folded = None
@@ -265,8 +279,18 @@ class ConnectedSpec(LayerSpec):
                        for n in ("scales", "rolling_mean", "rolling_variance")]
         return arrays
 
+    def to_module_layout(self, name: str, array: np.ndarray, transposed: bool) -> np.ndarray:
+        # a transposed file stores the matrix (inputs, outputs); the module keeps
+        # (outputs, inputs) like a file that is not
+        return array.T if transposed and name == "weights" and array.ndim == 2 else array
+
+    def to_file_layout(self, name: str, array: np.ndarray, transposed: bool) -> np.ndarray:
+        return self.to_module_layout(name, array, transposed)  # a transposition is its inverse
+
     def flops(self) -> float:
-        return 2.0 * self.in_shape.numel * self.outputs
+        """0: Darknet's make_connected_layer never sets ``bflops``, so its Total BFLOPS leaves
+        [connected] out (alexnet: 2.154, not 2.272 with the 0.117 of its three layers)."""
+        return 0.0
 
     def describe(self) -> str:
         return f"{self.in_shape.numel} -> {self.outputs} " + \

@@ -3,13 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 from netsurgery.darknet.cfg import Section
 
-from .base import BuildContext, LayerModule, LayerSpec, Shape, positive, register
+from .base import BuildContext, LayerModule, LayerSpec, Shape, lazy_torch, positive, register
+
+torch, nn, F = lazy_torch(globals())
 
 
 @dataclass(eq=False)
@@ -73,7 +71,7 @@ class _WindowPoolModule(LayerModule):
 @register("maxpool")
 @dataclass(eq=False)
 class MaxPoolSpec(_WindowPoolSpec):
-    def build(self) -> nn.Module:
+    def build(self) -> LayerModule:
         for key in ("maxpool_depth", "antialiasing"):
             if self.section.get_int(key, 0):
                 raise self.error(f"option {key} is not supported by netsurgery's model", key)
@@ -90,7 +88,7 @@ class MaxPoolModule(_WindowPoolModule):
 @register("local_avgpool")
 @dataclass(eq=False)
 class LocalAvgPoolSpec(_WindowPoolSpec):
-    def build(self) -> nn.Module:
+    def build(self) -> LayerModule:
         return LocalAvgPoolModule(self)
 
 
@@ -116,7 +114,7 @@ class AvgPoolSpec(LayerSpec):
         spec.out_shape = Shape(spec.in_shape.c, 1, 1)
         return spec
 
-    def build(self) -> nn.Module:
+    def build(self) -> LayerModule:
         return AvgPoolModule(self)
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from netsurgery.darknet.cfg import Section
 
-from .base import BuildContext, LayerModule, LayerSpec, Shape, positive, register
+from .base import BuildContext, LayerModule, LayerSpec, Shape, lazy_torch, positive, register
+
+torch, nn, F = lazy_torch(globals())
 
 
 @register("upsample")
@@ -43,7 +42,7 @@ class UpsampleSpec(LayerSpec):
     def describe(self) -> str:
         return f"{'/' if self.reverse else 'x'}{self.stride}"
 
-    def build(self) -> nn.Module:
+    def build(self) -> LayerModule:
         if self.reverse:
             raise self.error("negative stride (downsampling upsample) is not supported by "
                              "netsurgery's model", "stride")
@@ -107,7 +106,7 @@ class _ReorgSpec(LayerSpec):
     def describe(self) -> str:
         return f"/{self.stride}" + (" reverse" if self.reverse else "")
 
-    def build(self) -> nn.Module:
+    def build(self) -> LayerModule:
         return ReorgModule(self, self.gather_index())
 
 
@@ -155,7 +154,7 @@ class _IdentitySpec(LayerSpec):
         spec.out_shape = spec.in_shape
         return spec
 
-    def build(self) -> nn.Module:
+    def build(self) -> LayerModule:
         return IdentityModule(self)
 
 
@@ -202,7 +201,7 @@ class SoftmaxSpec(LayerSpec):
         spec.out_shape = Shape(spec.in_shape.numel, 1, 1)
         return spec
 
-    def build(self) -> nn.Module:
+    def build(self) -> LayerModule:
         return SoftmaxModule(self)
 
 

@@ -3,18 +3,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-from torch import nn
-
 from netsurgery.darknet.cfg import Section
 
 from .activation import activate, activate_, activation_of
-from .base import BuildContext, LayerModule, LayerSpec, Shape, WeightArray, positive, register
+from .base import (
+    BuildContext,
+    LayerModule,
+    LayerSpec,
+    ReferenceKey,
+    Shape,
+    WeightArray,
+    lazy_torch,
+    positive,
+    register,
+)
+
+torch, nn, F = lazy_torch(globals())
 
 
 @register("route")
 @dataclass(eq=False)
 class RouteSpec(LayerSpec):
+    reference_keys = (ReferenceKey("layers", many=True),)
+
     layers: list[int] = field(default_factory=list)  # absolute indices
     groups: int = 1
     group_id: int = 0
@@ -52,7 +63,7 @@ class RouteSpec(LayerSpec):
         text = " ".join(str(i) for i in self.layers)
         return text + (f" g{self.group_id}/{self.groups}" if self.groups > 1 else "")
 
-    def build(self) -> nn.Module:
+    def build(self) -> LayerModule:
         return RouteModule(self)
 
 
@@ -76,6 +87,8 @@ _NORMALIZATIONS = ("none", "relu", "softmax")
 @register("shortcut")
 @dataclass(eq=False)
 class ShortcutSpec(LayerSpec):
+    reference_keys = (ReferenceKey("from", many=True),)
+
     sources_: list[int] = field(default_factory=list)
     activation: str = "linear"
     weights_type: str = "none"
@@ -119,7 +132,7 @@ class ShortcutSpec(LayerSpec):
         return " ".join(str(i) for i in self.sources_) + (
             f" {self.activation}" if self.activation != "linear" else "")
 
-    def build(self) -> nn.Module:
+    def build(self) -> LayerModule:
         return ShortcutModule(self)
 
 
@@ -185,25 +198,27 @@ class ShortcutModule(LayerModule):
         return activate_(self.activation, x)
 
 
-@register("sam")
 @dataclass(eq=False)
-class SamSpec(LayerSpec):
-    """Spatial attention: previous × from (element-wise), then the activation."""
+class _ProductSpec(LayerSpec):
+    """from-layer × previous layer (element-wise, broadcast), then the activation; the output
+    has the from-layer's shape. Subclasses check the shapes."""
+
+    reference_keys = (ReferenceKey("from"),)
 
     source: int = 0
     activation: str = "linear"
 
     @classmethod
-    def parse(cls, index: int, section: Section, ctx: BuildContext) -> "SamSpec":
+    def parse(cls, index: int, section: Section, ctx: BuildContext) -> "_ProductSpec":
         spec = cls(index, section, ctx.shape_of(index - 1))
         spec.source = ctx.resolve(section, index, "from", section.get_int("from"))
         spec.activation = activation_of(section, index, "linear")
-        src = ctx.shape_of(spec.source)
-        if src != spec.in_shape:
-            raise spec.error(f"from layer {spec.source} is {src}, previous layer is "
-                             f"{spec.in_shape}: sam needs equal shapes", "from")
-        spec.out_shape = src
+        spec.out_shape = ctx.shape_of(spec.source)
+        spec.check_shapes()
         return spec
+
+    def check_shapes(self) -> None:
+        raise NotImplementedError
 
     def sources(self) -> list[int]:
         return [self.source]
@@ -211,58 +226,42 @@ class SamSpec(LayerSpec):
     def describe(self) -> str:
         return str(self.source)
 
-    def build(self) -> nn.Module:
-        return SamModule(self)
+    def build(self) -> LayerModule:
+        return ProductModule(self)
 
 
-class SamModule(LayerModule):
-    def __init__(self, spec: SamSpec):
+class ProductModule(LayerModule):
+    def __init__(self, spec: _ProductSpec):
         super().__init__(spec)
         self.activation = spec.activation
 
     def forward(self, x, outputs):
         return activate(self.activation, outputs[self.sources[0]] * x)
+
+
+@register("sam")
+@dataclass(eq=False)
+class SamSpec(_ProductSpec):
+    """Spatial attention: previous × from, both of one shape."""
+
+    def check_shapes(self) -> None:
+        if self.out_shape != self.in_shape:
+            raise self.error(f"from layer {self.source} is {self.out_shape}, previous layer is "
+                             f"{self.in_shape}: sam needs equal shapes", "from")
 
 
 @register("scale_channels")
 @dataclass(eq=False)
-class ScaleChannelsSpec(LayerSpec):
-    """from-layer × previous, the previous being C×1×1 (or 1×H×W with scale_wh=1)."""
+class ScaleChannelsSpec(_ProductSpec):
+    """from × previous, the previous being C×1×1 (or 1×H×W with scale_wh=1)."""
 
-    source: int = 0
-    activation: str = "linear"
     scale_wh: bool = False
 
-    @classmethod
-    def parse(cls, index: int, section: Section, ctx: BuildContext) -> "ScaleChannelsSpec":
-        spec = cls(index, section, ctx.shape_of(index - 1))
-        spec.source = ctx.resolve(section, index, "from", section.get_int("from"))
-        spec.activation = activation_of(section, index, "linear")
-        spec.scale_wh = bool(section.get_int("scale_wh", 0))
-        src = ctx.shape_of(spec.source)
-        prev = spec.in_shape
-        ok = (prev.c == 1 and (prev.h, prev.w) == (src.h, src.w)) if spec.scale_wh else \
+    def check_shapes(self) -> None:
+        self.scale_wh = bool(self.section.get_int("scale_wh", 0))
+        src, prev = self.out_shape, self.in_shape
+        ok = (prev.c == 1 and (prev.h, prev.w) == (src.h, src.w)) if self.scale_wh else \
             (prev.c == src.c and prev.h == 1 and prev.w == 1)
         if not ok:
-            raise spec.error(f"previous layer is {prev}, from layer {spec.source} is {src}: "
+            raise self.error(f"previous layer is {prev}, from layer {self.source} is {src}: "
                              "expected a C×1×1 scale (1×H×W with scale_wh=1)", "from")
-        spec.out_shape = src
-        return spec
-
-    def sources(self) -> list[int]:
-        return [self.source]
-
-    def describe(self) -> str:
-        return str(self.source)
-
-    def build(self) -> nn.Module:
-        return ScaleChannelsModule(self)
-
-
-class ScaleChannelsModule(LayerModule):
-    def __init__(self, spec: ScaleChannelsSpec):
-        super().__init__(spec)
-        self.activation = spec.activation
-
-    def forward(self, x, outputs):
-        return activate(self.activation, outputs[self.sources[0]] * x)
