@@ -22,6 +22,7 @@ from netsurgery.analysis.tails import load_lists, load_task
 from netsurgery.cli.app import run
 from netsurgery.cli.eval import _data_by_head
 from netsurgery.darknet.cfg import load_cfg, parse_cfg_text
+from netsurgery.darknet.memory import check_fits
 from netsurgery.darknet.model import load_model
 from netsurgery.darknet.network import build_network
 from netsurgery.darknet.weights import (
@@ -37,7 +38,6 @@ from netsurgery.detection.evaluate import evaluate_model
 from netsurgery.detection.image import load_image
 from netsurgery.errors import NetsurgeryError
 from netsurgery.fileio import atomic_write_text, check_output, check_outputs, read_input_bytes
-from netsurgery.memory import check_fits
 from netsurgery.surgery.gates import Gate, calibrate_threshold, check_gate_target
 from netsurgery.surgery.heads import check_heads, load_heads, parse_heads
 from netsurgery.surgery.merge import TaskInput, merge, merge_files, parse_task_option, split

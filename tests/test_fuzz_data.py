@@ -60,7 +60,7 @@ def _read(reader, name: str, content: bytes):
             _located(exc, path)
             match = re.match(re.escape(str(path)) + r":(\d+):", str(exc))
             if match:
-                assert 1 <= int(match.group(1)) <= content.count(b"\n") + 1
+                assert 1 <= int(match.group(1)) <= len(re.split(rb"\r\n|\r|\n", content))
             return None
 
 
@@ -114,7 +114,7 @@ def test_any_label_file_gives_valid_labels_and_located_issues(content, n_classes
     for label in labels:
         assert isinstance(label, Label) and 0 <= label.class_id < n_classes
         assert 0 < label.w <= 1 and 0 < label.h <= 1 and 0 <= label.cx <= 1 and 0 <= label.cy <= 1
-    n_lines = len(content.decode("utf-8", "replace").splitlines())
+    n_lines = len(re.split(r"\r\n|\r|\n", content.decode("utf-8", "replace")))
     for issue in issues:
         assert issue.file == path
         assert issue.line is None or 1 <= issue.line <= max(n_lines, 1)

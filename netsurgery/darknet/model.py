@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from netsurgery.errors import NetsurgeryError
-from netsurgery.memory import check_fits
 
 from .cfg import Cfg
 from .layers.fastconv import FoldScratch, release_free_memory
+from .memory import check_fits
 from .network import Network, build_network
 from .weights import WeightsFile, WeightsHeader, read_arrays_into
 from .weights import load_weights as read_weights_file

@@ -108,6 +108,9 @@ def _resolve_path(raw: str, file_dir: Path) -> ResolvedPath:
     return ResolvedPath(raw, cwd_path, "missing")
 
 
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
 def _read_text_lines(path: Path, what: str) -> list[str]:
     """Lines of a text file without line ends; DataError when it cannot be read or is binary
     (a NUL byte), and UsageError for a pipe or device (reading it could block forever)."""
@@ -124,7 +127,9 @@ def _read_text_lines(path: Path, what: str) -> list[str]:
         raise DataError(f"{path}:{line}: binary data (NUL byte): expected a {what} (text)")
     # utf-8-sig: lists written by Windows editors often start with a BOM.
     # surrogateescape: keep non-UTF-8 file names byte-exact.
-    return data.decode("utf-8-sig", "surrogateescape").splitlines()
+    # Lines end at LF, CR LF or CR, as editors (and the cfg reader) count them; splitlines()
+    # would also split at \v, \f and \x1c-\x1e, which Darknet's fgetl does not.
+    return _LINE_END.split(data.decode("utf-8-sig", "surrogateescape"))
 
 
 def load_data_file(path: str | os.PathLike) -> DataFile:
@@ -347,7 +352,7 @@ def parse_label_file(label_file: str | os.PathLike,
                                IssueKind.UNREADABLE)]
     labels: list[Label] = []
     issues: list[LabelIssue] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(_LINE_END.split(text), start=1):
         if not line.strip():
             continue
         parsed = _parse_label_line(file, number, line, n_classes)
