@@ -333,6 +333,8 @@ def plot_loss(iterations: Sequence[int], losses: Sequence[float],
     ax.set_ylabel("loss per image")
     ax.grid(True, alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 # -- suggest-k: predicted mAP and savings against k -------------------------------------------
