@@ -102,6 +102,49 @@ def _progress_printer(log: Callable[[str], None], every: int = 25):
     return show
 
 
+def _make_text_task(out: Path, settings: DemoSettings, base_cfg: Path):
+    """Step 2: the synthetic text dataset and its task cfg (the base cfg with a text head)."""
+    from .training.synth import TextStyle, make_text_dataset
+
+    n_images = int(round(settings.train_images / 0.8))
+    # text lines and short blocks of readable size: a task a frozen COCO trunk can learn in
+    # a few CPU minutes
+    style = TextStyle(lines=(1, 2), text_height=(0.05, 0.1), blocks=(1, 3))
+    dataset = make_text_dataset(out / "text-data", n_images, settings.seed,
+                                (settings.size, settings.size), overwrite=True, style=style)
+    task_cfg = _text_task_cfg(base_cfg, dataset, out / "text.cfg", settings, settings.iterations)
+    return dataset, task_cfg
+
+
+def _retrain(out: Path, settings: DemoSettings, base, dataset, task_cfg: Path,
+             log: Callable[[str], None]):
+    """Step 3: retrain layers k+1.. on the text task with layers 0..k frozen."""
+    from .training.config import TrainConfig
+    from .training.train import train
+
+    config = TrainConfig(task_cfg, base.weights, dataset.data, out / "train",
+                         freeze_until=settings.k, iterations=settings.iterations,
+                         batch=settings.batch, seed=settings.seed, base_cfg=base.cfg,
+                         overwrite=True, validate=False,
+                         # yolov3-tiny.cfg says random=1; multi-scale measured no better
+                         # here (text mAP 54.4 % vs 54.5 %) at a third more time: the demo
+                         # stays at 416
+                         multi_scale=False)
+    return train(config, log=lambda m: log("   " + m), progress=_progress_printer(log))
+
+
+def _base_head_identical(merged, base_alone, sample: Path, width: int, height: int) -> bool:
+    """The merged network's base head gives bit-identical outputs to the base model alone."""
+    from .detection.image import preprocess
+
+    x, _ = preprocess(sample, width, height, False)
+    xt = torch.from_numpy(x)[None]
+    with torch.inference_mode():
+        merged_out = merged(xt, heads=["coco"])["coco"]
+        alone_out = base_alone(xt)
+    return all(torch.equal(a, b) for a, b in zip(merged_out, alone_out))
+
+
 def run_demo(out_dir: str | os.PathLike = "demo", k: int | None = None, quick: bool = False,
              weights_dir: str | os.PathLike = "weights",
              log: Callable[[str], None] = print) -> DemoResult:
@@ -118,9 +161,6 @@ def run_demo(out_dir: str | os.PathLike = "demo", k: int | None = None, quick: b
     from .surgery.merge import TaskInput, merge, write_merged
     from .surgery.multihead import MergedModel
     from .surgery.weighted import load_weighted
-    from .training.synth import TextStyle, make_text_dataset
-    from .training.config import TrainConfig
-    from .training.train import train
 
     t0 = time.perf_counter()
     settings = QUICK if quick else DemoSettings()
@@ -137,25 +177,10 @@ def run_demo(out_dir: str | os.PathLike = "demo", k: int | None = None, quick: b
         raise UsageError(f"--k {settings.k}: expected 0..{len(base_net.layers) - 2}")
 
     log(f"2/7 rendering {settings.train_images} text images")
-    n_images = int(round(settings.train_images / 0.8))
-    # text lines and short blocks of readable size: a task a frozen COCO trunk can learn in
-    # a few CPU minutes
-    style = TextStyle(lines=(1, 2), text_height=(0.05, 0.1), blocks=(1, 3))
-    dataset = make_text_dataset(out / "text-data", n_images, settings.seed,
-                                (settings.size, settings.size), overwrite=True, style=style)
-    task_cfg = _text_task_cfg(base.cfg, dataset, out / "text.cfg", settings, settings.iterations)
+    dataset, task_cfg = _make_text_task(out, settings, base.cfg)
 
     log(f"3/7 retraining layers {settings.k + 1}.. on text (layers 0..{settings.k} frozen)")
-    train_dir = out / "train"
-    config = TrainConfig(task_cfg, base.weights, dataset.data, train_dir,
-                         freeze_until=settings.k, iterations=settings.iterations,
-                         batch=settings.batch, seed=settings.seed, base_cfg=base.cfg,
-                         overwrite=True, validate=False,
-                         # yolov3-tiny.cfg says random=1; multi-scale measured no better
-                         # here (text mAP 54.4 % vs 54.5 %) at a third more time: the demo
-                         # stays at 416
-                         multi_scale=False)
-    result = train(config, log=lambda m: log("   " + m), progress=_progress_printer(log))
+    result = _retrain(out, settings, base, dataset, task_cfg, log)
     text_cfg, text_weights = result.cfg_path, result.final_weights
 
     log("4/7 diff base vs text model")
@@ -178,15 +203,8 @@ def run_demo(out_dir: str | os.PathLike = "demo", k: int | None = None, quick: b
     detections = detect_images(mm.model, [sample], head_infos)
     draw(sample, detections.records, out / "sample_detections.jpg", show_head=True)
     files["detections"] = "sample_detections.jpg"
-    base_alone = load_model(base.cfg, base.weights, inference=True)
-    from .detection.image import preprocess
-
-    x, _ = preprocess(sample, base_net.net.width, base_net.net.height, False)
-    xt = torch.from_numpy(x)[None]
-    with torch.inference_mode():
-        merged_out = mm(xt, heads=["coco"])["coco"]
-        alone_out = base_alone(xt)
-    identical = all(torch.equal(a, b) for a, b in zip(merged_out, alone_out))
+    identical = _base_head_identical(mm, load_model(base.cfg, base.weights, inference=True),
+                                     sample, base_net.net.width, base_net.net.height)
     timing = time_merged(mm.model, heads, 5)
     merged_ms, separate_ms = timing.merged.median_ms, timing.separate_ms
 

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from netsurgery.analysis import diff as diff_module
+from netsurgery.analysis import tensorstats
 from netsurgery.analysis.diff import (
     EPSILON,
     diff_many,
@@ -183,6 +183,47 @@ def test_cli_outputs(pair, capsys):
     assert "<svg" in text and "layer index (Darknet)" in text
 
 
+def test_cli_arrays_draws_one_panel_per_array(pair, capsys, tmp_path):
+    """--arrays: one panel per array, the BatchNorm ones included; a BatchNorm array that
+    changed gets boxes, one that did not says so (issue 21)."""
+    folder, _ = pair
+    base_net = build_network(folder / "base.cfg")
+    wf = load_weights(folder / "base.weights", base_net.layers)
+    arrays = {i: {k: np.array(v) for k, v in a.items()} for i, a in layer_arrays(wf).items()}
+    arrays[13]["rolling_mean"] = arrays[13]["rolling_mean"] * np.float32(2.0)
+    save_weights(tmp_path / "bn.weights", wf.header, base_net.layers, arrays)
+    shutil.copy(folder / "base.cfg", tmp_path / "bn.cfg")
+    svg, png = tmp_path / "a.svg", tmp_path / "a.png"
+    every = "weights,biases,scales,rolling_mean,rolling_variance"
+    for chart in (svg, png):
+        rc = run(["diff", str(folder / "base.weights"), str(tmp_path / "bn.weights"),
+                  "--plot", str(chart), "--arrays", every])
+        assert rc == 0, capsys.readouterr().err
+    text = svg.read_text()
+    titles = ["kernels (weights)", "biases", "BatchNorm scales", "BatchNorm rolling mean",
+              "BatchNorm rolling variance"]
+    for title in titles:
+        assert f"<!-- {title} -->" in text, title
+    assert text.count("<!-- layer index (Darknet) -->") == 5  # one x label per panel
+    assert "<!-- no changed BatchNorm scales -->" in text
+    assert "<!-- no changed BatchNorm rolling mean -->" not in text  # layer 13 changed
+    import matplotlib.image
+
+    assert matplotlib.image.imread(png).shape[:2] == (1600, 1000)  # 5 panels x 3.2 in
+
+    rc = run(["diff", str(folder / "base.weights"), str(tmp_path / "bn.weights"),
+              "--plot", str(svg), "--overwrite", "--arrays", "rolling_mean"])
+    assert rc == 0
+    text = svg.read_text()
+    assert "<!-- BatchNorm rolling mean -->" in text and "<!-- biases -->" not in text
+    assert text.count("<!-- layer index (Darknet) -->") == 1
+    line = _one_line_error(capsys, ["diff", str(folder / "base.weights"),
+                                    str(tmp_path / "bn.weights"), "--plot",
+                                    str(tmp_path / "b.png"), "--arrays", "weights,means"])
+    assert "--arrays weights,means: expected one or more of weights,biases,scales," in line
+    assert not (tmp_path / "b.png").exists()
+
+
 def test_cli_several_tasks(pair, capsys, tmp_path):
     folder, _ = pair
     same = tmp_path / "same.weights"  # no same.cfg: falls back to the base cfg
@@ -327,7 +368,7 @@ def _reference(base, task):
 def test_large_tensor_quantiles_are_exact(kind):
     """Tensors above the bracketing threshold: the sampled brackets give numpy's quantiles."""
     rng = np.random.default_rng(3)
-    n = diff_module._BRACKET_MIN + 12_345
+    n = tensorstats._BRACKET_MIN + 12_345
     base = (0.02 * rng.standard_normal(n)).astype(np.float32)
     if kind == "noise":
         task = base + 0.1 * np.abs(base) * rng.standard_normal(n).astype(np.float32)
@@ -346,13 +387,13 @@ def test_large_tensor_quantiles_are_exact(kind):
 
 def test_missed_brackets_fall_back_to_the_exact_partition(monkeypatch):
     rng = np.random.default_rng(4)
-    n = diff_module._BRACKET_MIN + 1
+    n = tensorstats._BRACKET_MIN + 1
     base = rng.standard_normal(n).astype(np.float32)
     task = base + rng.standard_normal(n).astype(np.float32)
     lut = np.zeros(1 << 16, bool)
     lut[0x3000] = True  # a range that holds none of the wanted ranks
-    wrong = diff_module._Brackets(lut, [0x3000 << 16], [(0x3001 << 16) - 1])
-    monkeypatch.setattr(diff_module, "_sample_brackets", lambda b, t: wrong)
+    wrong = tensorstats._Brackets(lut, [0x3000 << 16], [(0x3001 << 16) - 1])
+    monkeypatch.setattr(tensorstats, "_sample_brackets", lambda b, t: wrong)
     got = tensor_diff("w", base, task)
     np.testing.assert_allclose(list(got.quantiles.as_dict().values()), _reference(base, task),
                                rtol=1e-6, atol=0)
@@ -374,7 +415,7 @@ def test_diff_many_and_csv(pair, tmp_path):
 
 
 def test_nonfinite_weights_take_the_exact_path():
-    n = diff_module._BRACKET_MIN + 3
+    n = tensorstats._BRACKET_MIN + 3
     base = np.linspace(1.0, 2.0, n, dtype=np.float32)
     assert tensor_diff("w", base, base.copy()).identical
     nan = base.copy()
@@ -392,5 +433,5 @@ def test_order_statistics_pairs_and_runs():
     u = rng.integers(0, 40, 1000).astype(np.uint32)  # many ties
     expected = np.sort(u)
     for ranks in ([0, 1], [10, 11, 500, 501, 998, 999], [3, 4, 5, 900], [999]):
-        got = diff_module._order_statistics(u.copy(), ranks)
+        got = tensorstats._order_statistics(u.copy(), ranks)
         assert got == {r: int(expected[r]) for r in ranks}

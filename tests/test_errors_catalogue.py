@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from netsurgery import errors as errors_module
+from netsurgery.analysis.plots import check_arrays
 from netsurgery.analysis.suggest import check_candidates, load_sweep_maps, suggest_k
 from netsurgery.analysis.tails import load_lists, load_task
 from netsurgery.cli.app import run
@@ -404,6 +405,8 @@ produces("E-LABEL-OUT-OF-RANGE")(
 
 
 # -- inputs, memory, detection, evaluation, task cfgs (issue 19) -------------------------------
+produces("E-CHART-ARRAYS")(lambda tmp: check_arrays(["weights", "means"]))
+produces("E-CHART-ARRAYS")(lambda tmp: check_arrays(["biases", "biases"]))
 produces("E-OUT-TWICE")(lambda tmp: check_outputs([tmp / "a.json", tmp / "x" / ".." / "a.json"]))
 produces("E-IN-NOT-REGULAR")(lambda tmp: load_cfg("/dev/zero"))
 produces("E-IN-NOT-REGULAR")(lambda tmp: load_weights("/dev/null", tiny_layers()))

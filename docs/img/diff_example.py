@@ -2,6 +2,8 @@
 layers 0..8 are the base's and whose layers 10.. moved by additive noise of 5 % of each
 layer's mean |weight| (a retrained tail; the two 255-filter head convolutions are new, 18
 filters). Elements of the base near zero get huge relative changes, as in a real retraining.
+The chart has all five panels (``diff --arrays weights,biases,scales,rolling_mean,
+rolling_variance``).
 
     PYTHONPATH=. python docs/img/diff_example.py /work/shared/models/yolov3-tiny.weights /tmp/logo
 """
@@ -47,7 +49,9 @@ def main(base_weights: str, work: str) -> None:
                 .astype(np.float32) for k, v in old.items()}
     save_weights(work_dir / "logo.weights", base.header, task_layers, arrays)
     (report,) = diff_many(base_cfg, base_weights, [(task_cfg, work_dir / "logo.weights")])
-    chart = plot_diff(report, ROOT / "docs" / "img" / "diff-example.png", marks=[8])
+    chart = plot_diff(report, ROOT / "docs" / "img" / "diff-example.png", marks=[8],
+                      arrays=("weights", "biases", "scales", "rolling_mean",
+                              "rolling_variance"))
     print(f"wrote {chart.path}")
 
 

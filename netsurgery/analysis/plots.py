@@ -48,15 +48,30 @@ def _save(fig: Figure, path: str | os.PathLike) -> Chart:
 
 
 # -- relative weight differences (netsurgery diff) -----------------------------------------
-DIFF_PANELS = (("weights", "kernels (weights)"), ("biases", "biases"))
+# The arrays a diff chart can show, one panel each, with the panel titles
+DIFF_ARRAYS = {"weights": "kernels (weights)", "biases": "biases",
+               "scales": "BatchNorm scales", "rolling_mean": "BatchNorm rolling mean",
+               "rolling_variance": "BatchNorm rolling variance"}
+DEFAULT_DIFF_ARRAYS = ("weights", "biases")
 Y_LABEL = "relative difference |Δ|/|base|"
 X_LABEL = "layer index (Darknet)"
 
 
-def _diff_figure(n_layers: int) -> Figure:
+def check_arrays(arrays: Sequence[str]) -> list[str]:
+    """The arrays asked for (``--arrays``), each known to the diff chart, none twice."""
+    arrays = list(arrays)
+    unknown = [a for a in arrays if a not in DIFF_ARRAYS]
+    if unknown or not arrays or len(set(arrays)) < len(arrays):
+        raise UsageError(f"--arrays {','.join(arrays)}: expected one or more of "
+                         f"{','.join(DIFF_ARRAYS)}, each once")
+    return arrays
+
+
+def _diff_axes(n_layers: int, n_panels: int) -> tuple[Figure, list]:
+    """The figure and one axes per panel, stacked, sharing the layer axis."""
     width = min(40.0, max(10.0, 0.11 * n_layers))
-    fig = Figure(figsize=(width, 8.0), dpi=DPI, layout="constrained")
-    return fig
+    fig = Figure(figsize=(width, max(8.0, 3.2 * n_panels)), dpi=DPI, layout="constrained")
+    return fig, list(fig.subplots(n_panels, 1, sharex=True, squeeze=False)[:, 0])
 
 
 # The body of a box (p25..p95 and the mean) decides the scale; the maxima of a few elements
@@ -156,73 +171,94 @@ def _skipped_labels(report: DiffReport) -> dict[int, str]:
 
 
 def plot_diff(report: DiffReport, path: str | os.PathLike, log_y: bool | None = None,
-              marks: Sequence[int] = (), title: str | None = None) -> Chart:
-    """Two panels (kernels, biases): per layer a box from the quantiles of |Δ|/(|base|+ε)
-    (p25–p75 box, median line, whisker to p95, max as an outlier marker), the mean
-    mean|Δ|/mean|base| as a diamond, bit-identical layers as ticks on the x axis, skipped
-    layers as grey bands, ``marks`` as dashed lines. Written to ``path`` (.png or .svg).
+              marks: Sequence[int] = (), title: str | None = None,
+              arrays: Sequence[str] = DEFAULT_DIFF_ARRAYS) -> Chart:
+    """One panel per array of ``arrays`` (default kernels and biases; also ``scales``,
+    ``rolling_mean``, ``rolling_variance``: see :data:`DIFF_ARRAYS`): per layer a box from
+    the quantiles of |Δ|/(|base|+ε) (p25–p75 box, median line, whisker to p95, max as an
+    outlier marker), the mean mean|Δ|/mean|base| as a diamond, bit-identical layers as ticks
+    on the x axis, skipped layers as grey bands, ``marks`` as dashed lines. Written to
+    ``path`` (.png or .svg).
 
     The y axis of each panel follows :func:`choose_scale` (``log_y`` True/False forces log
     or linear): linear axes end above the whiskers and means, and maxima beyond are drawn on
     the top edge with their value."""
     chart_format(path)
+    arrays = check_arrays(arrays)
     n = report.summary.n_layers
     marks = check_marks(marks, n)
-    fig = _diff_figure(n)
-    axes = fig.subplots(2, 1, sharex=True)
+    fig, axes = _diff_axes(n, len(arrays))
     fig.suptitle(title or f"Relative difference per layer: {report.task_name} vs base "
                           f"{report.base_name}")
     skipped = _skipped_labels(report)
-    for ax, (tensor, label) in zip(axes, DIFF_PANELS):
-        stats, positions, identical = [], [], []
-        for layer in report.layers:
-            t = layer.tensors.get(tensor)
-            if t is None:
-                continue
-            if t.identical:
-                identical.append(layer.index)
-                continue
-            q = t.quantiles
-            stats.append({"med": q.median, "q1": q.p25, "q3": q.p75, "whislo": q.p25,
-                          "whishi": q.p95, "fliers": [q.max], "mean": t.rel_mean_abs})
-            positions.append(layer.index)
-        if stats:
-            ax.bxp(stats, positions=positions, widths=0.6, showmeans=True, showfliers=True,
-                   manage_ticks=False, patch_artist=True,
-                   boxprops={"facecolor": "tab:blue", "alpha": 0.35, "linewidth": 0.8},
-                   medianprops={"color": "tab:blue", "linewidth": 1.2},
-                   whiskerprops={"linewidth": 0.8}, capprops={"linewidth": 0.8},
-                   flierprops={"marker": "^", "markersize": 3, "markerfacecolor": "black",
-                               "markeredgecolor": "black"},
-                   meanprops={"marker": "D", "markersize": 3, "markerfacecolor": "tab:orange",
-                              "markeredgecolor": "tab:orange"})
-        else:
-            ax.text(0.5, 0.5, f"no changed {label}", transform=ax.transAxes, ha="center",
-                    color="0.4")
-        bottom = blended_transform_factory(ax.transData, ax.transAxes)
-        if identical:
-            ax.plot(identical, [0.0] * len(identical), linestyle="none", marker="|",
-                    markersize=12, color="tab:green", transform=bottom, clip_on=False)
-        handles = [Patch(facecolor="tab:blue", alpha=0.35, label="p25–p75"),
-                   Line2D([], [], color="tab:blue", label="median"),
-                   Line2D([], [], color="black", linewidth=0.8, label="whisker to p95"),
-                   Line2D([], [], linestyle="none", marker="^", color="black", markersize=4,
-                          label="max"),
-                   Line2D([], [], linestyle="none", marker="D", color="tab:orange",
-                          markersize=4, label="mean|Δ|/mean|base|"),
-                   Line2D([], [], linestyle="none", marker="|", color="tab:green",
-                          markersize=10, label="bit-identical")]
-        scale = choose_scale([v for st in stats for v in (st["q1"], st["med"], st["q3"],
-                                                          st["whishi"], st["mean"])],
-                             log_y)
-        _apply_scale(ax, scale, [(x, st["fliers"][0]) for x, st in zip(positions, stats)])
-        handles += _decorate(ax, n, skipped, marks, label)
-        if scale.top is not None and any(st["fliers"][0] > scale.top for st in stats):
-            handles.append(Line2D([], [], linestyle="none", marker="^", markersize=5,
-                                  markerfacecolor="white", markeredgecolor="black",
-                                  label="max beyond the axis (value)"))
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7)
+    for ax, tensor in zip(axes, arrays):
+        beyond = _box_panel(ax, report, tensor, log_y)
+        handles = _box_handles() + _decorate(ax, n, skipped, marks, DIFF_ARRAYS[tensor])
+        ax.legend(handles=handles + beyond, loc="upper left", bbox_to_anchor=(1.005, 1.0),
+                  fontsize=7)
     return _save(fig, path)
+
+
+def _box_stats(report: DiffReport, tensor: str) -> tuple[list[dict], list[int], list[int]]:
+    """Matplotlib box statistics of the changed layers of one array, their layer indices,
+    and the indices of the layers where that array is bit-identical."""
+    stats, positions, identical = [], [], []
+    for layer in report.layers:
+        t = layer.tensors.get(tensor)
+        if t is None:
+            continue
+        if t.identical:
+            identical.append(layer.index)
+            continue
+        q = t.quantiles
+        stats.append({"med": q.median, "q1": q.p25, "q3": q.p75, "whislo": q.p25,
+                      "whishi": q.p95, "fliers": [q.max], "mean": t.rel_mean_abs})
+        positions.append(layer.index)
+    return stats, positions, identical
+
+
+def _box_panel(ax, report: DiffReport, tensor: str, log_y: bool | None) -> list:
+    """One array's boxes per layer, its bit-identical ticks and its y scale; returns the
+    legend entry for maxima drawn on the top edge, if any."""
+    stats, positions, identical = _box_stats(report, tensor)
+    if stats:
+        ax.bxp(stats, positions=positions, widths=0.6, showmeans=True, showfliers=True,
+               manage_ticks=False, patch_artist=True,
+               boxprops={"facecolor": "tab:blue", "alpha": 0.35, "linewidth": 0.8},
+               medianprops={"color": "tab:blue", "linewidth": 1.2},
+               whiskerprops={"linewidth": 0.8}, capprops={"linewidth": 0.8},
+               flierprops={"marker": "^", "markersize": 3, "markerfacecolor": "black",
+                           "markeredgecolor": "black"},
+               meanprops={"marker": "D", "markersize": 3, "markerfacecolor": "tab:orange",
+                          "markeredgecolor": "tab:orange"})
+    else:
+        ax.text(0.5, 0.5, f"no changed {DIFF_ARRAYS[tensor]}", transform=ax.transAxes,
+                ha="center", color="0.4")
+    bottom = blended_transform_factory(ax.transData, ax.transAxes)
+    if identical:
+        ax.plot(identical, [0.0] * len(identical), linestyle="none", marker="|",
+                markersize=12, color="tab:green", transform=bottom, clip_on=False)
+    scale = choose_scale([v for st in stats for v in (st["q1"], st["med"], st["q3"],
+                                                      st["whishi"], st["mean"])], log_y)
+    _apply_scale(ax, scale, [(x, st["fliers"][0]) for x, st in zip(positions, stats)])
+    if scale.top is not None and any(st["fliers"][0] > scale.top for st in stats):
+        return [Line2D([], [], linestyle="none", marker="^", markersize=5,
+                       markerfacecolor="white", markeredgecolor="black",
+                       label="max beyond the axis (value)")]
+    return []
+
+
+def _box_handles() -> list:
+    """Legend entries of the box panels' marks."""
+    return [Patch(facecolor="tab:blue", alpha=0.35, label="p25–p75"),
+            Line2D([], [], color="tab:blue", label="median"),
+            Line2D([], [], color="black", linewidth=0.8, label="whisker to p95"),
+            Line2D([], [], linestyle="none", marker="^", color="black", markersize=4,
+                   label="max"),
+            Line2D([], [], linestyle="none", marker="D", color="tab:orange",
+                   markersize=4, label="mean|Δ|/mean|base|"),
+            Line2D([], [], linestyle="none", marker="|", color="tab:green",
+                   markersize=10, label="bit-identical")]
 
 
 def _task_labels(reports: Sequence[DiffReport]) -> list[str]:
@@ -234,26 +270,28 @@ def _task_labels(reports: Sequence[DiffReport]) -> list[str]:
 
 def plot_diff_tasks(reports: Sequence[DiffReport], path: str | os.PathLike,
                     log_y: bool | None = None, marks: Sequence[int] = (),
-                    labels: Sequence[str] | None = None, title: str | None = None) -> Chart:
-    """Several task models against one base on the same axes (kernels, biases panels): per
+                    labels: Sequence[str] | None = None, title: str | None = None,
+                    arrays: Sequence[str] = DEFAULT_DIFF_ARRAYS) -> Chart:
+    """Several task models against one base on the same axes, one panel per array of
+    ``arrays`` (as in :func:`plot_diff`): per
     task a line with markers of mean|Δ|/mean|base| per layer and a thin bar from p25 to p75,
     skipped layers (of any task) as grey bands, ``marks`` as dashed lines. The y axis as in
     :func:`plot_diff` (chosen from the means and bars unless ``log_y`` says)."""
     chart_format(path)
     if not reports:
         raise UsageError("no task reports to plot")
+    arrays = check_arrays(arrays)
     labels = list(labels) if labels is not None else _task_labels(reports)
     n = max(r.summary.n_layers for r in reports)
     marks = check_marks(marks, n)
-    fig = _diff_figure(n)
-    axes = fig.subplots(2, 1, sharex=True)
+    fig, axes = _diff_axes(n, len(arrays))
     fig.suptitle(title or f"Relative difference per layer vs base {reports[0].base_name}: "
                           f"{', '.join(labels)}")
     skipped: dict[int, str] = {}
     for r in reports:
         skipped.update(_skipped_labels(r))
     m = len(reports)
-    for ax, (tensor, label) in zip(axes, DIFF_PANELS):
+    for ax, tensor in zip(axes, arrays):
         handles, body = [], []
         for j, (r, name) in enumerate(zip(reports, labels)):
             color = f"C{j % 10}"
@@ -273,13 +311,13 @@ def plot_diff_tasks(reports: Sequence[DiffReport], path: str | os.PathLike,
         handles.append(Line2D([], [], color="0.3", alpha=0.5, linewidth=2.0,
                               label="bar: p25–p75 of |Δ|/|base|"))
         _apply_scale(ax, choose_scale(body, log_y))
-        handles += _decorate(ax, n, skipped, marks, label)
+        handles += _decorate(ax, n, skipped, marks, DIFF_ARRAYS[tensor])
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7)
     return _save(fig, path)
 
 
-__all__ = ["Chart", "FORMATS", "YScale", "chart_format", "check_marks", "choose_scale",
-           "plot_diff", "plot_diff_tasks"]
+__all__ = ["DIFF_ARRAYS", "Chart", "FORMATS", "YScale", "chart_format", "check_arrays",
+           "check_marks", "choose_scale", "plot_diff", "plot_diff_tasks"]
 
 
 

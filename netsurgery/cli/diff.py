@@ -32,9 +32,12 @@ from .app import INT_LIST, main, strict_option
 @click.option("--mark", "marks", type=INT_LIST, default="",
               help="K[,K...]: dashed lines in the chart at candidate share-until layers, e.g. "
                    "40,48,64,73.")
+@click.option("--arrays", "arrays", default="weights,biases", show_default=True,
+              help="NAME[,NAME...]: the chart's panels, one per array: weights, biases, "
+                   "scales, rolling_mean, rolling_variance (the last three: BatchNorm).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 def diff(base, tasks, base_cfg, task_cfgs, csv_path, json_path, plot_path, log_y, marks,
-         overwrite):
+         arrays, overwrite):
     """Where did fine-tuning change the network? Relative differences of each layer's
     kernels, biases and BatchNorm arrays of TASK.weights from BASE.weights (fractions of the
     base), bit-identical layers, skipped layers whose shapes differ."""
@@ -47,10 +50,12 @@ def diff(base, tasks, base_cfg, task_cfgs, csv_path, json_path, plot_path, log_y
         raise click.UsageError("--csv, --json and --plot must be different files")
     for out in outputs:
         check_output(out, inputs, overwrite)
+    arrays = [a.strip() for a in arrays.split(",")] if arrays.strip() else []
     if plot_path:  # matplotlib is imported only when a chart is wanted
-        from netsurgery.analysis.plots import chart_format
+        from netsurgery.analysis.plots import chart_format, check_arrays
 
         chart_format(plot_path)
+        check_arrays(arrays)
     reports = diff_many(choice.base, base, list(zip(choice.tasks, tasks)))
     if plot_path:
         from netsurgery.analysis.plots import check_marks
@@ -70,7 +75,8 @@ def diff(base, tasks, base_cfg, task_cfgs, csv_path, json_path, plot_path, log_y
         from netsurgery.analysis.plots import plot_diff, plot_diff_tasks
 
         if len(reports) == 1:
-            chart = plot_diff(reports[0], plot_path, log_y=log_y, marks=marks)
+            chart = plot_diff(reports[0], plot_path, log_y=log_y, marks=marks, arrays=arrays)
         else:
-            chart = plot_diff_tasks(reports, plot_path, log_y=log_y, marks=marks)
+            chart = plot_diff_tasks(reports, plot_path, log_y=log_y, marks=marks,
+                                    arrays=arrays)
         click.echo(f"wrote {chart.path} ({chart.width}x{chart.height})")

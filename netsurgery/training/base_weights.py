@@ -2,7 +2,6 @@
 Darknet's initial values elsewhere; and the check that a frozen trunk stayed bit-identical."""
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,24 +28,8 @@ class LayerInit:
 
 def fresh_arrays(spec, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Darknet's initial values for a layer's arrays (make_*_layer)."""
-    out = {}
-    for arr in spec.weight_arrays():
-        if arr.name == "weights":
-            if spec.type_name == "convolutional":
-                fan_in = spec.size * spec.size * spec.in_shape.c // spec.groups
-                bound = math.sqrt(2.0 / fan_in)
-                value = rng.uniform(-bound, bound, arr.shape)
-            elif spec.type_name == "connected":
-                bound = math.sqrt(2.0 / spec.in_shape.numel)
-                value = rng.uniform(-bound, bound, arr.shape)
-            else:  # shortcut weights start at 1 (a plain sum)
-                value = np.ones(arr.shape)
-        elif arr.name in ("scales", "rolling_variance"):
-            value = np.ones(arr.shape)
-        else:  # biases, rolling_mean
-            value = np.zeros(arr.shape)
-        out[arr.name] = value.astype(np.float32)
-    return out
+    return {arr.name: spec.initial_array(arr, rng).astype(np.float32)
+            for arr in spec.weight_arrays()}
 
 
 # Initial objectness of a freshly initialised head: logistic(-4.6) ≈ 0.01 instead of 0.5.

@@ -70,14 +70,15 @@ class TrainNet(nn.Module):
 
 
 def param_groups(model: DarknetModel, trainable: Sequence[int], decay: float) -> list[dict]:
-    """Darknet decays conv / connected weights only."""
+    """Darknet decays only the arrays a spec names in ``decayed_arrays`` (the kernels of
+    [convolutional] and [connected])."""
     with_decay, without = [], []
     for index in trainable:
         spec = model.network.layers[index]
         for name, tensor in model.layers[index].weight_tensors():
             if not isinstance(tensor, nn.Parameter):
                 continue  # rolling statistics are buffers
-            if name == "weights" and spec.type_name in ("convolutional", "connected"):
+            if name in spec.decayed_arrays:
                 with_decay.append(tensor)
             else:
                 without.append(tensor)

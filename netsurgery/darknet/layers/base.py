@@ -91,6 +91,8 @@ class LayerSpec:
     # Detection heads ([yolo], [region]) set this and have ``classes`` (int) and ``anchors``
     # (flat w,h pairs, all the section declares) fields.
     is_detection: ClassVar[bool] = False
+    # The arrays Darknet's update applies weight decay to (its update_*_layer)
+    decayed_arrays: ClassVar[tuple[str, ...]] = ()
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -167,6 +169,15 @@ class LayerSpec:
         """Arrays in .weights file order; empty for layers without weights. ``transposed``:
         the shapes as a file whose header says so stores them."""
         return []
+
+    def initial_array(self, array: WeightArray, rng: np.random.Generator) -> np.ndarray:
+        """Darknet's initial value (its make_*_layer) of one of this layer's arrays, before the
+        cast to float32: BatchNorm scales and rolling variance 1, biases and rolling mean 0,
+        and ``weights`` 1 (a [shortcut]'s per-input weights: a plain sum). Types with a
+        trained kernel ([convolutional], [connected]) draw their ``weights`` from ``rng``."""
+        if array.name in ("weights", "scales", "rolling_variance"):
+            return np.ones(array.shape)
+        return np.zeros(array.shape)
 
     def to_module_layout(self, name: str, array: np.ndarray, transposed: bool) -> np.ndarray:
         """Array ``name`` as a .weights file stores it (``transposed``: its header's flag) in

@@ -1,6 +1,7 @@
 """[convolutional], [connected] and [batchnorm]: the layers that carry weights."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,35 @@ PLAIN_BN_EPS = 1e-6
 
 # Options that change what a convolution computes and that our model does not implement.
 # (flipped=1: Darknet transposes the kernel matrix when it loads the weights.)
+# Darknet's BatchNorm arrays after the biases, in file order (the one list of their names)
+BATCHNORM_ARRAYS = ("scales", "rolling_mean", "rolling_variance")
+
+
+def batchnorm_arrays(channels: int, prefix: str = "") -> list[WeightArray]:
+    """The BatchNorm arrays of a layer with ``channels`` outputs, in file order; ``prefix``
+    names a sub-layer's (``"input_layer."``)."""
+    return [WeightArray(prefix + n, (channels,)) for n in BATCHNORM_ARRAYS]
+
+
+def add_batchnorm(module: LayerModule, channels: int, prefix: str = "") -> None:
+    """Register trained ``scales`` and the rolling statistics (buffers) on ``module``, at
+    Darknet's initial values; ``prefix`` names a sub-layer's (``"input_layer__"``)."""
+    module.register_parameter(prefix + "scales", nn.Parameter(torch.ones(channels)))
+    module.register_buffer(prefix + "rolling_mean", torch.zeros(channels))
+    module.register_buffer(prefix + "rolling_variance", torch.ones(channels))
+
+
+def conv_padding(section: Section, size: int) -> int:
+    """Darknet's padding of a convolution (parse_convolutional, parse_crnn, parse_conv_lstm):
+    ``padding=``, replaced by size/2 when ``pad=1``."""
+    padding = section.get_int("padding", 0)  # read (and checked) even when pad=1 overrides it
+    return size // 2 if section.get_int("pad", 0) else padding
+
+
+def _batchnorm_tensors(module: LayerModule) -> list[tuple[str, torch.Tensor]]:
+    return [(n, getattr(module, n)) for n in BATCHNORM_ARRAYS]
+
+
 _UNSUPPORTED_CONV_OPTIONS = ("share_index", "antialiasing", "binary", "xnor", "coordconv",
                              "deform", "assisted_excitation", "flipped")
 
@@ -45,6 +75,7 @@ _UNSUPPORTED_CONV_OPTIONS = ("share_index", "antialiasing", "binary", "xnor", "c
 class ConvSpec(LayerSpec):
     # share_index: the layer whose kernel this one uses; -1000000000 is Darknet's "none"
     reference_keys = (ReferenceKey("share_index", none=-1000000000),)
+    decayed_arrays = ("weights",)
 
     filters: int = 1
     size: int = 1
@@ -68,9 +99,7 @@ class ConvSpec(LayerSpec):
         spec.stride_x = positive(s, index, "stride_x", s.get_int("stride_x", stride))
         spec.stride_y = positive(s, index, "stride_y", s.get_int("stride_y", stride))
         spec.groups = positive(s, index, "groups", s.get_int("groups", 1))
-        spec.padding = s.get_int("padding", 0)
-        if s.get_int("pad", 0):
-            spec.padding = spec.size // 2
+        spec.padding = conv_padding(s, spec.size)
         if spec.padding < 0:
             raise spec.error(f"padding={spec.padding}: expected ≥ 0", "padding")
         spec.dilation = positive(s, index, "dilation", s.get_int("dilation", 1))
@@ -103,10 +132,16 @@ class ConvSpec(LayerSpec):
             return []
         arrays = [WeightArray("biases", (self.filters,))]
         if self.batch_normalize and self.load_scales:
-            arrays += [WeightArray(n, (self.filters,))
-                       for n in ("scales", "rolling_mean", "rolling_variance")]
+            arrays += batchnorm_arrays(self.filters)
         arrays.append(WeightArray("weights", self.kernel_shape))
         return arrays
+
+    def initial_array(self, array: WeightArray, rng: np.random.Generator) -> np.ndarray:
+        if array.name != "weights":
+            return super().initial_array(array, rng)
+        # make_convolutional_layer: uniform in ±sqrt(2 / (size·size·c/groups))
+        bound = math.sqrt(2.0 / (self.size * self.size * self.in_shape.c // self.groups))
+        return rng.uniform(-bound, bound, array.shape)
 
     def flops(self) -> float:
         n = self.filters * (self.in_shape.c // self.groups) * self.size * self.size
@@ -151,9 +186,7 @@ class ConvModule(LayerModule):
         self.weights = nn.Parameter(lazy_zeros(*spec.kernel_shape))
         self.biases = nn.Parameter(torch.zeros(spec.filters))
         if spec.batch_normalize:
-            self.scales = nn.Parameter(torch.ones(spec.filters))
-            self.register_buffer("rolling_mean", torch.zeros(spec.filters))
-            self.register_buffer("rolling_variance", torch.ones(spec.filters))
+            add_batchnorm(self, spec.filters)
         self.load_scales = spec.load_scales
         self.in_chw = (spec.in_shape.c, spec.in_shape.h, spec.in_shape.w)
         self.folded: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -162,8 +195,7 @@ class ConvModule(LayerModule):
     def weight_tensors(self):
         out = [("biases", self.biases)]
         if self.batch_normalize and self.load_scales:
-            out += [("scales", self.scales), ("rolling_mean", self.rolling_mean),
-                    ("rolling_variance", self.rolling_variance)]
+            out += _batchnorm_tensors(self)
         out.append(("weights", self.weights))
         return out
 
@@ -255,6 +287,8 @@ class ConvModule(LayerModule):
 @register("connected")
 @dataclass(eq=False)
 class ConnectedSpec(LayerSpec):
+    decayed_arrays = ("weights",)
+
     outputs: int = 1
     batch_normalize: bool = False
     activation: str = "logistic"
@@ -275,9 +309,15 @@ class ConnectedSpec(LayerSpec):
         shape = (n_in, self.outputs) if transposed else (self.outputs, n_in)
         arrays = [WeightArray("biases", (self.outputs,)), WeightArray("weights", shape)]
         if self.batch_normalize and self.load_scales:  # after the weights, unlike [conv]
-            arrays += [WeightArray(n, (self.outputs,))
-                       for n in ("scales", "rolling_mean", "rolling_variance")]
+            arrays += batchnorm_arrays(self.outputs)
         return arrays
+
+    def initial_array(self, array: WeightArray, rng: np.random.Generator) -> np.ndarray:
+        if array.name != "weights":
+            return super().initial_array(array, rng)
+        # make_connected_layer: uniform in ±sqrt(2 / inputs)
+        bound = math.sqrt(2.0 / self.in_shape.numel)
+        return rng.uniform(-bound, bound, array.shape)
 
     def to_module_layout(self, name: str, array: np.ndarray, transposed: bool) -> np.ndarray:
         # a transposed file stores the matrix (inputs, outputs); the module keeps
@@ -309,16 +349,13 @@ class ConnectedModule(LayerModule):
         self.biases = nn.Parameter(torch.zeros(spec.outputs))
         self.weights = nn.Parameter(lazy_zeros(spec.outputs, n_in))
         if spec.batch_normalize:
-            self.scales = nn.Parameter(torch.ones(spec.outputs))
-            self.register_buffer("rolling_mean", torch.zeros(spec.outputs))
-            self.register_buffer("rolling_variance", torch.ones(spec.outputs))
+            add_batchnorm(self, spec.outputs)
         self.load_scales = spec.load_scales
 
     def weight_tensors(self):
         out = [("biases", self.biases), ("weights", self.weights)]
         if self.batch_normalize and self.load_scales:
-            out += [("scales", self.scales), ("rolling_mean", self.rolling_mean),
-                    ("rolling_variance", self.rolling_variance)]
+            out += _batchnorm_tensors(self)
         return out
 
     def forward(self, x, outputs):
@@ -342,8 +379,7 @@ class BatchNormSpec(LayerSpec):
         return spec
 
     def weight_arrays(self, transposed: bool = False) -> list[WeightArray]:
-        return [WeightArray(n, (self.in_shape.c,))
-                for n in ("biases", "scales", "rolling_mean", "rolling_variance")]
+        return [WeightArray("biases", (self.in_shape.c,)), *batchnorm_arrays(self.in_shape.c)]
 
     def build(self) -> nn.Module:
         return BatchNormModule(self)
@@ -354,13 +390,10 @@ class BatchNormModule(LayerModule):
         super().__init__(spec)
         c = spec.in_shape.c
         self.biases = nn.Parameter(torch.zeros(c))
-        self.scales = nn.Parameter(torch.ones(c))
-        self.register_buffer("rolling_mean", torch.zeros(c))
-        self.register_buffer("rolling_variance", torch.ones(c))
+        add_batchnorm(self, c)
 
     def weight_tensors(self):
-        return [("biases", self.biases), ("scales", self.scales),
-                ("rolling_mean", self.rolling_mean), ("rolling_variance", self.rolling_variance)]
+        return [("biases", self.biases), *_batchnorm_tensors(self)]
 
     def forward(self, x, outputs):
         return F.batch_norm(x, self.rolling_mean, self.rolling_variance, self.scales,

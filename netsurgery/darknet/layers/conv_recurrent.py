@@ -27,6 +27,7 @@ from .base import (
     positive,
     register,
 )
+from .conv import conv_padding
 from .recurrent import RecurrentModule, SubLayer
 
 torch, nn, F = lazy_torch(globals())
@@ -51,9 +52,7 @@ class _ConvRecurrentSpec(LayerSpec):
         spec = cls(index, s, ctx.shape_of(index - 1))
         spec.size = positive(s, index, "size", s.get_int("size", 3))
         spec.stride = positive(s, index, "stride", s.get_int("stride", 1))
-        spec.padding = s.get_int("padding", 0)
-        if s.get_int("pad", 0):
-            spec.padding = spec.size // 2
+        spec.padding = conv_padding(s, spec.size)
         spec.outputs = positive(s, index, "output", s.get_int("output", 1))
         spec.groups = positive(s, index, "groups", s.get_int("groups", 1))
         spec.activation = activation_of(s, index, activation)

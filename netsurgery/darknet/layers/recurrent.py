@@ -30,6 +30,7 @@ from .base import (
     positive,
     register,
 )
+from .conv import add_batchnorm, batchnorm_arrays
 
 torch, nn, F = lazy_torch(globals())
 
@@ -62,8 +63,7 @@ class SubLayer:
     def arrays(self, batch_normalize: bool, transposed: bool = False) -> list[WeightArray]:
         """This sub-layer's arrays in file order (load_connected_weights or
         load_convolutional_weights)."""
-        bn = [WeightArray(f"{self.name}.{n}", (self.n_out,))
-              for n in ("scales", "rolling_mean", "rolling_variance")] if batch_normalize else []
+        bn = batchnorm_arrays(self.n_out, f"{self.name}.") if batch_normalize else []
         if self.kernel:
             weights = WeightArray(f"{self.name}.weights", self.weight_shape)
             return [WeightArray(f"{self.name}.biases", (self.n_out,)), *bn, weights]
@@ -80,9 +80,7 @@ def sub_parameters(module, sub: SubLayer, batch_normalize: bool) -> None:
     module.register_parameter(f"{name}__weights", nn.Parameter(torch.zeros(sub.weight_shape)))
     module.register_parameter(f"{name}__biases", nn.Parameter(torch.zeros(sub.n_out)))
     if batch_normalize:
-        module.register_parameter(f"{name}__scales", nn.Parameter(torch.ones(sub.n_out)))
-        module.register_buffer(f"{name}__rolling_mean", torch.zeros(sub.n_out))
-        module.register_buffer(f"{name}__rolling_variance", torch.ones(sub.n_out))
+        add_batchnorm(module, sub.n_out, f"{name}__")
 
 
 def sub_tensors(module, sub: SubLayer, batch_normalize: bool) -> list[tuple[str, object]]:
