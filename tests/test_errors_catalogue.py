@@ -18,6 +18,8 @@ import pytest
 
 from netsurgery import errors as errors_module
 from netsurgery.analysis.plots import check_arrays
+from netsurgery.analysis.suggest import check_candidates, load_sweep_maps, suggest_k
+from netsurgery.analysis.tails import load_lists, load_task
 from netsurgery.cli.app import run
 from netsurgery.cli.eval import _data_by_head
 from netsurgery.darknet.cfg import load_cfg, parse_cfg_text
@@ -773,6 +775,46 @@ produces("E-RUNTIME-NAME")(
 produces("E-RUNTIME-DEVICE")(
     lambda tmp: __import__("netsurgery.detection.runner").detection.runner.load_runner(
         "x.cfg", "x.weights", runtime="onnxruntime", device="cuda"))
+
+
+# -- suggest-k --------------------------------------------------------------------------------
+def _tiny_yolo_network():
+    from conftest import shared_path
+
+    return build_network(shared_path("darknet-cfg", "yolov3-tiny.cfg"))
+
+
+def _shapes_data(tmp, classes: int = 3) -> Path:
+    """A .data file whose valid list is empty."""
+    import cv2
+
+    image = tmp / "a.png"
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    write(tmp / "a.txt", "0 0.5 0.5 0.2 0.2\n")
+    write(tmp / "train.txt", f"{image}\n")
+    write(tmp / "valid.txt", "")
+    return write(tmp / "s.data", f"classes = {classes}\ntrain = {tmp / 'train.txt'}\n"
+                                 f"valid = {tmp / 'valid.txt'}\n")
+
+
+def _suggest(**options):
+    return suggest_k("a.cfg", "a.weights", "a.data", **options)
+
+
+produces("E-SUGGEST-NO-CANDIDATES")(lambda tmp: check_candidates(_tiny_yolo_network(), []))
+produces("E-SUGGEST-CANDIDATES")(lambda tmp: check_candidates(_tiny_yolo_network(), [4, 15]))
+produces("E-SUGGEST-BUDGET")(lambda tmp: _suggest(budget=1.5))
+produces("E-SUGGEST-BUDGET")(lambda tmp: _suggest(budget=0.0))
+produces("E-SUGGEST-TOLERANCE")(lambda tmp: _suggest(tolerance=-1.0))
+produces("E-SUGGEST-ITERATIONS")(lambda tmp: _suggest(iterations=0))
+produces("E-SUGGEST-CLASSES")(
+    lambda tmp: load_task(
+        _tiny_yolo_network().path, "a.weights", _tiny_yolo_network().path, _shapes_data(tmp)))
+produces("E-SUGGEST-NO-VALID")(lambda tmp: load_lists(_shapes_data(tmp)))
+produces("E-SUGGEST-SWEEP-JSON")(
+    lambda tmp: load_sweep_maps([write(tmp / "sweep.json", "{}")]))
+produces("E-SUGGEST-SWEEP-JSON")(
+    lambda tmp: load_sweep_maps([write(tmp / "sweep.json", "not json")]))
 
 
 # =============================================================================================

@@ -373,3 +373,50 @@ def plot_loss(iterations: Sequence[int], losses: Sequence[float],
     ax.legend()
     fig.tight_layout()
     return _save(fig, path)
+
+
+# -- suggest-k: predicted mAP and savings against k -------------------------------------------
+def plot_suggestion(suggestion, path: str | os.PathLike,
+                    measured: dict[int, list[float]] | None = None) -> Chart:
+    """Predicted mAP@0.5 (± its uncertainty) against k of a
+    :class:`~netsurgery.analysis.suggest.Suggestion`, the recommended k marked, params and
+    FLOPs shared on a second axis; ``measured`` (k -> mAPs of sweep runs, 0..1) adds the
+    measured curve (mean, min–max band when several)."""
+    chart_format(path)
+    cands = suggestion.candidates
+    ks = [c.k for c in cands]
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.add_subplot()
+    ax.errorbar(ks, [c.predicted_map * 100 for c in cands],
+                yerr=[c.map_sigma * 100 for c in cands], fmt="o-", color="tab:blue",
+                capsize=3, label="predicted mAP@0.5 (± uncertainty)")
+    if measured:
+        mk = sorted(measured)
+        values = [measured[k] for k in mk]
+        ax.plot(mk, [sum(v) / len(v) * 100 for v in values], "D-", color="black",
+                label=f"measured by sweep (mean of {max(len(v) for v in values)} runs)")
+        ax.fill_between(mk, [min(v) * 100 for v in values], [max(v) * 100 for v in values],
+                        color="0.6", alpha=0.3, label="measured min–max")
+    ax.axvline(suggestion.recommended, color="tab:red", linestyle="--", linewidth=1.2,
+               label=f"recommended k={suggestion.recommended} (confidence "
+                     f"{suggestion.confidence:.2f})")
+    ax.set_xlabel("share-until layer k (Darknet index)")
+    ax.set_xticks(sorted(set(ks) | set(measured or ())))
+    ax.set_ylabel("mAP@0.5 (%)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot(ks, [c.params_fraction * 100 for c in cands], "s:", color="tab:green",
+             label="params shared (saved per extra detector)")
+    ax2.plot(ks, [c.bflops_fraction * 100 for c in cands], "^:", color="tab:orange",
+             label="FLOPs shared (saved per extra detector)")
+    ax2.set_ylabel("share of one detector (%)")
+    ax2.set_ylim(0, 100)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="lower left")
+    ax.set_title(f"suggest-k: tolerance {suggestion.tolerance:g} points, "
+                 f"{suggestion.candidates[0].iterations} of {suggestion.target_iterations} "
+                 "iterations per candidate", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,213 @@
+"""suggest-k: the cached-trunk tails (same numbers as the trainer and the full model), the
+candidates, the recommendation rule, its confidence, and the command end to end on the real
+yolov3-tiny at a tiny input size and a tiny synthetic dataset."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import shared_path
+from test_json_schemas import check
+
+from netsurgery.analysis.suggest import (
+    block_ends,
+    check_candidates,
+    checkpoints,
+    extrapolate,
+    recommend,
+    recommendation_confidence,
+    spearman,
+)
+from netsurgery.analysis.tails import TailRun, base_initialised, cache_features, load_task
+from netsurgery.cli.app import run
+from netsurgery.darknet.cfg import load_cfg
+from netsurgery.darknet.network import build_network
+from netsurgery.errors import UsageError
+from netsurgery.surgery.editing import retarget_heads
+from netsurgery.training.config import TrainConfig
+from netsurgery.training.synth import make_shapes_dataset
+from netsurgery.training.train import train
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """yolov3-tiny at 96x96 with 3 classes, 12 shapes images (10 train, 2 valid)."""
+    root = tmp_path_factory.mktemp("suggest")
+    base_cfg = load_cfg(shared_path("darknet-cfg", "yolov3-tiny.cfg"))
+    base_cfg.net.set("width", 96)
+    base_cfg.net.set("height", 96)
+    base_cfg.save(root / "base.cfg")
+    data = make_shapes_dataset(root / "data", 12, seed=3, size=(96, 96))
+    task = retarget_heads(base_cfg, 3)
+    task.net.set("batch", 4)
+    task.net.set("subdivisions", 1)
+    task.net.set("burn_in", 0)
+    task.net.set("max_batches", 4)
+    task.save(root / "task.cfg")
+    return (root, str(root / "base.cfg"), str(shared_path("models", "yolov3-tiny.weights")),
+            str(root / "task.cfg"), str(data.data))
+
+
+# ------------------------------------------------------------------------ cached trunk
+
+
+def test_cached_frontier_gives_the_full_models_outputs(tiny):
+    root, base_cfg, weights, task_cfg, data = tiny
+    task = load_task(task_cfg, weights, base_cfg, data)
+    cache = cache_features(task, [4, 8, 13])
+    assert cache.layers == (4, 8, 13)  # k=8 and k=13 both need layer 8 (the route to 20)
+    assert cache.train[4].shape == (10, 64, 24, 24) and cache.valid[13].shape[0] == 2
+    model = base_initialised(task).eval()
+    x, _ = cache.images.sample(0, 0, 3)
+    heads = [15, 22]
+    with torch.no_grad():
+        full = model.run(torch.from_numpy(x)[None], heads)
+        for k in (4, 8, 13):
+            front = {4: [4], 8: [8], 13: [8, 13]}[k]
+            tail = model.run(torch.from_numpy(x)[None], heads,
+                             {j: cache.train[j][3:4] for j in front})
+            for h in heads:
+                torch.testing.assert_close(tail[h], full[h], rtol=1e-4, atol=1e-4)
+
+
+def test_tail_run_trains_as_the_trainer_does(tiny, tmp_path):
+    """Same initialisation, batches, schedule and loss as train() without augmentation:
+    the per-iteration losses agree to float rounding."""
+    root, base_cfg, weights, task_cfg, data = tiny
+    result = train(TrainConfig(task_cfg, weights, data, tmp_path / "t", freeze_until=12,
+                               iterations=3, augment=False, base_cfg=base_cfg,
+                               validate=False))
+    task = load_task(task_cfg, weights, base_cfg, data)
+    tail = TailRun(task, cache_features(task, [12]), 12)
+    tail.train(3)
+    assert [round(v, 3) for v in tail.losses] == pytest.approx(
+        [loss for _, loss in result.losses], abs=2e-3)
+    assert result.losses[0][1] > 1  # a real loss, not zeros
+    ev = tail.evaluate()
+    assert 0.0 <= ev.map <= 1.0 and tail.model.training  # mode restored
+
+
+def test_tail_run_refuses_a_k_that_freezes_a_head(tiny):
+    root, base_cfg, weights, task_cfg, data = tiny
+    task = load_task(task_cfg, weights, base_cfg, data)
+    with pytest.raises(ValueError, match="k=15: expected 0 <= k < 15"):
+        TailRun(task, cache_features(task, [13]), 15)
+
+
+# ------------------------------------------------------------------------ candidates
+
+
+def test_block_ends_of_yolov3_tiny_and_yolov3():
+    tiny_net = build_network(shared_path("darknet-cfg", "yolov3-tiny.cfg"))
+    # before each stride-2 maxpool (1, 3, 5, 7, 9) and the route sources 8 and 13
+    assert block_ends(tiny_net) == [0, 2, 4, 6, 8, 13]
+    full = build_network(shared_path("darknet-cfg", "yolov3.cfg"))
+    # before each stride-2 conv (1, 5, 12, 37, 62) and the route sources 36, 61, 79
+    assert block_ends(full) == [0, 4, 11, 36, 61, 79]
+
+
+def test_candidates_must_leave_the_heads_trainable():
+    net = build_network(shared_path("darknet-cfg", "yolov3-tiny.cfg"))
+    assert check_candidates(net, [13, 4, 4]) == [4, 13]
+    with pytest.raises(UsageError, match=r"--candidates 15: expected layer indices 0\.\.14"):
+        check_candidates(net, [4, 15])
+
+
+def test_checkpoints_end_at_the_short_run():
+    assert checkpoints(40, 4) == [10, 20, 30, 40]
+    assert checkpoints(3, 4) == [1, 2, 3]
+
+
+# ------------------------------------------------------------------------ recommendation
+
+
+def test_recommend_takes_the_largest_k_within_tolerance():
+    predicted = {4: 0.60, 6: 0.61, 8: 0.595, 10: 0.58, 12: 0.50, 13: 0.40}
+    assert recommend(predicted, 2.0) == 8  # within 2 of 61.0: 60.0, 61.0, 59.5
+    assert recommend(predicted, 3.0) == 10
+    assert recommend(predicted, 1.5) == 8  # 59.5 >= 59.5
+    assert recommend(predicted, 0.0) == 6
+    assert recommend(predicted, 25.0) == 13
+
+
+def test_confidence_certain_and_coin_flip():
+    predicted = {4: 0.60, 8: 0.30}
+    assert recommendation_confidence(predicted, {4: 0.01, 8: 0.01}, 2.0) == 1.0
+    # two equal predictions, tolerance 0: k=8 is recommended when its draw is the larger
+    even = recommendation_confidence({4: 0.5, 8: 0.5}, {4: 0.02, 8: 0.02}, 0.0, draws=20000)
+    assert even == pytest.approx(0.5, abs=0.02)
+    # one sigma apart with equal sigmas s: P(X8 >= X4) for X8 - X4 ~ N(-s, 2 s^2)
+    # = Phi(-1/sqrt(2)) = 0.2398; k=4 is recommended, so the confidence is 0.760
+    one = recommendation_confidence({4: 0.52, 8: 0.50}, {4: 0.02, 8: 0.02}, 0.0, draws=40000)
+    assert one == pytest.approx(0.760, abs=0.01)
+
+
+def test_spearman_matches_hand_values():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ranks (1, 2, 3, 4) vs (1, 3, 2, 4): 1 - 6*2/(4*15) = 0.8
+    assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    # ties get mean ranks: scipy.stats.spearmanr([1,2,2,3],[1,2,3,4]) = 0.9486833
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)
+    assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_extrapolate_fits_a_flattening_curve():
+    # exactly mAP = 0.7 - 1/sqrt(t): the fit recovers it and predicts 0.7 - 1/sqrt(400) = 0.65
+    curve = [(t, 0.7 - 1 / t ** 0.5) for t in (10, 20, 30, 40)]
+    level, sigma = extrapolate(curve, 400)
+    assert level == pytest.approx(0.65, abs=1e-9) and sigma == 0.005  # the floor
+    # a falling curve predicts no further rise: its mean, with the spread as uncertainty
+    level, sigma = extrapolate([(10, 0.5), (20, 0.4), (30, 0.3)], 400)
+    assert level == pytest.approx(0.4) and sigma == pytest.approx(0.1414214, abs=1e-6)
+    # plateau: the mean of the second half of the checkpoints
+    level, sigma = extrapolate([(10, 0.1), (20, 0.3), (30, 0.4), (40, 0.5)], 400, "plateau")
+    assert level == pytest.approx(0.45) and sigma == pytest.approx(0.0707107, abs=1e-6)
+
+
+# ------------------------------------------------------------------------ the command
+
+
+def test_suggest_k_end_to_end(tiny, tmp_path, capsys):
+    root, base_cfg, weights, task_cfg, data = tiny
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps({"points": [{"k": 12, "map": 0.1}, {"k": 13, "map": 0.05},
+                                            {"k": -1, "map": 0.2}]}))
+    out, chart = tmp_path / "s.json", tmp_path / "s.png"
+    rc = run(["suggest-k", "--cfg", task_cfg, "--weights", weights, "--base-cfg", base_cfg,
+              "--data", data, "--candidates", "12,13", "--iterations", "16", "--budget", "0.5",
+              "--json", str(out), "--plot", str(chart), "--compare", str(sweep)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    result = check(out, "suggest-k")  # the JSON Schema in docs/schemas
+    assert [c["k"] for c in result["candidates"]] == [12, 13]
+    for c in result["candidates"]:
+        assert 0.0 <= c["predicted_map"] <= 1.0 and c["map_sigma"] >= 0.005
+        assert c["iterations"] == 8 and [i for i, _ in c["curve"]] == [2, 4, 6, 8]
+    by_k = {c["k"]: c for c in result["candidates"]}
+    # yolov3-tiny: layers 0..12 hold 0.711 of the params and 0.672 of the FLOPs (cost.py)
+    assert by_k[12]["params_fraction"] == pytest.approx(0.711, abs=5e-4)
+    assert by_k[12]["bflops_fraction"] == pytest.approx(0.672, abs=5e-4)
+    assert result["recommended"] in (12, 13) and 0.0 <= result["confidence"] <= 1.0
+    assert result["method"] and result["seconds"] > 0 and result["target_iterations"] == 16
+    assert "recommended k =" in printed and "Spearman rank correlation" in printed
+    import cv2
+
+    image = cv2.imread(str(chart))
+    assert image is not None and image.shape[0] > 300 and image.std() > 10
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--candidates", "4,20"], "--candidates 20: expected layer indices 0..14"),
+    (["--budget", "1.5"], "--budget 1.5: expected a fraction in (0, 1]"),
+    (["--tolerance", "-1"], "--tolerance -1.0: expected a number of mAP points >= 0"),
+    (["--plot", "x.jpg"], "unsupported chart format .jpg"),
+])
+def test_suggest_k_user_errors(tiny, capsys, args, message):
+    root, base_cfg, weights, task_cfg, data = tiny
+    rc = run(["suggest-k", "--cfg", task_cfg, "--weights", weights, "--base-cfg", base_cfg,
+              "--data", data, "--iterations", "4", *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
