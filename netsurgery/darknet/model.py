@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -150,11 +150,14 @@ class DarknetModel(nn.Module):
                 f"{want.w}) for {self.network.path} (rebuild with size= for another size)")
 
     def run(self, x: torch.Tensor, targets: Sequence[int],
-            cache: dict[int, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
+            cache: dict[int, torch.Tensor] | None = None,
+            native: Collection[int] = ()) -> dict[int, torch.Tensor]:
         """Outputs of ``targets`` (layer indices), computing only what they depend on.
 
         ``cache`` maps layer index → an output computed before for the same input (e.g. the
-        shared trunk of a merged network); it is used and not recomputed."""
+        shared trunk of a merged network); it is used and not recomputed. Outputs of the
+        layers in ``native`` are returned in the model's internal memory layout (channels-last
+        in the fast mode): for outputs only passed back as a ``cache``."""
         self._check_input(x)
         cache = cache or {}
         plan = self.plan(targets, cache.keys())
@@ -181,7 +184,9 @@ class DarknetModel(nn.Module):
                     outputs[j] = None
         if fmt is None:
             return {t: outputs[t] for t in targets}
-        return {t: outputs[t].contiguous() for t in targets}  # callers may .view() them
+        # callers may .view() them; ``native`` ones stay in the model's layout (fed back as a
+        # cache they need no conversion either way)
+        return {t: outputs[t] if t in native else outputs[t].contiguous() for t in targets}
 
     def layer_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every layer's output, index = Darknet layer index."""

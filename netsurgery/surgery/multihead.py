@@ -62,9 +62,12 @@ def run_heads(model: DarknetModel, x: torch.Tensor,
         raise UsageError(f"head '{gated[0][0]}' is gated, which needs our model to skip its "
                          "tail: use --runtime torch, or --no-gates to run every tail")
     targets = {y for _, layers, gate in heads if gate is None for y in layers}
+    # the trunk reads stay in the model's layout: they only go back in as the tails' cache
+    native = {i for _, _, gate in gated for i in gate.trunk_reads} - targets
     for _, _, gate in gated:
         targets.update([gate.score_layer, *gate.trunk_reads])
-    out = model.run(x, sorted(targets), cache) if cache else model.run(x, sorted(targets))
+    out = model.run(x, sorted(targets), cache, native) if cache or native else \
+        model.run(x, sorted(targets))
     runs = {name: HeadRun({y: out[y] for y in layers})
             for name, layers, gate in heads if gate is None}
     for name, layers, gate in gated:
@@ -73,8 +76,9 @@ def run_heads(model: DarknetModel, x: torch.Tensor,
         if len(images) == 0:
             runs[name] = HeadRun({}, [])
             continue
-        reads = {i: out[i][images] for i in gate.trunk_reads}
-        tail = model.run(x[images], list(layers), reads)
+        every = len(images) == len(x)  # then no gather is needed
+        reads = {i: out[i] if every else out[i][images] for i in gate.trunk_reads}
+        tail = model.run(x if every else x[images], list(layers), reads)
         runs[name] = HeadRun(tail, images.tolist())
     return runs
 
