@@ -1,14 +1,12 @@
 """How well suggest-k predicts measured sweeps (docs/suggest-k.md): per task, the table of k,
 measured mAP (mean ± half the spread of the seeds), predicted mAP and savings; Spearman's rank
-correlation; the recommended k and its measured loss; the times.
+correlation of each suggest-k run with the seeds' mean; the recommended k and its measured
+loss; the times.
 
-    python benchmarks/suggest_k_validation.py --task shapes PRED.json SWEEP_DIR [SWEEP_DIR ...] \
-        [--task text ...] [--budget 0.2] [--tolerance 2]
+    python benchmarks/suggest_k_validation.py --task shapes PRED_S0.json [PRED_S1.json ...] \
+        SWEEP_DIR [SWEEP_DIR ...] [--task text ...] [--tolerance 2]
 
-PRED.json is written by ``suggest-k --json`` (or ``suggest_k``); when its short runs are
-longer than ``--budget`` asks, the curve is cut at ``budget × target`` iterations and the
-prediction made again from that part (what suggest-k with that budget would have seen: its
-runs are the same seeded runs, stopped earlier). Each SWEEP_DIR holds ``sweep.json`` and
+Each PRED.json is written by ``suggest-k --json``; each SWEEP_DIR holds ``sweep.json`` and
 ``k_<k>/result.json`` per finished k and ``k_<k>/train_log.csv`` (whose last row's
 ``seconds`` is the training time of that k).
 """
@@ -22,12 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from netsurgery.analysis.suggest import (  # noqa: E402
-    checkpoints,
-    extrapolate,
-    recommend,
-    spearman,
-)
+from netsurgery.analysis.suggest import recommend, spearman  # noqa: E402
 
 
 def sweep_seconds(folder: Path) -> float:
@@ -56,71 +49,62 @@ def finished_points(sweeps: list[str]) -> dict[int, list[float]]:
     return out
 
 
-def predictions(pred: dict, budget: float | None) -> dict[int, tuple[float, float]]:
-    target = pred["target_iterations"]
-    out = {}
-    for c in pred["candidates"]:
-        curve = [tuple(p) for p in c["curve"]]
-        if budget is not None:
-            stop = max(1, round(target * budget))
-            wanted = set(checkpoints(stop))
-            cut = [p for p in curve if p[0] <= stop]
-            same = [p for p in cut if p[0] in wanted]  # what suggest-k itself measures
-            curve = same if len(same) >= 2 else cut
-        out[c["k"]] = extrapolate(curve, target)
-    return out
-
-
-def report(name: str, pred_path: str, sweeps: list[str], budget: float | None,
-           tolerance: float) -> None:
-    pred = json.loads(Path(pred_path).read_text())
+def report(name: str, preds: list[str], sweeps: list[str], tolerance: float) -> None:
     measured = finished_points(sweeps)
-    predicted = predictions(pred, budget)
-    ks = [k for k in sorted(predicted) if k in measured]
-    mean = {k: sum(measured[k]) / len(measured[k]) for k in ks}
+    mean = {k: sum(v) / len(v) for k, v in measured.items()}
+    runs = [json.loads(Path(p).read_text()) for p in preds]
+    ks = [c["k"] for c in runs[0]["candidates"] if c["k"] in measured]
+    best_k = max(ks, key=lambda k: mean[k])
     print(f"\n### {name}\n")
-    print("| k | measured mAP@0.5 (%) | predicted mAP@0.5 (%) | params shared | FLOPs shared |")
-    print("|---|---|---|---|---|")
-    savings = {c["k"]: c for c in pred["candidates"]}
+    head = " | ".join(f"predicted, seed {i} (%)" for i in range(len(runs)))
+    print(f"| k | measured mAP@0.5 (%) | {head} | speed loss | params shared | FLOPs shared |")
+    print("|---" * (5 + len(runs)) + "|")
     for k in ks:
         m = [v * 100 for v in measured[k]]
-        half = (max(m) - min(m)) / 2
-        p, s = predicted[k]
-        print(f"| {k} | {sum(m) / len(m):.1f} ± {half:.1f} ({', '.join(f'{v:.1f}' for v in m)})"
-              f" | {p * 100:.1f} ± {s * 100:.1f} | {savings[k]['params_fraction'] * 100:.1f} % "
-              f"| {savings[k]['bflops_fraction'] * 100:.1f} % |")
-    rho = spearman([predicted[k][0] for k in ks], [mean[k] for k in ks])
-    chosen = recommend({k: predicted[k][0] for k in ks}, tolerance)
-    best_k = max(ks, key=lambda k: mean[k])
-    loss = (mean[best_k] - mean[chosen]) * 100
+        cells = []
+        for run in runs:
+            c = next(c for c in run["candidates"] if c["k"] == k)
+            mark = "" if c["finalist"] else " (eliminated)"
+            cells.append(f"{c['predicted_map'] * 100:.1f} ± {c['map_sigma'] * 100:.1f}{mark}")
+        c0 = next(c for c in runs[0]["candidates"] if c["k"] == k)
+        speeds = ", ".join(f"{next(c for c in r['candidates'] if c['k'] == k)['speed_loss']:.2f}"
+                           for r in runs)
+        print(f"| {k} | {sum(m) / len(m):.1f} ± {(max(m) - min(m)) / 2:.1f} "
+              f"({', '.join(f'{v:.1f}' for v in m)}) | {' | '.join(cells)} | {speeds} "
+              f"| {c0['params_fraction'] * 100:.1f} % | {c0['bflops_fraction'] * 100:.1f} % |")
     spreads = [(max(measured[k]) - min(measured[k])) * 100 for k in ks]
     gaps = sorted(mean[k] * 100 for k in ks)
-    print(f"\nSpearman rank correlation (predicted vs measured mean): **{rho:.2f}**")
-    print(f"Recommended k = {chosen} (tolerance {tolerance:g} points); best measured k = "
-          f"{best_k} ({mean[best_k] * 100:.1f} %); measured loss at the recommendation "
-          f"**{loss:.1f} points**")
-    print(f"Seed spread: mean {sum(spreads) / len(spreads):.1f}, max {max(spreads):.1f} "
-          f"points; range of the candidates' means {gaps[-1] - gaps[0]:.1f} points")
-    if all(Path(s).exists() for s in sweeps):
-        walls = [sweep_seconds(Path(s)) for s in sweeps]
-        trains = [train_seconds(Path(s)) for s in sweeps]
-        print(f"Sweep wall time per seed: {', '.join(f'{w:.0f} s' for w in walls)} "
-              f"(training alone {', '.join(f'{t:.0f} s' for t in trains)}); "
-              f"suggest-k run: {pred['seconds']:.0f} s (trunk features "
-              f"{pred['feature_seconds']:.0f} s), ratio {pred['seconds'] / walls[0]:.2f} of "
-              f"the first sweep")
+    print(f"\nSeed spread of the sweep: mean {sum(spreads) / len(spreads):.1f}, max "
+          f"{max(spreads):.1f} points; range of the candidates' means {gaps[-1] - gaps[0]:.1f} "
+          f"points; best measured k = {best_k} ({mean[best_k] * 100:.1f} %)")
+    walls = [sweep_seconds(Path(s)) for s in sweeps]
+    for i, run in enumerate(runs):
+        predicted = {c["k"]: c["predicted_map"] for c in run["candidates"] if c["k"] in mean}
+        rho = spearman([predicted[k] for k in ks], [mean[k] for k in ks])
+        chosen = run["recommended"]
+        again = recommend({c["k"]: c["predicted_map"] for c in run["candidates"]
+                           if c["finalist"]}, tolerance)
+        loss = (mean[best_k] - mean[chosen]) * 100
+        print(f"- suggest-k run {i}: Spearman **{rho:.2f}**; recommended k = {chosen} "
+              f"(tolerance {run['tolerance']:g}; at {tolerance:g}: {again}), measured loss "
+              f"**{loss:.1f} points**; {run['seconds']:.0f} s (trunk features "
+              f"{run['feature_seconds']:.0f} s) = {run['seconds'] / walls[min(i, len(walls) - 1)]:.2f} "
+              f"of the sweep of the same seed")
+    trains = [train_seconds(Path(s)) for s in sweeps]
+    print(f"- sweep wall time per seed: {', '.join(f'{w:.0f} s' for w in walls)} (training "
+          f"alone {', '.join(f'{t:.0f} s' for t in trains)})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", nargs="+", action="append", required=True,
-                        metavar="NAME PRED.json SWEEP_DIR", help="repeat per task")
-    parser.add_argument("--budget", type=float, default=None,
-                        help="cut the short runs to this fraction of the target")
+                        metavar="NAME PRED.json... SWEEP_DIR...", help="repeat per task")
     parser.add_argument("--tolerance", type=float, default=2.0)
     args = parser.parse_args()
-    for name, pred, *sweeps in args.task:
-        report(name, pred, sweeps, args.budget, args.tolerance)
+    for name, *files in args.task:
+        preds = [f for f in files if f.endswith(".json")]
+        sweeps = [f for f in files if not f.endswith(".json")]
+        report(name, preds, sweeps, args.tolerance)
 
 
 if __name__ == "__main__":

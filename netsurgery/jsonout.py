@@ -10,7 +10,7 @@ import os
 
 from netsurgery.fileio import atomic_write_text
 
-VERSIONS = {"info": 1, "diff": 1, "detect": 1, "eval": 1, "sweep": 1, "suggest-k": 1}
+VERSIONS = {"info": 1, "diff": 1, "detect": 1, "eval": 1, "sweep": 1, "suggest-k": 2}
 
 
 def schema_name(kind: str) -> str:

@@ -14,11 +14,11 @@ from test_json_schemas import check
 from netsurgery.analysis.suggest import (
     block_ends,
     check_candidates,
-    checkpoints,
-    extrapolate,
+    fit_against_speed,
     recommend,
     recommendation_confidence,
     spearman,
+    speed_loss,
 )
 from netsurgery.analysis.tails import TailRun, base_initialised, cache_features, load_task
 from netsurgery.cli.app import run
@@ -115,11 +115,6 @@ def test_candidates_must_leave_the_heads_trainable():
         check_candidates(net, [4, 15])
 
 
-def test_checkpoints_end_at_the_short_run():
-    assert checkpoints(40, 4) == [10, 20, 30, 40]
-    assert checkpoints(3, 4) == [1, 2, 3]
-
-
 # ------------------------------------------------------------------------ recommendation
 
 
@@ -154,17 +149,27 @@ def test_spearman_matches_hand_values():
     assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
 
 
-def test_extrapolate_fits_a_flattening_curve():
-    # exactly mAP = 0.7 - 1/sqrt(t): the fit recovers it and predicts 0.7 - 1/sqrt(400) = 0.65
-    curve = [(t, 0.7 - 1 / t ** 0.5) for t in (10, 20, 30, 40)]
-    level, sigma = extrapolate(curve, 400)
-    assert level == pytest.approx(0.65, abs=1e-9) and sigma == 0.005  # the floor
-    # a falling curve predicts no further rise: its mean, with the spread as uncertainty
-    level, sigma = extrapolate([(10, 0.5), (20, 0.4), (30, 0.3)], 400)
-    assert level == pytest.approx(0.4) and sigma == pytest.approx(0.1414214, abs=1e-6)
-    # plateau: the mean of the second half of the checkpoints
-    level, sigma = extrapolate([(10, 0.1), (20, 0.3), (30, 0.4), (40, 0.5)], 400, "plateau")
-    assert level == pytest.approx(0.45) and sigma == pytest.approx(0.0707107, abs=1e-6)
+def test_speed_is_the_mean_loss_of_the_last_third():
+    assert speed_loss([9.0, 8.0, 7.0, 6.0, 5.0, 4.0]) == pytest.approx(4.5)  # last 2 of 6
+    assert speed_loss([3.0]) == 3.0
+    with pytest.raises(ValueError):
+        speed_loss([])
+
+
+def test_fit_against_speed_follows_the_speed_and_averages_the_noise():
+    # mAP = 0.9 - 0.1 * loss exactly: the line gives each its own value, sigma at the floor
+    speeds = {4: 5.0, 8: 6.0, 13: 7.0}
+    predicted, sigma = fit_against_speed(speeds, {4: 0.40, 8: 0.30, 13: 0.20})
+    assert predicted == pytest.approx({4: 0.40, 8: 0.30, 13: 0.20}) and sigma == 0.005
+    # a noisy middle point: least squares through (5, .4), (6, .36), (7, .2): slope -0.1,
+    # mean 0.32; residuals -0.02, +0.04, -0.02 -> sigma sqrt(0.0024 / 1) = 0.04899
+    predicted, sigma = fit_against_speed(speeds, {4: 0.40, 8: 0.36, 13: 0.20})
+    assert predicted == pytest.approx({4: 0.42, 8: 0.32, 13: 0.22})
+    assert sigma == pytest.approx(0.0489898, abs=1e-6)
+    # mAPs rising with the loss (noise): no order is invented, every candidate gets the mean
+    predicted, _ = fit_against_speed(speeds, {4: 0.20, 8: 0.30, 13: 0.40})
+    assert predicted == pytest.approx({4: 0.30, 8: 0.30, 13: 0.30})
+    assert fit_against_speed({4: 5.0}, {4: 0.3}) == ({4: 0.3}, 0.005)
 
 
 # ------------------------------------------------------------------------ the command
@@ -183,14 +188,18 @@ def test_suggest_k_end_to_end(tiny, tmp_path, capsys):
     assert rc == 0, printed
     result = check(out, "suggest-k")  # the JSON Schema in docs/schemas
     assert [c["k"] for c in result["candidates"]] == [12, 13]
-    for c in result["candidates"]:
-        assert 0.0 <= c["predicted_map"] <= 1.0 and c["map_sigma"] >= 0.005
-        assert c["iterations"] == 8 and [i for i, _ in c["curve"]] == [2, 4, 6, 8]
     by_k = {c["k"]: c for c in result["candidates"]}
+    for c in result["candidates"]:
+        assert c["iterations"] == 8 and 0.0 <= c["observed_map"] <= 1.0
+        assert 0.0 <= c["predicted_map"] <= 1.0 and c["map_sigma"] >= 0.005
+        assert c["speed_loss"] > 1  # a real loss, not zeros
+    # the faster tail (lower loss) is never predicted lower
+    fast, slow = sorted(by_k, key=lambda k: by_k[k]["speed_loss"])
+    assert by_k[fast]["predicted_map"] >= by_k[slow]["predicted_map"]
     # yolov3-tiny: layers 0..12 hold 0.711 of the params and 0.672 of the FLOPs (cost.py)
     assert by_k[12]["params_fraction"] == pytest.approx(0.711, abs=5e-4)
     assert by_k[12]["bflops_fraction"] == pytest.approx(0.672, abs=5e-4)
-    assert result["recommended"] in (12, 13) and 0.0 <= result["confidence"] <= 1.0
+    assert 0.0 <= result["confidence"] <= 1.0
     assert result["method"] and result["seconds"] > 0 and result["target_iterations"] == 16
     assert "recommended k =" in printed and "Spearman rank correlation" in printed
     import cv2

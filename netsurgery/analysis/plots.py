@@ -390,6 +390,8 @@ def plot_suggestion(suggestion, path: str | os.PathLike,
     ax.errorbar(ks, [c.predicted_map * 100 for c in cands],
                 yerr=[c.map_sigma * 100 for c in cands], fmt="o-", color="tab:blue",
                 capsize=3, label="predicted mAP@0.5 (± uncertainty)")
+    ax.plot(ks, [c.observed_map * 100 for c in cands], "x", color="tab:blue",
+            label="short run's own mAP@0.5 (the line is fitted to these against speed)")
     if measured:
         mk = sorted(measured)
         values = [measured[k] for k in mk]

@@ -1,13 +1,17 @@
 """``suggest-k``: choose the share point k without a full sweep.
 
-For every candidate k the tail k+1.. is trained briefly, the way ``sweep`` would train it
-(:mod:`netsurgery.analysis.tails`: the frozen trunk's outputs are computed once per image for
-all candidates, the tails train on them), its validation mAP@0.5 is measured at a few
-checkpoints, and the mAP the full training would reach is predicted from that learning
-curve. The recommendation is the largest k whose predicted mAP is within a tolerance of the
-best candidate's; its confidence is the share of draws, with each prediction perturbed by its
-own uncertainty, that recommend the same k. docs/suggest-k.md reports what has been measured of
-how well this predicts sweeps (so far: not enough to trust it).
+Every candidate's tail trains on cached trunk features (:mod:`netsurgery.analysis.tails`:
+the frozen trunk's outputs are computed once per image for all candidates, and each tail
+trains exactly as the start of ``sweep``'s own run of that k) for a share of the full
+training. Its *training speed* — the mean training loss over the last third of that short
+run — ranks it: a tail that fits the task faster ends higher, as measured in
+docs/suggest-k.md. The predicted mAP@0.5 is the least-squares line of the short runs'
+validation mAPs against their speed, read at each candidate's speed: one noisy evaluation per
+candidate is averaged with the others', and the prediction keeps the speed's order.
+
+The recommendation is the largest k whose predicted mAP is within a tolerance of the best;
+its confidence is the share of draws, with each prediction perturbed by the line's residual
+spread, that recommend the same k.
 """
 from __future__ import annotations
 
@@ -26,8 +30,8 @@ from netsurgery.jsonout import write_document
 
 from .cost import share_cost
 
-METHOD = "cached-trunk short training + learning-curve extrapolation"
-CHECKPOINTS = 4  # mAP measurements per candidate along its short run
+METHOD = "training speed of short runs on cached trunk features, mAP fitted against speed"
+SPEED_WINDOW = 1 / 3  # the speed is the mean training loss over this last share of a run
 MIN_ITERATIONS = 8  # per candidate, whatever the budget
 SIGMA_FLOOR = 0.005  # 0.5 mAP points: no prediction is more certain than that
 CONFIDENCE_DRAWS = 4000
@@ -40,9 +44,9 @@ class CandidatePrediction:
     k: int
     predicted_map: float
     map_sigma: float  # uncertainty of predicted_map (0..1)
-    observed_map: float  # at the last checkpoint of the short run
+    observed_map: float  # validation mAP@0.5 at the end of the short run
     iterations: int  # trained in the short run
-    curve: list[tuple[int, float]]  # (iteration, mAP) checkpoints
+    speed_loss: float  # mean training loss over the short run's last third (lower: faster)
     params_fraction: float
     bflops_fraction: float
     params_shared: int
@@ -106,37 +110,31 @@ def check_candidates(network: Network, ks: Sequence[int]) -> list[int]:
 # --------------------------------------------------------------------------- prediction
 
 
-def checkpoints(iterations: int, n: int = CHECKPOINTS) -> list[int]:
-    """Iterations at which the short run's mAP is measured: ``n`` evenly spaced, the last
-    at ``iterations``."""
-    return sorted({max(1, round(iterations * (i + 1) / n)) for i in range(n)})
+def speed_loss(losses: Sequence[float], window: float = SPEED_WINDOW) -> float:
+    """Training speed of a short run: the mean training loss over its last ``window``
+    share of iterations (lower: the tail fits the task faster)."""
+    if not losses:
+        raise ValueError("no training iterations")
+    tail = losses[-max(1, round(len(losses) * window)):]
+    return float(sum(tail) / len(tail))
 
 
-def extrapolate(curve: Sequence[tuple[int, float]], target: int,
-                method: str = "sqrt") -> tuple[float, float]:
-    """Predicted mAP at ``target`` iterations from (iteration, mAP) checkpoints, and its
-    uncertainty (both 0..1); docs/suggest-k.md reports how far this has been validated.
-
-    ``sqrt``: least squares of mAP = a - b/sqrt(iteration) on the checkpoints (a learning
-    curve that flattens), evaluated at ``target``; b < 0 (a falling curve) is taken as flat.
-    ``plateau``: the mean of the second half of the checkpoints. The uncertainty is the
-    spread of the checkpoints around the fit (at least :data:`SIGMA_FLOOR`)."""
-    its = np.array([c[0] for c in curve], dtype=float)
-    maps = np.array([c[1] for c in curve], dtype=float)
-    late = maps[len(maps) // 2:]  # the second half of the run: past the first rise
-    if method == "plateau" or len(its) < 3:
-        sigma = float(late.std(ddof=1)) if len(late) > 1 else 0.0
-        return float(late.mean()), max(sigma, SIGMA_FLOOR)
-    if method != "sqrt":
-        raise ValueError(f"extrapolate: unknown method {method!r}")
-    x = 1 / np.sqrt(its)
-    slope, intercept = np.polyfit(x, maps, 1)  # maps = intercept + slope * x, slope = -b
-    if slope > 0:  # falling with more training: no rise left to extrapolate
-        slope, intercept = 0.0, float(maps.mean())
-    fitted = intercept + slope * x
-    residual = float(np.sqrt(np.sum((maps - fitted) ** 2) / max(len(maps) - 2, 1)))
-    predicted = float(np.clip(intercept + slope / math.sqrt(target), 0.0, 1.0))
-    return predicted, max(residual, SIGMA_FLOOR)
+def fit_against_speed(speeds: Mapping[int, float], maps: Mapping[int, float]
+                      ) -> tuple[dict[int, float], float]:
+    """Predicted mAP per k: the least-squares line of ``maps`` against ``speeds`` read at
+    each speed (a faster tail never predicted lower: a rising line is taken as flat), and
+    the residual spread around it (at least :data:`SIGMA_FLOOR`)."""
+    ks = sorted(speeds)
+    x = np.array([speeds[k] for k in ks], dtype=float)
+    y = np.array([maps[k] for k in ks], dtype=float)
+    slope = 0.0
+    if len(ks) > 1 and np.ptp(x) > 0:
+        slope = min(0.0, float(np.polyfit(x, y, 1)[0]))
+    fitted = y.mean() + slope * (x - x.mean())
+    dof = max(len(ks) - 2, 1)
+    sigma = float(np.sqrt(np.sum((y - fitted) ** 2) / dof)) if len(ks) > 1 else 0.0
+    return ({k: float(np.clip(v, 0.0, 1.0)) for k, v in zip(ks, fitted)},
+            max(sigma, SIGMA_FLOOR))
 
 
 def recommend(predicted: Mapping[int, float], tolerance: float) -> int:
@@ -176,15 +174,14 @@ def short_iterations(target: int, budget: float) -> int:
 
 def suggest_k(cfg: str, weights: str, data: str, base_cfg: str | None = None,
               candidates: Sequence[int] | None = None, iterations: int | None = None,
-              budget: float = 0.2, tolerance: float = 2.0, batch: int | None = None,
-              lr: float | None = None, seed: int = 0, n_checkpoints: int = CHECKPOINTS,
+              budget: float = 0.25, tolerance: float = 2.0, batch: int | None = None,
+              lr: float | None = None, seed: int = 0,
               log: Callable[[str], None] = lambda m: None) -> Suggestion:
     """Predict, for each candidate k, the validation mAP@0.5 that training layers k+1.. of
     the task network ``cfg`` from the base ``weights`` for ``iterations`` (default: the
     cfg's max_batches) would reach, as ``train``/``sweep`` do it without augmentation; and
-    recommend the largest k within ``tolerance`` mAP points of the best. ``budget``: each
-    candidate trains for that fraction of ``iterations``, its mAP measured at
-    ``n_checkpoints`` evenly spaced iterations."""
+    recommend the largest k within ``tolerance`` mAP points of the best. Each candidate
+    trains ``budget`` × ``iterations``; see the module docstring for the prediction."""
     from netsurgery.training.config import default_base_cfg
 
     from .tails import TailRun, cache_features, load_task
@@ -211,25 +208,25 @@ def suggest_k(cfg: str, weights: str, data: str, base_cfg: str | None = None,
     cache = cache_features(task, ks, log=log)
     log(f"trunk features of {len(cache.images)} training + {len(cache.valid_ids)} validation "
         f"images: {cache.nbytes / 2**20:.0f} MiB in {cache.seconds:.1f} s")
-    results = []
+    speeds, observed, seconds = {}, {}, {}
     for k in ks:
         run = TailRun(task, cache, k)
-        curve = []
-        for stop in checkpoints(short, n_checkpoints):
-            run.train(stop)
-            curve.append((stop, run.evaluate().map))
-        predicted, sigma = extrapolate(curve, target)
+        run.train(short)
+        speeds[k] = speed_loss(run.losses)
+        observed[k] = run.evaluate().map
+        seconds[k] = run.seconds
+        log(f"k={k}: training loss {speeds[k]:.3f} over its last third, mAP@0.5 "
+            f"{observed[k] * 100:.1f} % after {short} iterations ({run.seconds:.0f} s)")
+    predicted, sigma = fit_against_speed(speeds, observed)
+    results = []
+    for k in ks:
         share = share_cost(task.base_net, k)
         results.append(CandidatePrediction(
-            k, predicted, sigma, curve[-1][1], short, curve, share.params_fraction,
-            share.bflops_fraction, share.params_shared, share.bflops_shared, run.seconds))
-        log(f"k={k}: mAP@0.5 " + ", ".join(f"{m * 100:.1f}" for _, m in curve)
-            + f" at {', '.join(str(i) for i, _ in curve)} iterations -> predicted "
-            f"{predicted * 100:.1f} ± {sigma * 100:.1f} % ({run.seconds:.0f} s)")
-    predicted = {c.k: c.predicted_map for c in results}
+            k, predicted[k], sigma, observed[k], short, speeds[k], share.params_fraction,
+            share.bflops_fraction, share.params_shared, share.bflops_shared, seconds[k]))
     chosen = recommend(predicted, tolerance)
-    confidence = recommendation_confidence(predicted, {c.k: c.map_sigma for c in results},
-                                           tolerance, seed=seed)
+    confidence = recommendation_confidence(predicted, {k: sigma for k in ks}, tolerance,
+                                           seed=seed)
     return Suggestion(results, chosen, confidence, tolerance, target, budget,
                       feature_seconds=cache.seconds, seconds=time.perf_counter() - t0,
                       cpu_seconds=time.process_time() - cpu0)
@@ -242,8 +239,7 @@ def suggestion_to_json(s: Suggestion) -> dict:
     """``{"candidates": [{"k", "predicted_map", "params_fraction", "bflops_fraction", ...}],
     "recommended", "confidence", "method", "seconds", ...}`` (mAP values in 0..1)."""
     out = asdict(s)
-    out["candidates"] = [dict(asdict(c), curve=[list(p) for p in c.curve])
-                         for c in s.candidates]
+    out["candidates"] = [asdict(c) for c in s.candidates]
     out["confidence_level"] = s.confidence_level
     return out
 
@@ -255,12 +251,13 @@ def write_json(s: Suggestion, path: str | Path) -> None:
 
 def format_suggestion(s: Suggestion, measured: Mapping[int, float] | None = None) -> str:
     """The table printed by the CLI; ``measured`` (k -> mAP 0..1) adds a column."""
-    head = "    k  predicted mAP@0.5   params shared  FLOPs shared"
+    head = "    k  speed loss  predicted mAP@0.5   params shared  FLOPs shared"
     lines = [head + ("  measured" if measured else "")]
     for c in s.candidates:
         mark = " <" if c.k == s.recommended else "  "
-        row = (f"{c.k:5d}  {c.predicted_map * 100:6.2f} ± {c.map_sigma * 100:4.2f} %  "
-               f"{c.params_fraction * 100:12.1f}%  {c.bflops_fraction * 100:11.1f}%")
+        row = (f"{c.k:5d}  {c.speed_loss:10.3f}  {c.predicted_map * 100:6.2f} ± "
+               f"{c.map_sigma * 100:4.2f} %  {c.params_fraction * 100:12.1f}%  "
+               f"{c.bflops_fraction * 100:11.1f}%")
         if measured:
             value = measured.get(c.k)
             row += f"  {value * 100:7.2f}%" if value is not None else f"  {'-':>8}"

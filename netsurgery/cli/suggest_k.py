@@ -32,8 +32,9 @@ from .app import INT_LIST, echo_err, main
                    "network's blocks).")
 @click.option("--iterations", type=int, default=None,
               help="The training the prediction is for (default: max_batches).")
-@click.option("--budget", type=float, default=0.2, show_default=True,
-              help="Fraction of --iterations each candidate is trained for.")
+@click.option("--budget", type=float, default=0.25, show_default=True,
+              help="Fraction of --iterations the faster half of the candidates trains for "
+                   "(every candidate trains half of that first).")
 @click.option("--tolerance", type=float, default=2.0, show_default=True,
               help="mAP points below the best candidate that are acceptable.")
 @click.option("--batch", type=int, default=None, help="Images per iteration (as train).")
@@ -48,8 +49,9 @@ from .app import INT_LIST, echo_err, main
               multiple=True, help="A sweep.json to compare with (repeat for several seeds).")
 def suggest_k_cmd(cfg, weights, data, base_cfg, candidates, iterations, budget, tolerance,
                   batch, lr, seed, threads, json_path, plot_path, compare):
-    """Train every candidate's tail briefly on cached trunk features, predict the mAP@0.5
-    full training would reach, and recommend the largest k within --tolerance of the best."""
+    """Train every candidate's tail briefly on cached trunk features (successive halving:
+    rank by training speed, then the faster half's short-run mAP), and recommend the largest
+    k within --tolerance of the best."""
     from netsurgery.analysis.plots import chart_format, plot_suggestion
 
     if plot_path:
