@@ -45,6 +45,7 @@ def finished_points(sweeps: list[str]) -> dict[int, list[float]]:
     for folder in sweeps:
         for done in sorted(Path(folder).glob("k_*/result.json")):
             point = json.loads(done.read_text())
+            point = point.get("point", point)  # netsurgery-sweep-result/2 wraps it
             out.setdefault(int(point["k"]), []).append(float(point["map"]))
     return out
 
@@ -64,8 +65,8 @@ def report(name: str, preds: list[str], sweeps: list[str], tolerance: float) -> 
         cells = []
         for run in runs:
             c = next(c for c in run["candidates"] if c["k"] == k)
-            mark = "" if c["finalist"] else " (eliminated)"
-            cells.append(f"{c['predicted_map'] * 100:.1f} ± {c['map_sigma'] * 100:.1f}{mark}")
+            cells.append(f"{c['predicted_map'] * 100:.1f} ± {c['map_sigma'] * 100:.1f} "
+                         f"(short run {c['observed_map'] * 100:.1f})")
         c0 = next(c for c in runs[0]["candidates"] if c["k"] == k)
         speeds = ", ".join(f"{next(c for c in r['candidates'] if c['k'] == k)['speed_loss']:.2f}"
                            for r in runs)
@@ -82,8 +83,7 @@ def report(name: str, preds: list[str], sweeps: list[str], tolerance: float) -> 
         predicted = {c["k"]: c["predicted_map"] for c in run["candidates"] if c["k"] in mean}
         rho = spearman([predicted[k] for k in ks], [mean[k] for k in ks])
         chosen = run["recommended"]
-        again = recommend({c["k"]: c["predicted_map"] for c in run["candidates"]
-                           if c["finalist"]}, tolerance)
+        again = recommend({c["k"]: c["predicted_map"] for c in run["candidates"]}, tolerance)
         loss = (mean[best_k] - mean[chosen]) * 100
         print(f"- suggest-k run {i}: Spearman **{rho:.2f}**; recommended k = {chosen} "
               f"(tolerance {run['tolerance']:g}; at {tolerance:g}: {again}), measured loss "
