@@ -385,7 +385,7 @@ def plot_suggestion(suggestion, path: str | os.PathLike,
     chart_format(path)
     cands = suggestion.candidates
     ks = [c.k for c in cands]
-    fig = Figure(figsize=(7.5, 4.5))
+    fig = Figure(figsize=(7.5, 5.6))
     ax = fig.add_subplot()
     ax.errorbar(ks, [c.predicted_map * 100 for c in cands],
                 yerr=[c.map_sigma * 100 for c in cands], fmt="o-", color="tab:blue",
@@ -416,7 +416,9 @@ def plot_suggestion(suggestion, path: str | os.PathLike,
     ax2.set_ylim(0, 100)
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="lower left")
+    # below the axes: inside, it would hide the curves it explains
+    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13),
+              ncol=2, frameon=False)
     ax.set_title(f"suggest-k: tolerance {suggestion.tolerance:g} points, "
                  f"{suggestion.candidates[0].iterations} of {suggestion.target_iterations} "
                  "iterations per candidate", fontsize=10)
