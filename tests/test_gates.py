@@ -8,7 +8,7 @@ import torch
 
 from netsurgery.errors import UsageError
 from netsurgery.surgery.gates import (calibrate_threshold, clopper_pearson_lower,
-                                      minimum_positives)
+                                      minimum_positives, positives_for_misses)
 from netsurgery.training.gate import fit_gate, gate_scores
 
 
@@ -35,6 +35,17 @@ def test_minimum_positives():
     assert minimum_positives(0.99) == 299
     assert 0.05 ** (1 / 298) < 0.99 <= 0.05 ** (1 / 299)
     assert minimum_positives(0.9) == 29
+
+
+def test_positives_for_misses_is_the_fewest_that_keep_the_bound():
+    assert positives_for_misses(0, 0.99) == minimum_positives(0.99) == 299
+    # docs/gates.md: 704 positives let the threshold leave out 2 (bound 0.9911), 307 none
+    for misses, expected in ((1, 473), (2, 628), (3, 773)):
+        n = positives_for_misses(misses, 0.99)
+        assert n == expected
+        assert clopper_pearson_lower(n - misses, n) >= 0.99
+        assert clopper_pearson_lower(n - 1 - misses, n - 1) < 0.99
+    assert clopper_pearson_lower(702, 704) == pytest.approx(0.99108, abs=1e-5)
 
 
 def test_calibration_keeps_the_bound_and_is_the_largest_threshold():
@@ -148,6 +159,9 @@ def test_gate_files_record_a_calibrated_gate(gated):
     assert gate.positive_pass_rate == pytest.approx(held[held_pos].mean())
     assert gate.negative_pass_rate == pytest.approx(held[~held_pos].mean())
     assert "held out: positives pass" in out
+    # too few positives to leave 2 out: the report says how many would
+    misses = gate.positives - passing
+    assert ("the bound let the threshold leave out" in out) == (misses < 2)
 
 
 def test_gated_network_runs_in_opencv(gated):

@@ -98,6 +98,23 @@ def minimum_positives(recall: float, confidence: float = 0.95) -> int:
     return math.ceil(math.log(1.0 - confidence) / math.log(recall))
 
 
+def positives_for_misses(misses: int, recall: float, confidence: float = 0.95) -> int:
+    """The fewest calibration positives that still show ``recall`` at ``confidence`` when
+    ``misses`` of them score below the threshold: what lets the threshold rise above the
+    lowest-scoring positives (the bound grows with the count at a fixed number of misses)."""
+    lo = minimum_positives(recall, confidence) + misses  # not enough: misses count too
+    hi = lo
+    while clopper_pearson_lower(hi - misses, hi, confidence) < recall:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:  # the bound at a fixed number of misses grows with the positives
+        mid = (lo + hi) // 2
+        if clopper_pearson_lower(mid - misses, mid, confidence) >= recall:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
 @dataclass
 class Calibration:
     threshold: float

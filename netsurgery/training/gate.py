@@ -21,7 +21,7 @@ from netsurgery.darknet.model import DarknetModel
 from netsurgery.detection.image import preprocess
 from netsurgery.errors import DataError
 from netsurgery.surgery.gates import (GATE_HIDDEN, Gate, attach_gate, calibrate_threshold,
-                                      check_gate_target)
+                                      check_gate_target, positives_for_misses)
 from netsurgery.training.data import Sample, load_data_file, load_dataset
 
 
@@ -114,6 +114,7 @@ class GateReport:
     train_positives: int
     train_negatives: int
     calibration_images: int
+    calibration_misses: int  # calibration positives below the threshold
     held_out_auc: float  # how well the score ranks held-out positives above negatives
     seconds: float
 
@@ -182,7 +183,8 @@ def train_gate(merged, heads, head: str, data_path: str | os.PathLike, recall: f
                 held_out_negatives=int((~held_positive).sum()))
     gated, gated_heads = attach_gate(merged, heads, head, at, weights, gate)
     report = GateReport(head, gate, int(train_positive.sum()), int((~train_positive).sum()),
-                        len(calibration), _auc(held_scores[held_positive],
+                        len(calibration), cal.positives - cal.passing,
+                        _auc(held_scores[held_positive],
                                                held_scores[~held_positive]),
                         time.perf_counter() - t0)
     return gated, gated_heads, report
@@ -194,7 +196,7 @@ def _rate(passed: np.ndarray) -> float:
 
 def format_report(report: GateReport) -> str:
     g = report.gate
-    return "\n".join([
+    lines = [
         f"gate for head '{report.head}' at layer {g.at} (layers {g.layers[0]}..{g.layers[1]}), "
         f"threshold {g.threshold:.4g}",
         f"  trained on {report.train_positives} positive + {report.train_negatives} negative "
@@ -205,7 +207,14 @@ def format_report(report: GateReport) -> str:
         f"  held out: positives pass {g.positive_pass_rate:.2%} of {g.held_out_positives}, "
         f"negatives pass {g.negative_pass_rate:.2%} of {g.held_out_negatives} "
         f"(AUC {report.held_out_auc:.4f})",
-    ])
+    ]
+    if report.calibration_misses < 2:  # the lowest positive scores set the threshold
+        more = positives_for_misses(2, g.recall, g.confidence)
+        lines.append(f"  note: the bound let the threshold leave out {report.calibration_misses} "
+                     f"of {g.positives} calibration positives, so the lowest scores set it; "
+                     f"with {more} or more it may leave out 2 and pass fewer images without "
+                     "objects (docs/gates.md)")
+    return "\n".join(lines)
 
 
 def gate_files(cfg: str, weights: str, heads_path: str, head: str, data_path: str, out: str,
