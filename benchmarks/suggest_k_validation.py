@@ -20,7 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from netsurgery.analysis.suggest import recommend, spearman  # noqa: E402
+from netsurgery.analysis.suggest import (  # noqa: E402
+    recommend,
+    recommend_under_uncertainty,
+    spearman,
+)
 
 
 def sweep_seconds(folder: Path) -> float:
@@ -82,14 +86,16 @@ def report(name: str, preds: list[str], sweeps: list[str], tolerance: float) -> 
     for i, run in enumerate(runs):
         predicted = {c["k"]: c["predicted_map"] for c in run["candidates"] if c["k"] in mean}
         rho = spearman([predicted[k] for k in ks], [mean[k] for k in ks])
-        chosen = run["recommended"]
-        again = recommend({c["k"]: c["predicted_map"] for c in run["candidates"]}, tolerance)
-        loss = (mean[best_k] - mean[chosen]) * 100
+        sigma = {c["k"]: c["map_sigma"] for c in run["candidates"] if c["k"] in mean}
+        chosen, chance = recommend_under_uncertainty(predicted, sigma, tolerance)
+        plain = recommend(predicted, tolerance)
         print(f"- suggest-k run {i}: Spearman **{rho:.2f}**; recommended k = {chosen} "
-              f"(tolerance {run['tolerance']:g}; at {tolerance:g}: {again}), measured loss "
-              f"**{loss:.1f} points**; {run['seconds']:.0f} s (trunk features "
-              f"{run['feature_seconds']:.0f} s) = {run['seconds'] / walls[min(i, len(walls) - 1)]:.2f} "
-              f"of the sweep of the same seed")
+              f"(probability {chance:.2f} within tolerance {tolerance:g}), measured loss "
+              f"**{(mean[best_k] - mean[chosen]) * 100:.1f} points**; the plain rule (largest k "
+              f"within tolerance of the best prediction) gives k = {plain}, loss "
+              f"{(mean[best_k] - mean[plain]) * 100:.1f} points; {run['seconds']:.0f} s (trunk "
+              f"features {run['feature_seconds']:.0f} s) = "
+              f"{run['seconds'] / walls[min(i, len(walls) - 1)]:.2f} of the sweep of the same seed")
     trains = [train_seconds(Path(s)) for s in sweeps]
     print(f"- sweep wall time per seed: {', '.join(f'{w:.0f} s' for w in walls)} (training "
           f"alone {', '.join(f'{t:.0f} s' for t in trains)})")

@@ -16,7 +16,7 @@ from netsurgery.analysis.suggest import (
     check_candidates,
     fit_against_speed,
     recommend,
-    recommendation_confidence,
+    recommend_under_uncertainty,
     spearman,
     speed_loss,
 )
@@ -127,16 +127,25 @@ def test_recommend_takes_the_largest_k_within_tolerance():
     assert recommend(predicted, 25.0) == 13
 
 
-def test_confidence_certain_and_coin_flip():
-    predicted = {4: 0.60, 8: 0.30}
-    assert recommendation_confidence(predicted, {4: 0.01, 8: 0.01}, 2.0) == 1.0
-    # two equal predictions, tolerance 0: k=8 is recommended when its draw is the larger
-    even = recommendation_confidence({4: 0.5, 8: 0.5}, {4: 0.02, 8: 0.02}, 0.0, draws=20000)
-    assert even == pytest.approx(0.5, abs=0.02)
-    # one sigma apart with equal sigmas s: P(X8 >= X4) for X8 - X4 ~ N(-s, 2 s^2)
-    # = Phi(-1/sqrt(2)) = 0.2398; k=4 is recommended, so the confidence is 0.760
-    one = recommendation_confidence({4: 0.52, 8: 0.50}, {4: 0.02, 8: 0.02}, 0.0, draws=40000)
-    assert one == pytest.approx(0.760, abs=0.01)
+def test_recommendation_under_uncertainty():
+    # certain predictions: the plain rule, with probability 1
+    predicted = {4: 0.60, 6: 0.61, 8: 0.595, 10: 0.58, 12: 0.50, 13: 0.40}
+    tiny = {k: 1e-6 for k in predicted}
+    assert recommend_under_uncertainty(predicted, tiny, 2.0) == (8, 1.0)
+    assert recommend_under_uncertainty(predicted, tiny, 2.0)[0] == recommend(predicted, 2.0)
+    # one sigma apart, equal sigmas s, tolerance 0: k=8 is the larger with probability
+    # P(X8 - X4 >= 0), X8 - X4 ~ N(-s, 2 s^2): Phi(-1/sqrt(2)) = 0.2398; k=4's 0.760 is
+    # below the 0.8 asked for, so the most probable, k=4, is recommended with it
+    k, chance = recommend_under_uncertainty({4: 0.52, 8: 0.50}, {4: 0.02, 8: 0.02}, 0.0,
+                                            draws=40000)
+    assert k == 4 and chance == pytest.approx(0.760, abs=0.01)
+    # a tolerance wider than the gap and the noise: the larger k is sure
+    assert recommend_under_uncertainty({4: 0.52, 8: 0.50}, {4: 0.005, 8: 0.005}, 5.0) == \
+        (8, 1.0)
+    # flat and noisy (the validation's case): not the largest k, the most probable one
+    flat = {4: 0.227, 6: 0.227, 8: 0.225, 10: 0.221, 12: 0.219, 13: 0.212}
+    k, chance = recommend_under_uncertainty(flat, {k: 0.04 for k in flat}, 2.0)
+    assert recommend(flat, 2.0) == 13 and k in (4, 6) and chance < 0.5
 
 
 def test_spearman_matches_hand_values():

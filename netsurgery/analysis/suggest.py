@@ -9,9 +9,10 @@ docs/suggest-k.md. The predicted mAP@0.5 is the least-squares line of the short 
 validation mAPs against their speed, read at each candidate's speed: one noisy evaluation per
 candidate is averaged with the others', and the prediction keeps the speed's order.
 
-The recommendation is the largest k whose predicted mAP is within a tolerance of the best;
-its confidence is the share of draws, with each prediction perturbed by the line's residual
-spread, that recommend the same k.
+The recommendation is the largest k that is within a tolerance of the best candidate with
+probability ≥ 0.8, each prediction perturbed by the line's residual spread; when the
+predictions are too uncertain for any, the k most often within tolerance. Its confidence is
+that probability.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ METHOD = "training speed of short runs on cached trunk features, mAP fitted agai
 SPEED_WINDOW = 1 / 3  # the speed is the mean training loss over this last share of a run
 MIN_ITERATIONS = 8  # per candidate, whatever the budget
 SIGMA_FLOOR = 0.005  # 0.5 mAP points: no prediction is more certain than that
+SURE_LEVEL = 0.8  # a k is recommended when it is within tolerance with this probability
 CONFIDENCE_DRAWS = 4000
 
 
@@ -60,7 +62,7 @@ class Suggestion:
 
     candidates: list[CandidatePrediction]
     recommended: int
-    confidence: float  # 0..1: share of perturbed draws that recommend the same k
+    confidence: float  # 0..1: probability that the recommended k is within tolerance
     tolerance: float  # mAP points
     target_iterations: int  # the training the prediction is for
     budget: float
@@ -146,22 +148,31 @@ def recommend(predicted: Mapping[int, float], tolerance: float) -> int:
     return max(k for k, m in predicted.items() if m >= best - tolerance / 100 - 1e-12)
 
 
-def recommendation_confidence(predicted: Mapping[int, float], sigma: Mapping[int, float],
-                              tolerance: float, draws: int = CONFIDENCE_DRAWS,
-                              seed: int = 0) -> float:
-    """Share of draws (each candidate's mAP ~ normal(predicted, sigma), independent) whose
-    recommendation is the same k as the predictions' own."""
-    chosen = recommend(predicted, tolerance)
+def recommend_under_uncertainty(predicted: Mapping[int, float], sigma: Mapping[int, float],
+                                tolerance: float, level: float = SURE_LEVEL,
+                                draws: int = CONFIDENCE_DRAWS, seed: int = 0
+                                ) -> tuple[int, float]:
+    """The largest k that is within ``tolerance`` mAP points of the best candidate with
+    probability ≥ ``level``, each candidate's mAP drawn from normal(predicted, sigma)
+    independently; when none is that sure, the k most often within tolerance (the largest
+    among ties). Returns k and that probability (the recommendation's confidence).
+
+    With exact predictions (sigma → 0) this is :func:`recommend`; with uncertain ones it
+    shares no more than the predictions can vouch for."""
+    if not predicted:
+        raise ValueError("no candidates")
     ks = sorted(predicted)
     mean = np.array([predicted[k] for k in ks])
     sd = np.array([sigma[k] for k in ks])
-    rng = np.random.default_rng(seed)
-    samples = mean + sd * rng.standard_normal((draws, len(ks)))
-    best = samples.max(axis=1, keepdims=True)
-    within = samples >= best - tolerance / 100 - 1e-12
-    # the largest k within tolerance: the last True column of each row
-    last = len(ks) - 1 - np.argmax(within[:, ::-1], axis=1)
-    return float(np.mean(np.array(ks)[last] == chosen))
+    samples = mean + sd * np.random.default_rng(seed).standard_normal((draws, len(ks)))
+    within = samples >= samples.max(axis=1, keepdims=True) - tolerance / 100 - 1e-12
+    chance = dict(zip(ks, within.mean(axis=0).tolist()))
+    sure = [k for k in ks if chance[k] >= level]
+    if sure:
+        return max(sure), chance[max(sure)]
+    top = max(chance.values())
+    chosen = max(k for k in ks if chance[k] == top)
+    return chosen, chance[chosen]
 
 
 # --------------------------------------------------------------------------- the run
@@ -224,9 +235,9 @@ def suggest_k(cfg: str, weights: str, data: str, base_cfg: str | None = None,
         results.append(CandidatePrediction(
             k, predicted[k], sigma, observed[k], short, speeds[k], share.params_fraction,
             share.bflops_fraction, share.params_shared, share.bflops_shared, seconds[k]))
-    chosen = recommend(predicted, tolerance)
-    confidence = recommendation_confidence(predicted, {k: sigma for k in ks}, tolerance,
-                                           seed=seed)
+    # the draws integrate numerically, fixed seed: the same predictions, the same answer
+    chosen, confidence = recommend_under_uncertainty(predicted, {k: sigma for k in ks},
+                                                     tolerance)
     return Suggestion(results, chosen, confidence, tolerance, target, budget,
                       feature_seconds=cache.seconds, seconds=time.perf_counter() - t0,
                       cpu_seconds=time.process_time() - cpu0)
@@ -262,9 +273,9 @@ def format_suggestion(s: Suggestion, measured: Mapping[int, float] | None = None
             value = measured.get(c.k)
             row += f"  {value * 100:7.2f}%" if value is not None else f"  {'-':>8}"
         lines.append(row + mark)
-    lines.append(f"recommended k = {s.recommended}: the largest k within {s.tolerance:g} "
-                 f"mAP points of the best prediction; confidence {s.confidence:.2f} "
-                 f"({s.confidence_level})")
+    lines.append(f"recommended k = {s.recommended}: within {s.tolerance:g} mAP points of the "
+                 f"best candidate with probability {s.confidence:.2f} ({s.confidence_level}; "
+                 f"the largest k with at least {SURE_LEVEL:g}, else the most probable)")
     lines.append(f"method: {s.method}; {s.candidates[0].iterations if s.candidates else 0} "
                  f"of {s.target_iterations} iterations per candidate; {s.seconds:.0f} s")
     return "\n".join(lines)

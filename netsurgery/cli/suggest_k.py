@@ -16,8 +16,8 @@ from netsurgery.errors import UsageError
 from .app import INT_LIST, echo_err, main
 
 
-@main.command("suggest-k", short_help="Predict mAP per share point k and recommend one, "
-                                      "without a full sweep.")
+@main.command("suggest-k", short_help="Rank the share points k by short training runs and "
+                                      "recommend one, without a full sweep.")
 @click.option("--cfg", "cfg", required=True, type=click.Path(dir_okay=False),
               help="The task network's cfg (its heads sized for the new classes).")
 @click.option("--weights", required=True, type=click.Path(dir_okay=False),
@@ -49,9 +49,9 @@ from .app import INT_LIST, echo_err, main
               multiple=True, help="A sweep.json to compare with (repeat for several seeds).")
 def suggest_k_cmd(cfg, weights, data, base_cfg, candidates, iterations, budget, tolerance,
                   batch, lr, seed, threads, json_path, plot_path, compare):
-    """Train every candidate's tail briefly on cached trunk features (successive halving:
-    rank by training speed, then the faster half's short-run mAP), and recommend the largest
-    k within --tolerance of the best."""
+    """Train every candidate's tail briefly on cached trunk features, rank the candidates by
+    training speed, predict their mAP@0.5, and recommend the largest k that is within
+    --tolerance of the best with probability 0.8 (else the most probable one)."""
     from netsurgery.analysis.plots import chart_format, plot_suggestion
 
     if plot_path:
