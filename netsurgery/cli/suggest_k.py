@@ -33,8 +33,8 @@ from .app import INT_LIST, echo_err, main
 @click.option("--iterations", type=int, default=None,
               help="The training the prediction is for (default: max_batches).")
 @click.option("--budget", type=float, default=0.25, show_default=True,
-              help="Fraction of --iterations the faster half of the candidates trains for "
-                   "(every candidate trains half of that first).")
+              help="Fraction of --iterations each candidate trains for (the start of the "
+                   "sweep's own run of that k).")
 @click.option("--tolerance", type=float, default=2.0, show_default=True,
               help="mAP points below the best candidate that are acceptable.")
 @click.option("--batch", type=int, default=None, help="Images per iteration (as train).")
