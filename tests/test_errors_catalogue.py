@@ -805,6 +805,7 @@ produces("E-SUGGEST-NO-CANDIDATES")(lambda tmp: check_candidates(_tiny_yolo_netw
 produces("E-SUGGEST-CANDIDATES")(lambda tmp: check_candidates(_tiny_yolo_network(), [4, 15]))
 produces("E-SUGGEST-BUDGET")(lambda tmp: _suggest(budget=1.5))
 produces("E-SUGGEST-BUDGET")(lambda tmp: _suggest(budget=0.0))
+produces("E-SUGGEST-DTYPE")(lambda tmp: _suggest(dtype="fp32"))
 produces("E-SUGGEST-TOLERANCE")(lambda tmp: _suggest(tolerance=-1.0))
 produces("E-SUGGEST-ITERATIONS")(lambda tmp: _suggest(iterations=0))
 produces("E-SUGGEST-CLASSES")(

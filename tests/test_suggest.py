@@ -20,7 +20,14 @@ from netsurgery.analysis.suggest import (
     spearman,
     speed_loss,
 )
-from netsurgery.analysis.tails import TailRun, base_initialised, cache_features, load_task
+from netsurgery.analysis.tails import (
+    TailRun,
+    base_initialised,
+    cache_features,
+    load_task,
+    native_bfloat16,
+    resolve_dtype,
+)
 from netsurgery.cli.app import run
 from netsurgery.darknet.cfg import load_cfg
 from netsurgery.darknet.network import build_network
@@ -87,6 +94,33 @@ def test_tail_run_trains_as_the_trainer_does(tiny, tmp_path):
     assert result.losses[0][1] > 1  # a real loss, not zeros
     ev = tail.evaluate()
     assert 0.0 <= ev.map <= 1.0 and tail.model.training  # mode restored
+
+
+def test_tail_run_in_bfloat16_tracks_float32(tiny):
+    """bfloat16 autocast changes the arithmetic (the losses are not the float32 ones) but
+    not the course: each iteration's loss within 3 % of float32's."""
+    root, base_cfg, weights, task_cfg, data = tiny
+    task = load_task(task_cfg, weights, base_cfg, data)
+    cache = cache_features(task, [8])
+    runs = {dtype: TailRun(task, cache, 8, dtype) for dtype in ("float32", "bfloat16")}
+    for run in runs.values():
+        run.train(4)
+    full, half = runs["float32"].losses, runs["bfloat16"].losses
+    assert full != half  # autocast was on
+    assert half == pytest.approx(full, rel=0.03)
+    # the weights stay float32 (autocast casts copies)
+    assert {p.dtype for p in runs["bfloat16"].model.parameters()} == {torch.float32}
+    ev = runs["bfloat16"].evaluate()
+    assert 0.0 <= ev.map <= 1.0
+    with pytest.raises(ValueError, match="dtype 'half'"):
+        TailRun(task, cache, 8, "half")
+
+
+def test_dtype_auto_is_bfloat16_only_where_the_cpu_has_it():
+    assert resolve_dtype("auto") == ("bfloat16" if native_bfloat16() else "float32")
+    assert resolve_dtype("float32") == "float32" and resolve_dtype("bfloat16") == "bfloat16"
+    with pytest.raises(UsageError, match="--dtype float16: expected auto, float32 or bfloat16"):
+        resolve_dtype("float16")
 
 
 def test_tail_run_refuses_a_k_that_freezes_a_head(tiny):
@@ -210,6 +244,7 @@ def test_suggest_k_end_to_end(tiny, tmp_path, capsys):
     assert by_k[12]["bflops_fraction"] == pytest.approx(0.672, abs=5e-4)
     assert 0.0 <= result["confidence"] <= 1.0
     assert result["method"] and result["seconds"] > 0 and result["target_iterations"] == 16
+    assert result["dtype"] == resolve_dtype("auto")
     assert "recommended k =" in printed and "Spearman rank correlation" in printed
     import cv2
 
@@ -222,6 +257,7 @@ def test_suggest_k_end_to_end(tiny, tmp_path, capsys):
     (["--budget", "1.5"], "--budget 1.5: expected a fraction in (0, 1]"),
     (["--tolerance", "-1"], "--tolerance -1.0: expected a number of mAP points >= 0"),
     (["--plot", "x.jpg"], "unsupported chart format .jpg"),
+    (["--dtype", "fp16"], "--dtype fp16: expected auto, float32 or bfloat16"),
 ])
 def test_suggest_k_user_errors(tiny, capsys, args, message):
     root, base_cfg, weights, task_cfg, data = tiny

@@ -67,6 +67,7 @@ class Suggestion:
     target_iterations: int  # the training the prediction is for
     budget: float
     method: str = METHOD
+    dtype: str = "float32"  # the short runs' arithmetic (float32 or bfloat16 autocast)
     feature_seconds: float = 0.0
     seconds: float = 0.0  # wall time
     cpu_seconds: float = 0.0  # of this process, all threads (comparable on a busy machine)
@@ -186,16 +187,17 @@ def short_iterations(target: int, budget: float) -> int:
 def suggest_k(cfg: str, weights: str, data: str, base_cfg: str | None = None,
               candidates: Sequence[int] | None = None, iterations: int | None = None,
               budget: float = 0.25, tolerance: float = 2.0, batch: int | None = None,
-              lr: float | None = None, seed: int = 0,
+              lr: float | None = None, seed: int = 0, dtype: str = "auto",
               log: Callable[[str], None] = lambda m: None) -> Suggestion:
     """Predict, for each candidate k, the validation mAP@0.5 that training layers k+1.. of
     the task network ``cfg`` from the base ``weights`` for ``iterations`` (default: the
     cfg's max_batches) would reach, as ``train``/``sweep`` do it without augmentation; and
     recommend the largest k within ``tolerance`` mAP points of the best. Each candidate
-    trains ``budget`` × ``iterations``; see the module docstring for the prediction."""
+    trains ``budget`` × ``iterations``, computing in ``dtype`` (``auto``: bfloat16 where the
+    CPU has it in hardware, else float32); see the module docstring for the prediction."""
     from netsurgery.training.config import default_base_cfg
 
-    from .tails import TailRun, cache_features, load_task
+    from .tails import TailRun, cache_features, load_task, resolve_dtype
 
     if not 0 < budget <= 1:
         raise UsageError(f"--budget {budget}: expected a fraction in (0, 1]")
@@ -204,6 +206,7 @@ def suggest_k(cfg: str, weights: str, data: str, base_cfg: str | None = None,
     if iterations is not None and iterations < 1:
         raise UsageError(f"iterations={iterations}: expected at least 1 (set --iterations or "
                          "max_batches in [net])")
+    dtype = resolve_dtype(dtype)
     t0, cpu0 = time.perf_counter(), time.process_time()
     base_cfg = base_cfg or str(default_base_cfg(weights, cfg))
     task = load_task(cfg, weights, base_cfg, data, batch, lr, seed)
@@ -215,13 +218,13 @@ def suggest_k(cfg: str, weights: str, data: str, base_cfg: str | None = None,
                          "max_batches in [net])")
     short = short_iterations(target, budget)
     log(f"candidates k = {', '.join(map(str, ks))}; each trained {short} of {target} "
-        f"iterations (batch {task.batch})")
+        f"iterations (batch {task.batch}, {dtype})")
     cache = cache_features(task, ks, log=log)
     log(f"trunk features of {len(cache.images)} training + {len(cache.valid_ids)} validation "
         f"images: {cache.nbytes / 2**20:.0f} MiB in {cache.seconds:.1f} s")
     speeds, observed, seconds = {}, {}, {}
     for k in ks:
-        run = TailRun(task, cache, k)
+        run = TailRun(task, cache, k, dtype)
         run.train(short)
         speeds[k] = speed_loss(run.losses)
         observed[k] = run.evaluate().map
@@ -238,7 +241,7 @@ def suggest_k(cfg: str, weights: str, data: str, base_cfg: str | None = None,
     # the draws integrate numerically, fixed seed: the same predictions, the same answer
     chosen, confidence = recommend_under_uncertainty(predicted, {k: sigma for k in ks},
                                                      tolerance)
-    return Suggestion(results, chosen, confidence, tolerance, target, budget,
+    return Suggestion(results, chosen, confidence, tolerance, target, budget, dtype=dtype,
                       feature_seconds=cache.seconds, seconds=time.perf_counter() - t0,
                       cpu_seconds=time.process_time() - cpu0)
 
@@ -256,7 +259,7 @@ def suggestion_to_json(s: Suggestion) -> dict:
 
 
 def write_json(s: Suggestion, path: str | Path) -> None:
-    """``path`` as a ``netsurgery.suggest-k/1`` document (docs/schemas/suggest-k.schema.json)."""
+    """``path`` as a ``netsurgery.suggest-k`` document (docs/schemas/suggest-k.schema.json)."""
     write_document(path, "suggest-k", suggestion_to_json(s))
 
 
@@ -277,7 +280,8 @@ def format_suggestion(s: Suggestion, measured: Mapping[int, float] | None = None
                  f"best candidate with probability {s.confidence:.2f} ({s.confidence_level}; "
                  f"the largest k with at least {SURE_LEVEL:g}, else the most probable)")
     lines.append(f"method: {s.method}; {s.candidates[0].iterations if s.candidates else 0} "
-                 f"of {s.target_iterations} iterations per candidate; {s.seconds:.0f} s")
+                 f"of {s.target_iterations} iterations per candidate in {s.dtype}; "
+                 f"{s.seconds:.0f} s")
     return "\n".join(lines)
 
 

@@ -41,6 +41,10 @@ from .app import INT_LIST, echo_err, main
 @click.option("--lr", type=float, default=None, help="Learning rate (default: [net]).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="CPU threads for torch.")
+@click.option("--dtype", default="auto", show_default=True,
+              help="The short runs' arithmetic: float32, bfloat16 (autocast; the loss and "
+                   "the weights stay float32), or auto: bfloat16 where the CPU has it in "
+                   "hardware (AVX512-BF16, AMX), else float32.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the predictions as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
@@ -48,7 +52,7 @@ from .app import INT_LIST, echo_err, main
 @click.option("--compare", "compare", type=click.Path(dir_okay=False, exists=True),
               multiple=True, help="A sweep.json to compare with (repeat for several seeds).")
 def suggest_k_cmd(cfg, weights, data, base_cfg, candidates, iterations, budget, tolerance,
-                  batch, lr, seed, threads, json_path, plot_path, compare):
+                  batch, lr, seed, threads, dtype, json_path, plot_path, compare):
     """Train every candidate's tail briefly on cached trunk features, rank the candidates by
     training speed, predict their mAP@0.5, and recommend the largest k that is within
     --tolerance of the best with probability 0.8 (else the most probable one)."""
@@ -62,7 +66,7 @@ def suggest_k_cmd(cfg, weights, data, base_cfg, candidates, iterations, budget, 
         torch.set_num_threads(threads)
     measured = load_sweep_maps(compare) if compare else None
     result = suggest_k(cfg, weights, data, base_cfg, candidates, iterations, budget,
-                       tolerance, batch, lr, seed, log=echo_err)
+                       tolerance, batch, lr, seed, dtype, log=echo_err)
     means = {k: sum(v) / len(v) for k, v in measured.items()} if measured else None
     click.echo(format_suggestion(result, means))
     if means:
