@@ -421,6 +421,6 @@ def plot_suggestion(suggestion, path: str | os.PathLike,
               ncol=2, frameon=False)
     ax.set_title(f"suggest-k: tolerance {suggestion.tolerance:g} points, "
                  f"{suggestion.candidates[0].iterations} of {suggestion.target_iterations} "
-                 "iterations per candidate", fontsize=10)
+                 f"iterations per candidate ({suggestion.dtype})", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
