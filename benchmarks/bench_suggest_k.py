@@ -13,9 +13,8 @@ fresh temporary folder. One round takes about 10 minutes on two cores.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -76,9 +75,7 @@ def main() -> None:
         return result.seconds, result.recommended
 
     def sweep() -> tuple[float, int]:
-        import time
-
-        with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()):
+        with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
             points = run_sweep(str(base), str(weights), str(task), str(data), CANDIDATES,
                                Path(out), ITERATIONS, end_to_end=False, timing_repeats=3,
