@@ -15,6 +15,7 @@ from netsurgery.analysis.suggest import (
     block_ends,
     check_candidates,
     fit_against_speed,
+    reading_notes,
     recommend,
     recommend_under_uncertainty,
     spearman,
@@ -121,6 +122,16 @@ def test_dtype_auto_is_bfloat16_only_where_the_cpu_has_it():
     assert resolve_dtype("float32") == "float32" and resolve_dtype("bfloat16") == "bfloat16"
     with pytest.raises(UsageError, match="--dtype float16: expected auto, float32 or bfloat16"):
         resolve_dtype("float16")
+
+
+def test_reading_notes():
+    assert reading_notes(75, 300, 0.9, "bfloat16", "bfloat16") == [
+        "the predicted mAP is the level after 75 of 300 iterations, not after the full "
+        "training: it ranks the candidates (docs/suggest-k.md)"]
+    assert reading_notes(300, 300, 0.9, "float32", "float32") == []
+    unsure = reading_notes(300, 300, 0.5, "auto", "float32")
+    assert [n.split(":")[0] for n in unsure] == ["no k is within tolerance with probability 0.8",
+                                                 "float32"]
 
 
 def test_tail_run_refuses_a_k_that_freezes_a_head(tiny):
@@ -246,6 +257,8 @@ def test_suggest_k_end_to_end(tiny, tmp_path, capsys):
     assert result["method"] and result["seconds"] > 0 and result["target_iterations"] == 16
     assert result["dtype"] == resolve_dtype("auto")
     assert "recommended k =" in printed and "Spearman rank correlation" in printed
+    assert "note: the predicted mAP is the level after 8 of 16 iterations" in printed
+    assert result["notes"][0].startswith("the predicted mAP is the level after 8 of 16")
     import cv2
 
     image = cv2.imread(str(chart))

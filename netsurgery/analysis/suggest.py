@@ -206,7 +206,7 @@ def suggest_k(cfg: str, weights: str, data: str, base_cfg: str | None = None,
     if iterations is not None and iterations < 1:
         raise UsageError(f"iterations={iterations}: expected at least 1 (set --iterations or "
                          "max_batches in [net])")
-    dtype = resolve_dtype(dtype)
+    asked, dtype = dtype, resolve_dtype(dtype)
     t0, cpu0 = time.perf_counter(), time.process_time()
     base_cfg = base_cfg or str(default_base_cfg(weights, cfg))
     task = load_task(cfg, weights, base_cfg, data, batch, lr, seed)
@@ -243,7 +243,27 @@ def suggest_k(cfg: str, weights: str, data: str, base_cfg: str | None = None,
                                                      tolerance)
     return Suggestion(results, chosen, confidence, tolerance, target, budget, dtype=dtype,
                       feature_seconds=cache.seconds, seconds=time.perf_counter() - t0,
-                      cpu_seconds=time.process_time() - cpu0)
+                      cpu_seconds=time.process_time() - cpu0,
+                      notes=reading_notes(short, target, confidence, asked, dtype))
+
+
+def reading_notes(short: int, target: int, confidence: float, asked: str, dtype: str
+                  ) -> list[str]:
+    """What a reader of the table should know: the level of the values, a recommendation
+    that only takes the safe end, and float32 chosen for want of bfloat16 hardware."""
+    notes = []
+    if short < target:
+        notes.append(f"the predicted mAP is the level after {short} of {target} iterations, "
+                     "not after the full training: it ranks the candidates "
+                     "(docs/suggest-k.md)")
+    if confidence < SURE_LEVEL:
+        notes.append(f"no k is within tolerance with probability {SURE_LEVEL:g}: the "
+                     "recommendation is the most probable k, the safe end of the ranking; "
+                     "confirm with a sweep over the fastest candidates")
+    if asked == "auto" and dtype == "float32":
+        notes.append("float32: this CPU has no bfloat16 in hardware (with it the short runs "
+                     "train 1.7-1.9 times faster)")
+    return notes
 
 
 # --------------------------------------------------------------------------- output
@@ -279,6 +299,7 @@ def format_suggestion(s: Suggestion, measured: Mapping[int, float] | None = None
     lines.append(f"recommended k = {s.recommended}: within {s.tolerance:g} mAP points of the "
                  f"best candidate with probability {s.confidence:.2f} ({s.confidence_level}; "
                  f"the largest k with at least {SURE_LEVEL:g}, else the most probable)")
+    lines += [f"note: {note}" for note in s.notes]
     lines.append(f"method: {s.method}; {s.candidates[0].iterations if s.candidates else 0} "
                  f"of {s.target_iterations} iterations per candidate in {s.dtype}; "
                  f"{s.seconds:.0f} s")
