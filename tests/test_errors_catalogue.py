@@ -19,7 +19,7 @@ import pytest
 from netsurgery import errors as errors_module
 from netsurgery.analysis.plots import check_arrays
 from netsurgery.analysis.suggest import check_candidates, load_sweep_maps, suggest_k
-from netsurgery.analysis.tails import load_lists, load_task
+from netsurgery.analysis.tails import check_cache_fits, load_lists, load_task
 from netsurgery.cli.app import run
 from netsurgery.cli.eval import _data_by_head
 from netsurgery.darknet.cfg import load_cfg, parse_cfg_text
@@ -805,6 +805,8 @@ produces("E-SUGGEST-NO-CANDIDATES")(lambda tmp: check_candidates(_tiny_yolo_netw
 produces("E-SUGGEST-CANDIDATES")(lambda tmp: check_candidates(_tiny_yolo_network(), [4, 15]))
 produces("E-SUGGEST-BUDGET")(lambda tmp: _suggest(budget=1.5))
 produces("E-SUGGEST-BUDGET")(lambda tmp: _suggest(budget=0.0))
+produces("E-SUGGEST-MEMORY")(
+    lambda tmp: check_cache_fits(_tiny_yolo_network(), [0, 13], 30000, 10000, limit=2**30))
 produces("E-SUGGEST-DTYPE")(lambda tmp: _suggest(dtype="fp32"))
 produces("E-SUGGEST-TOLERANCE")(lambda tmp: _suggest(tolerance=-1.0))
 produces("E-SUGGEST-ITERATIONS")(lambda tmp: _suggest(iterations=0))

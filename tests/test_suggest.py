@@ -25,6 +25,7 @@ from netsurgery.analysis.tails import (
     TailRun,
     base_initialised,
     cache_features,
+    check_cache_fits,
     load_task,
     native_bfloat16,
     resolve_dtype,
@@ -132,6 +133,23 @@ def test_reading_notes():
     unsure = reading_notes(300, 300, 0.5, "auto", "float32")
     assert [n.split(":")[0] for n in unsure] == ["no k is within tolerance with probability 0.8",
                                                  "float32"]
+
+
+def test_feature_cache_size_is_checked_before_the_work():
+    cfg = load_cfg(shared_path("darknet-cfg", "yolov3-tiny.cfg"))
+    cfg.net.set("width", 128)
+    cfg.net.set("height", 128)
+    net = build_network(cfg)
+    # per image: the input 3x128x128 and the outputs of layers 4 (64x32x32), 6 (128x16x16),
+    # 8 (256x8x8), 10 (512x4x4), 12 (1024x4x4), 13 (256x4x4), float32; the validation's
+    # 438 MiB of features plus its 800 inputs
+    per_image = 4 * (3 * 128 * 128 + 64 * 32 * 32 + 128 * 16 * 16 + 256 * 8 * 8
+                     + 512 * 4 * 4 + 1024 * 4 * 4 + 256 * 4 * 4)
+    ks = [4, 6, 8, 10, 12, 13]
+    assert check_cache_fits(net, ks, 400, 400, limit=2**40) == 800 * per_image == 616038400
+    with pytest.raises(UsageError, match=r"need about 0\.6 GiB \(0\.7 MiB per image; MiB per "
+                                         r"image by frontier layer 4: 0\.2, 6: 0\.1"):
+        check_cache_fits(net, ks, 400, 400, limit=2**29)
 
 
 def test_tail_run_refuses_a_k_that_freezes_a_head(tiny):

@@ -26,6 +26,7 @@ import torch
 
 from netsurgery.analysis.cost import frontier
 from netsurgery.darknet.cfg import load_cfg
+from netsurgery.darknet.memory import GIB, available_memory
 from netsurgery.darknet.model import DarknetModel
 from netsurgery.darknet.network import Network, build_network
 from netsurgery.darknet.weights import WeightsFile, load_weights
@@ -153,17 +154,41 @@ def frontier_layers(network: Network, ks: Sequence[int]) -> tuple[int, ...]:
     return tuple(sorted({j for k in ks for j in frontier(network, k)}))
 
 
+def check_cache_fits(network: Network, ks: Sequence[int], n_train: int, n_valid: int,
+                     limit: int | None = None) -> int:
+    """Bytes the feature cache holds at its peak (the prepared images and the frontier
+    outputs, float32); refused when that is more than ``limit`` (default: the memory
+    available now) — the smallest k read the largest layers."""
+    shape = network.net.shape
+    per_layer = {j: 4 * network.layers[j].out_shape.c * network.layers[j].out_shape.h
+                 * network.layers[j].out_shape.w for j in frontier_layers(network, ks)}
+    per_image = 4 * shape.c * shape.h * shape.w + sum(per_layer.values())
+    need = (n_train + n_valid) * per_image
+    limit = available_memory() if limit is None else limit
+    if limit and need > limit:
+        mib = ", ".join(f"{j}: {size / 2**20:.1f}" for j, size in per_layer.items())
+        raise UsageError(
+            f"suggest-k: the trunk features of {n_train} training + {n_valid} validation "
+            f"images need about {need / GIB:.1f} GiB ({per_image / 2**20:.1f} MiB per image; "
+            f"MiB per image by frontier layer {mib}), more than the {limit / GIB:.1f} GiB "
+            f"of memory available; leave out the smallest candidates or use fewer images")
+    return need
+
+
 def _run_trunk(model: DarknetModel, inputs: Sequence[np.ndarray], layers: Sequence[int],
                batch: int, progress: Callable[[int], None]) -> dict[int, torch.Tensor]:
-    parts: dict[int, list[torch.Tensor]] = {j: [] for j in layers}
+    out_of: dict[int, torch.Tensor] = {}  # filled in place: no second copy at the end
     with torch.inference_mode():
         for start in range(0, len(inputs), batch):
             x = torch.from_numpy(np.stack(inputs[start:start + batch]))
             out = model.run(x, list(layers))
             for j in layers:
-                parts[j].append(out[j].clone())
+                if j not in out_of:
+                    out_of[j] = torch.empty((len(inputs), *out[j].shape[1:]),
+                                            dtype=out[j].dtype)
+                out_of[j][start:start + len(x)] = out[j]
             progress(min(start + batch, len(inputs)))
-    return {j: torch.cat(ts) for j, ts in parts.items()}
+    return out_of
 
 
 def cache_features(task: TaskSetup, ks: Sequence[int], batch: int = 16,
@@ -174,6 +199,7 @@ def cache_features(task: TaskSetup, ks: Sequence[int], batch: int = 16,
     net = task.network.net
     cfg = task.network.cfg
     train_set, valid_set = load_lists(task.data_path)
+    check_cache_fits(task.network, ks, len(train_set.items), len(valid_set.items))
     images = TrainImages(train_set, net.width, net.height, AugmentConfig.from_cfg(cfg),
                          augment=False, seed=task.seed)
     train_inputs, train_truths = [], []

@@ -11,19 +11,34 @@ from netsurgery.errors import UsageError
 GIB = 1 << 30
 
 
-def physical_memory() -> int:
-    """Bytes of RAM of this machine (MemTotal; 0 when unknown)."""
+def _meminfo(key: str) -> int | None:
+    """A /proc/meminfo entry in bytes (None when unknown: not Linux, or no such entry)."""
     try:
         with open("/proc/meminfo", encoding="ascii") as handle:
             for line in handle:
-                if line.startswith("MemTotal:"):
+                if line.startswith(f"{key}:"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    return None
+
+
+def physical_memory() -> int:
+    """Bytes of RAM of this machine (MemTotal; 0 when unknown)."""
+    total = _meminfo("MemTotal")
+    if total is not None:
+        return total
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return 0
+
+
+def available_memory() -> int:
+    """Bytes of RAM that can be allocated now without swapping (MemAvailable; the machine's
+    RAM when unknown, 0 when that is unknown too)."""
+    available = _meminfo("MemAvailable")
+    return available if available is not None else physical_memory()
 
 
 @dataclass(frozen=True)
