@@ -110,6 +110,9 @@ def test_tail_run_in_bfloat16_tracks_float32(tiny):
     full, half = runs["float32"].losses, runs["bfloat16"].losses
     assert full != half  # autocast was on
     assert half == pytest.approx(full, rel=0.03)
+    again = TailRun(task, cache, 8, "bfloat16")
+    again.train(4)
+    assert again.losses == half  # reproducible, bit for bit
     # the weights stay float32 (autocast casts copies)
     assert {p.dtype for p in runs["bfloat16"].model.parameters()} == {torch.float32}
     ev = runs["bfloat16"].evaluate()

@@ -183,9 +183,12 @@ def _run_trunk(model: DarknetModel, inputs: Sequence[np.ndarray], layers: Sequen
             x = torch.from_numpy(np.stack(inputs[start:start + batch]))
             out = model.run(x, list(layers))
             for j in layers:
-                if j not in out_of:
-                    out_of[j] = torch.empty((len(inputs), *out[j].shape[1:]),
-                                            dtype=out[j].dtype)
+                if j not in out_of:  # in the model's memory format (channels-last or not)
+                    last = out[j].dim() == 4 and out[j].is_contiguous(
+                        memory_format=torch.channels_last)
+                    out_of[j] = torch.empty(
+                        (len(inputs), *out[j].shape[1:]), dtype=out[j].dtype,
+                        memory_format=torch.channels_last if last else torch.contiguous_format)
                 out_of[j][start:start + len(x)] = out[j]
             progress(min(start + batch, len(inputs)))
     return out_of
